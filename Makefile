@@ -1,0 +1,34 @@
+# pgwarden: `make test` installs what it needs into .venv and runs every check.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-dev
+# Branch coverage the sans-I/O core must keep (the issue tracker's bar for wire and auth).
+CORE_COVERAGE_MIN ?= 90
+
+.PHONY: test lint typecheck unit coverage clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+		{ echo "pgwarden needs Python 3.11 or newer (set PYTHON=...)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $@
+
+lint: $(STAMP)
+	$(BIN)/ruff check proxy tests
+	$(BIN)/ruff format --check proxy tests
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+test: lint typecheck
+	$(BIN)/pytest --cov=proxy --cov-branch --cov-report=term:skip-covered
+	$(BIN)/coverage report --include='proxy/wire/*,proxy/auth/*' --fail-under=$(CORE_COVERAGE_MIN)
+
+unit: $(STAMP)
+	$(BIN)/pytest tests/unit tests/test_architecture.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage

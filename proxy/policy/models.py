@@ -1,0 +1,179 @@
+"""The policy as typed, immutable values: who exists, what can be asked for, who must approve.
+
+A `Policy` is what `policy_file.py` makes from the admins' YAML after validating it; everything else
+(the lifecycle, the proxy's login check, the API) reads these values and never the YAML. A policy is
+replaced as a whole on reload, never mutated, so a reader holding one sees a consistent snapshot.
+
+Vocabulary: a *target* is a database people ask access to; an *access level* (e.g. `read-only`) maps
+to one upstream role; an *approval rule* says who must approve a request for a level and how many.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from enum import StrEnum
+from pathlib import Path
+from typing import NewType
+
+UserName = NewType("UserName", str)
+GroupName = NewType("GroupName", str)
+TargetName = NewType("TargetName", str)
+AccessLevelName = NewType("AccessLevelName", str)
+
+
+class UpstreamTlsMode(StrEnum):
+    """How pgwarden protects its connection to the real database (libpq's sslmode subset)."""
+
+    DISABLE = "disable"
+    PREFER = "prefer"
+    REQUIRE = "require"
+    VERIFY_FULL = "verify-full"
+
+
+class SecretUnavailable(Exception):
+    """A secret reference names an env var or file that is not there (or is empty)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SecretRef:
+    """Where a secret lives: an environment variable or a file, never inline in the policy."""
+
+    env: str | None = None
+    file: Path | None = None
+
+    def read(self) -> str:
+        """The secret's value, read at use time so that rotation needs no reload."""
+        if self.env is not None:
+            value = os.environ.get(self.env, "")
+            where = f"environment variable {self.env}"
+        else:
+            assert self.file is not None
+            try:
+                value = self.file.read_text(encoding="utf-8").rstrip("\r\n")
+            except OSError as exc:
+                raise SecretUnavailable(f"cannot read secret file {self.file}: {exc}") from exc
+            where = f"file {self.file}"
+        if not value:
+            raise SecretUnavailable(f"secret {where} is missing or empty")
+        return value
+
+    def describe(self) -> str:
+        """Where the secret comes from, for messages (never the secret itself)."""
+        return f"env {self.env}" if self.env is not None else f"file {self.file}"
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    name: UserName
+    groups: frozenset[GroupName] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    """The real database behind a target. Only the policy decides these; clients never do."""
+
+    host: str
+    port: int
+    database: str
+    tls: UpstreamTlsMode = UpstreamTlsMode.PREFER
+    ca_file: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ControlRole:
+    """A role with `pg_signal_backend` that pgwarden uses to terminate backends that outlive a grant."""
+
+    role: str
+    password: SecretRef
+
+
+@dataclass(frozen=True, slots=True)
+class AutoApproval:
+    """Requests matching this rule become active without a human approver.
+
+    A request matches when its requester is one of `users` or in one of `groups`, its access level
+    is in `access_levels`, and its duration is at most `max_duration`.
+    """
+
+    access_levels: frozenset[AccessLevelName]
+    max_duration: timedelta
+    users: frozenset[UserName] = frozenset()
+    groups: frozenset[GroupName] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class ApprovalRule:
+    """Who may approve, and how many distinct approvers it takes."""
+
+    approver_users: frozenset[UserName] = frozenset()
+    approver_groups: frozenset[GroupName] = frozenset()
+    required_approvals: int = 1
+    require_reason: bool = True
+    auto_approve: tuple[AutoApproval, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class AccessLevel:
+    """One way to access a target, e.g. `read-only`, mapped to one upstream role."""
+
+    name: AccessLevelName
+    role: str
+    password: SecretRef
+    max_duration: timedelta | None = None  # None: the target's maximum applies
+    approval: ApprovalRule | None = None  # None: the target's rule applies
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A database that people ask access to."""
+
+    name: TargetName
+    upstream: Upstream
+    access_levels: Mapping[AccessLevelName, AccessLevel]
+    max_duration: timedelta
+    approval: ApprovalRule
+    description: str = ""
+    require_client_tls: bool = False
+    control: ControlRole | None = None
+
+    def max_duration_for(self, level: AccessLevelName) -> timedelta:
+        """The longest grant this level allows: its own cap, never above the target's."""
+        own = self.access_levels[level].max_duration
+        return self.max_duration if own is None else min(own, self.max_duration)
+
+    def approval_for(self, level: AccessLevelName) -> ApprovalRule:
+        own = self.access_levels[level].approval
+        return self.approval if own is None else own
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """The whole policy: one immutable snapshot."""
+
+    users: Mapping[UserName, User]
+    targets: Mapping[TargetName, Target]
+    admin_groups: frozenset[GroupName] = frozenset()
+    pending_timeout: timedelta = timedelta(hours=1)
+    source: str = field(default="", compare=False)  # file it came from, for messages
+
+    def is_admin(self, user: UserName) -> bool:
+        known = self.users.get(user)
+        return known is not None and bool(known.groups & self.admin_groups)
+
+    def groups_of(self, user: UserName) -> frozenset[GroupName]:
+        known = self.users.get(user)
+        return frozenset() if known is None else known.groups
+
+    def can_approve(self, user: UserName, rule: ApprovalRule) -> bool:
+        """Whether `user` is an eligible approver under `rule` (self-approval is checked elsewhere)."""
+        if user not in self.users:
+            return False
+        return user in rule.approver_users or bool(self.groups_of(user) & rule.approver_groups)
+
+    def level(self, target: TargetName, level: AccessLevelName) -> AccessLevel | None:
+        """The access level if the target and level both exist in this policy."""
+        known = self.targets.get(target)
+        return None if known is None else known.access_levels.get(level)
