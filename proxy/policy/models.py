@@ -84,7 +84,7 @@ class Upstream:
 
 @dataclass(frozen=True, slots=True)
 class ControlRole:
-    """A role with `pg_signal_backend` that pgwarden uses to terminate backends that outlive a grant."""
+    """A role with `pg_signal_backend`, to terminate backends that outlive their grant."""
 
     role: str
     password: SecretRef
@@ -168,7 +168,7 @@ class Policy:
         return frozenset() if known is None else known.groups
 
     def can_approve(self, user: UserName, rule: ApprovalRule) -> bool:
-        """Whether `user` is an eligible approver under `rule` (self-approval is checked elsewhere)."""
+        """Whether `user` is an eligible approver under `rule` (self-approval is checked apart)."""
         if user not in self.users:
             return False
         return user in rule.approver_users or bool(self.groups_of(user) & rule.approver_groups)
