@@ -1,0 +1,339 @@
+"""The server's own settings (`pgwarden.yaml`): typed, validated once at startup, strict.
+
+Kept apart from the policy: this file says *how* the server runs (where it listens, where its
+files are, its limits and timeouts); the policy says *who* may do what and is hot-reloaded. Every
+problem is reported at once with its path, exactly as for the policy (the same `fields.py`
+helpers), unknown keys are errors, and secrets are references only (`hmac_key_env` or
+`hmac_key_file`). Relative paths are taken from the config file's directory, so a config works
+the same whatever directory the server is started from.
+
+Every limit has a safe default, named below with its reason; an admin writes only what differs.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+from proxy.policy.fields import Fields, check_host, secret_ref
+from proxy.policy.models import SecretRef
+from proxy.policy.yaml_strict import DocumentError, Problems, build_document, read_source
+from proxy.wire.limits import DEFAULT_MAX_MESSAGE_LENGTH, MAX_PREAUTH_MESSAGE_LENGTH
+
+DEFAULT_PROXY_LISTEN = "127.0.0.1:6432"  # loopback until an admin decides otherwise
+DEFAULT_API_LISTEN = "127.0.0.1:8080"
+# Pre-auth: a client has this long from accept to a completed login (slowloris, row 33).
+DEFAULT_LOGIN_TIMEOUT = timedelta(seconds=10)
+MAX_LOGIN_TIMEOUT = timedelta(minutes=5)
+DEFAULT_MAX_SESSIONS = 1000
+DEFAULT_MAX_SESSIONS_PER_SOURCE = 50
+DEFAULT_MAX_PREAUTH_CONNECTIONS = 200  # connections that have not logged in yet
+DEFAULT_MAX_PREAUTH_PER_SOURCE = 20
+# After login a message is buffered whole before it is relayed (so it can be audited): 64 MiB
+# admits very large queries and bytea parameters yet keeps one session's worst case far below
+# Postgres's own 1 GiB limit, which would let a handful of sessions exhaust the host's memory.
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+# On SIGTERM live sessions get this long before they are ended.
+DEFAULT_SHUTDOWN_GRACE = timedelta(seconds=10)
+MAX_SHUTDOWN_GRACE = timedelta(minutes=10)
+# A session is told its grant is about to end this long before it does.
+DEFAULT_WARN_BEFORE = (timedelta(minutes=5), timedelta(minutes=1))
+MAX_WARNINGS = 10
+# Sessions open longer than this are flagged (metric and audit) even inside a longer grant.
+DEFAULT_LONG_SESSION_THRESHOLD = timedelta(hours=8)
+# Failed-login throttling: a token bucket per user name and per source address (proxy/throttle.py).
+DEFAULT_THROTTLE_PER_USER = (10, timedelta(seconds=6))  # burst 10, one more every 6 s
+DEFAULT_THROTTLE_PER_SOURCE = (30, timedelta(seconds=2))
+
+
+class ConfigError(DocumentError):
+    """The server config cannot be used; `problems` lists everything wrong with it."""
+
+
+class ConfigUnreadable(ConfigError):
+    """The config file could not be read at all."""
+
+
+@dataclass(frozen=True, slots=True)
+class ListenAddress:
+    host: str
+    port: int  # 0: any free port (tests)
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @property
+    def is_loopback(self) -> bool:
+        return is_loopback(self.host)
+
+
+@dataclass(frozen=True, slots=True)
+class TlsFiles:
+    cert_file: Path
+    key_file: Path
+
+
+@dataclass(frozen=True, slots=True)
+class ProxySettings:
+    listen: ListenAddress
+    tls: TlsFiles | None
+    login_timeout: timedelta
+
+
+@dataclass(frozen=True, slots=True)
+class ApiSettings:
+    listen: ListenAddress
+
+
+@dataclass(frozen=True, slots=True)
+class PathSettings:
+    policy: Path
+    state: Path  # the SQLite file of requests and grants
+    audit_log: Path
+
+
+@dataclass(frozen=True, slots=True)
+class AuditSettings:
+    hmac_key: SecretRef
+
+
+@dataclass(frozen=True, slots=True)
+class ThrottleSettings:
+    """`burst` failed logins at once, then one more every `refill_every`."""
+
+    burst: int
+    refill_every: timedelta
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_sessions: int
+    max_sessions_per_source: int
+    max_preauth_connections: int
+    max_preauth_per_source: int
+    max_message_bytes: int
+    failed_logins_per_user: ThrottleSettings
+    failed_logins_per_source: ThrottleSettings
+
+
+@dataclass(frozen=True, slots=True)
+class SessionSettings:
+    warn_before: tuple[timedelta, ...]  # longest first
+    long_session_threshold: timedelta
+    shutdown_grace: timedelta
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    proxy: ProxySettings
+    api: ApiSettings
+    paths: PathSettings
+    audit: AuditSettings
+    limits: Limits
+    sessions: SessionSettings
+    source: str = ""
+
+
+def load_config(path: Path) -> ServerConfig:
+    """Read and validate the server config file."""
+    text = read_source(path, ConfigError, ConfigUnreadable)
+    return parse_config(text, str(path), base_dir=path.absolute().parent)
+
+
+def parse_config(
+    text: str, source: str = "<config>", *, base_dir: Path | None = None
+) -> ServerConfig:
+    """Validate config YAML; `base_dir` resolves relative paths (None: leave them relative)."""
+    return build_document(
+        text, source, ConfigError, lambda doc, problems: _config(doc, problems, base_dir, source)
+    )
+
+
+def parse_listen(text: str) -> ListenAddress:
+    """`host:port` or `[ipv6]:port`; raises ValueError with a message for people."""
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else ""
+        if not bracket or not port_text or not _is_ipv6(host):
+            raise ValueError(f"{text[:60]!r} is not [ipv6-address]:port, e.g. [::1]:6432")
+    else:
+        host, colon, port_text = text.rpartition(":")
+        if not colon or not host:
+            raise ValueError(f"{text[:60]!r} needs host:port, e.g. 127.0.0.1:6432")
+        if ":" in host:
+            raise ValueError(
+                f"write an IPv6 address in brackets, e.g. [::1]:6432, not {text[:60]!r}"
+            )
+        if (error := check_host(host)) is not None:
+            raise ValueError(error)
+    if not (port_text.isascii() and port_text.isdigit() and int(port_text) <= 65535):
+        raise ValueError(f"the port in {text[:60]!r} must be a number from 0 to 65535")
+    return ListenAddress(host, int(port_text))
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _is_ipv6(text: str) -> bool:
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _config(
+    document: object, problems: Problems, base_dir: Path | None, source: str
+) -> ServerConfig | None:
+    if document is None:
+        problems.add("", "the config is empty; it needs at least paths: and audit:")
+        return None
+    root = Fields.of(document, "", problems)
+    if root is None:
+        return None
+    proxy = _proxy(root.section_or_empty("proxy"), base_dir)
+    api = _api(root.section_or_empty("api"))
+    paths = _paths(root.section("paths", required=True), base_dir)
+    audit = _audit(root.section("audit", required=True), base_dir)
+    limits = _limits(root.section_or_empty("limits"))
+    sessions = _sessions(root.section_or_empty("sessions"))
+    root.finish()
+    if proxy and api and proxy.listen == api.listen and proxy.listen.port != 0:
+        root.problem("api", f"api.listen and proxy.listen are the same address ({api.listen})")
+    if proxy is None or api is None or paths is None or audit is None:
+        return None
+    if limits is None or sessions is None:
+        return None
+    return ServerConfig(proxy, api, paths, audit, limits, sessions, source)
+
+
+def _listen(f: Fields, default: str) -> ListenAddress | None:
+    text = f.string("listen", default=default, check=_check_listen)
+    return None if text is None else parse_listen(text)
+
+
+def _check_listen(text: str) -> str | None:
+    try:
+        parse_listen(text)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def _proxy(f: Fields, base_dir: Path | None) -> ProxySettings | None:
+    listen = _listen(f, DEFAULT_PROXY_LISTEN)
+    tls_fields = f.section("tls")
+    tls = _tls(tls_fields, base_dir) if tls_fields else None
+    login_timeout = f.duration(
+        "login_timeout", default=DEFAULT_LOGIN_TIMEOUT, maximum=MAX_LOGIN_TIMEOUT
+    )
+    f.finish()
+    if listen is None or login_timeout is None or (tls_fields and tls is None):
+        return None
+    return ProxySettings(listen, tls, login_timeout)
+
+
+def _tls(f: Fields, base_dir: Path | None) -> TlsFiles | None:
+    cert = f.path_value("cert_file", base_dir, required=True)
+    key = f.path_value("key_file", base_dir, required=True)
+    f.finish()
+    return TlsFiles(cert, key) if cert and key else None
+
+
+def _api(f: Fields) -> ApiSettings | None:
+    listen = _listen(f, DEFAULT_API_LISTEN)
+    f.finish()
+    return ApiSettings(listen) if listen else None
+
+
+def _paths(f: Fields | None, base_dir: Path | None) -> PathSettings | None:
+    if f is None:
+        return None
+    policy = f.path_value("policy", base_dir, required=True)
+    state = f.path_value("state", base_dir, required=True)
+    audit_log = f.path_value("audit_log", base_dir, required=True)
+    f.finish()
+    return PathSettings(policy, state, audit_log) if policy and state and audit_log else None
+
+
+def _audit(f: Fields | None, base_dir: Path | None) -> AuditSettings | None:
+    if f is None:
+        return None
+    key = secret_ref(f, "hmac_key", base_dir)
+    f.finish()
+    return AuditSettings(key) if key else None
+
+
+def _limits(f: Fields) -> Limits | None:
+    sessions = f.integer("max_sessions", default=DEFAULT_MAX_SESSIONS, low=1, high=1_000_000)
+    per_source = f.integer(
+        "max_sessions_per_source", default=DEFAULT_MAX_SESSIONS_PER_SOURCE, low=1, high=1_000_000
+    )
+    preauth = f.integer(
+        "max_preauth_connections", default=DEFAULT_MAX_PREAUTH_CONNECTIONS, low=1, high=1_000_000
+    )
+    preauth_per_source = f.integer(
+        "max_preauth_per_source", default=DEFAULT_MAX_PREAUTH_PER_SOURCE, low=1, high=1_000_000
+    )
+    message_bytes = f.integer(
+        "max_message_bytes",
+        default=DEFAULT_MAX_MESSAGE_BYTES,
+        low=MAX_PREAUTH_MESSAGE_LENGTH,
+        high=DEFAULT_MAX_MESSAGE_LENGTH,
+    )
+    throttles = f.section_or_empty("failed_logins")
+    per_user = _throttle(throttles.section_or_empty("per_user"), DEFAULT_THROTTLE_PER_USER)
+    per_source_throttle = _throttle(
+        throttles.section_or_empty("per_source"), DEFAULT_THROTTLE_PER_SOURCE
+    )
+    throttles.finish()
+    f.finish()
+    _at_most(f, "max_sessions_per_source", per_source, "max_sessions", sessions)
+    _at_most(f, "max_preauth_per_source", preauth_per_source, "max_preauth_connections", preauth)
+    if sessions is None or per_source is None or preauth is None or preauth_per_source is None:
+        return None
+    if message_bytes is None or per_user is None or per_source_throttle is None:
+        return None
+    return Limits(
+        sessions,
+        per_source,
+        preauth,
+        preauth_per_source,
+        message_bytes,
+        per_user,
+        per_source_throttle,
+    )
+
+
+def _at_most(f: Fields, key: str, value: int | None, limit_key: str, limit: int | None) -> None:
+    if value is not None and limit is not None and value > limit:
+        f.problem(key, f"{value} is above {limit_key} ({limit}), so it would never apply")
+
+
+def _throttle(f: Fields, default: tuple[int, timedelta]) -> ThrottleSettings | None:
+    burst = f.integer("burst", default=default[0], low=1, high=10_000)
+    refill = f.duration("refill_every", default=default[1], maximum=timedelta(hours=1))
+    f.finish()
+    return ThrottleSettings(burst, refill) if burst is not None and refill is not None else None
+
+
+def _sessions(f: Fields) -> SessionSettings | None:
+    warn_before = f.durations("warn_before", default=DEFAULT_WARN_BEFORE)
+    if len(warn_before) > MAX_WARNINGS:
+        f.problem("warn_before", f"at most {MAX_WARNINGS} warnings")
+    if len(set(warn_before)) < len(warn_before):
+        f.problem("warn_before", "lists the same time twice")
+    threshold = f.duration("long_session_threshold", default=DEFAULT_LONG_SESSION_THRESHOLD)
+    grace = f.duration("shutdown_grace", default=DEFAULT_SHUTDOWN_GRACE, maximum=MAX_SHUTDOWN_GRACE)
+    f.finish()
+    if threshold is None or grace is None:
+        return None
+    return SessionSettings(tuple(sorted(warn_before, reverse=True)), threshold, grace)

@@ -1,0 +1,193 @@
+"""The server config: typed, strict, safe defaults, every problem at once."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from proxy.config import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    ConfigError,
+    ConfigUnreadable,
+    ListenAddress,
+    ServerConfig,
+    load_config,
+    parse_config,
+    parse_listen,
+)
+from proxy.policy.models import SecretRef
+
+REPO = Path(__file__).resolve().parents[2]
+MINIMAL = """\
+paths: {policy: policy.yaml, state: state/pgwarden.db, audit_log: /var/log/pgwarden/audit.jsonl}
+audit: {hmac_key_env: AUDIT_KEY}
+"""
+
+
+def problems_of(text: str) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, "test.yaml")
+    return [str(problem) for problem in caught.value.problems]
+
+
+def test_the_example_config_is_valid_and_uses_the_documented_values() -> None:
+    config = load_config(REPO / "config" / "pgwarden.example.yaml")
+    assert config.proxy.listen == ListenAddress("127.0.0.1", 6432)
+    assert config.paths.policy == REPO / "config" / "policy.example.yaml"
+    assert config.limits.max_message_bytes == DEFAULT_MAX_MESSAGE_BYTES == 64 * 1024 * 1024
+
+
+def test_the_example_says_what_the_defaults_are() -> None:
+    example = load_config(REPO / "config" / "pgwarden.example.yaml")
+    defaults = parse_config(MINIMAL)
+    for section in ("proxy", "api", "limits", "sessions"):
+        assert getattr(example, section) == getattr(defaults, section), section
+
+
+def test_only_paths_and_audit_are_required_and_the_rest_defaults_safely() -> None:
+    config = parse_config(MINIMAL)
+    assert str(config.proxy.listen) == "127.0.0.1:6432"
+    assert str(config.api.listen) == "127.0.0.1:8080"
+    assert config.proxy.tls is None
+    assert config.proxy.login_timeout == timedelta(seconds=10)
+    assert config.limits.max_sessions == 1000
+    assert config.limits.max_sessions_per_source == 50
+    assert config.limits.max_preauth_connections == 200
+    assert config.limits.max_preauth_per_source == 20
+    assert config.sessions.warn_before == (timedelta(minutes=5), timedelta(minutes=1))
+    assert config.sessions.long_session_threshold == timedelta(hours=8)
+    assert config.sessions.shutdown_grace == timedelta(seconds=10)
+    assert config.audit.hmac_key == SecretRef(env="AUDIT_KEY")
+
+
+def test_relative_paths_are_taken_from_the_config_directory(tmp_path: Path) -> None:
+    path = tmp_path / "etc" / "pgwarden.yaml"
+    path.parent.mkdir()
+    path.write_text(MINIMAL + "proxy: {tls: {cert_file: tls/c.pem, key_file: /k.pem}}\n")
+    config = load_config(path)
+    assert config.paths.policy == tmp_path / "etc" / "policy.yaml"
+    assert config.paths.state == tmp_path / "etc" / "state" / "pgwarden.db"
+    assert config.paths.audit_log == Path("/var/log/pgwarden/audit.jsonl")
+    assert config.proxy.tls is not None
+    assert config.proxy.tls.cert_file == tmp_path / "etc" / "tls" / "c.pem"
+    assert config.proxy.tls.key_file == Path("/k.pem")
+
+
+def test_warnings_are_sorted_longest_first() -> None:
+    config = parse_config(MINIMAL + "sessions: {warn_before: [30s, 10m, 2m]}\n")
+    assert [w.total_seconds() for w in config.sessions.warn_before] == [600, 120, 30]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("127.0.0.1:6432", ListenAddress("127.0.0.1", 6432)),
+        ("0.0.0.0:5432", ListenAddress("0.0.0.0", 5432)),
+        ("[::1]:6432", ListenAddress("::1", 6432)),
+        ("[::]:6432", ListenAddress("::", 6432)),
+        ("localhost:0", ListenAddress("localhost", 0)),
+        ("proxy.internal:6432", ListenAddress("proxy.internal", 6432)),
+    ],
+)
+def test_listen_addresses(text: str, expected: ListenAddress) -> None:
+    assert parse_listen(text) == expected
+    assert str(expected) == text
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("6432", "needs host:port"),
+        (":6432", "needs host:port"),
+        ("::1:6432", "IPv6 address in brackets"),
+        ("[::1]", r"is not \[ipv6-address\]:port"),
+        ("[::1]6432", r"is not \[ipv6-address\]:port"),
+        ("[not-v6]:6432", r"is not \[ipv6-address\]:port"),
+        ("host:", "must be a number from 0 to 65535"),
+        ("host:65536", "must be a number from 0 to 65535"),
+        ("host:-1", "must be a number from 0 to 65535"),
+        ("host:٣", "must be a number from 0 to 65535"),
+        ("bad host:1", "is not a host name"),
+    ],
+)
+def test_bad_listen_addresses_say_why(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):  # message is a regex
+        parse_listen(text)
+
+
+BAD = """\
+proxy: {listen: '::1:6432', tls: {cert_file: c.pem}, login_timeout: 1h, ssl: true}
+api: {listen: 127.0.0.1:6432}
+paths: {policy: p.yaml, state: s.db}
+audit: {hmac_key: abc123}
+limits:
+  max_sessions: 10
+  max_sessions_per_source: 20
+  max_message_bytes: 100
+  failed_logins: {per_user: {burst: 0, refill_every: 5}}
+sessions: {warn_before: [5m, 5m], shutdown_grace: 0s}
+notifications: {}
+"""
+
+
+def test_every_problem_is_reported_at_once_with_its_path() -> None:
+    assert problems_of(BAD) == [
+        "proxy.listen: write an IPv6 address in brackets, e.g. [::1]:6432, not '::1:6432' (line 1)",
+        "proxy.tls.key_file: required (line 1)",
+        "proxy.login_timeout: 1h is longer than the maximum of 5m (line 1)",
+        "proxy.ssl: unknown key (expected one of: listen, login_timeout, tls) (line 1)",
+        "paths.audit_log: required (line 3)",
+        "audit.hmac_key: secrets are not allowed in the file; use hmac_key_env: VARIABLE or "
+        "hmac_key_file: PATH (line 4)",
+        "limits.max_sessions_per_source: 20 is above max_sessions (10), so it would never apply"
+        " (line 7)",
+        "limits.max_message_bytes: must be from 65535 to 1073741822, got 100 (line 8)",
+        "limits.failed_logins.per_user.burst: must be from 1 to 10000, got 0 (line 9)",
+        "limits.failed_logins.per_user.refill_every: must be a duration, got a number (a bare "
+        "number has no unit: write 90s, 30m, 2h or 1d) (line 9)",
+        "sessions.warn_before: lists the same time twice (line 10)",
+        "sessions.shutdown_grace: must be longer than zero (line 10)",
+        "notifications: unknown key (expected one of: api, audit, limits, paths, proxy, "
+        "sessions) (line 11)",
+    ]
+
+
+def test_the_inline_secret_is_not_echoed() -> None:
+    assert not any("abc123" in line for line in problems_of(BAD))
+
+
+def test_the_proxy_and_the_api_cannot_share_an_address() -> None:
+    text = MINIMAL + "proxy: {listen: '127.0.0.1:7000'}\napi: {listen: '127.0.0.1:7000'}\n"
+    assert "api: api.listen and proxy.listen are the same address" in problems_of(text)[0]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("", "the config is empty"),
+        ("paths: {}\n", "audit: required"),
+        (
+            "audit: {hmac_key_env: K, hmac_key_file: k}\n" + MINIMAL.split("\n", maxsplit=1)[0],
+            "not both",
+        ),
+        (MINIMAL + "limits: {max_sessions: 1.5}\n", "must be a whole number, got a number"),
+        (MINIMAL + "sessions: {warn_before: 5m}\n", "warn_before: must be a list"),
+        (MINIMAL + "sessions: {long_session_threshold: 2026-01-01}\n", "not a date or time"),
+        (MINIMAL + "paths: {}\n", "duplicate key 'paths'"),
+    ],
+)
+def test_config_problems(text: str, expected: str) -> None:
+    assert any(expected in line for line in problems_of(text))
+
+
+def test_an_unreadable_config_is_its_own_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigUnreadable, match="cannot read"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_the_config_is_immutable() -> None:
+    config: ServerConfig = parse_config(MINIMAL)
+    with pytest.raises(AttributeError):
+        config.limits.max_sessions = 5  # type: ignore[misc]
