@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from proxy import __version__, checks
+from proxy import __version__, checks, serve
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +33,12 @@ GROUPS: dict[tuple[str, ...], str] = {
 }
 
 COMMANDS: tuple[Command, ...] = (
+    Command(
+        ("serve",),
+        "run the pgwarden proxy (Postgres listener) until SIGTERM",
+        serve.add_arguments,
+        serve.run,
+    ),
     Command(
         ("policy", "check"),
         "validate a policy file and summarise it",

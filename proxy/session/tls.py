@@ -160,12 +160,14 @@ def upstream_ssl_answer(mode: UpstreamTlsMode, received: bytes) -> UpstreamSslAc
     if received == SSL_REFUSED:
         return on_upstream_ssl_refused(mode)
     if received[:1] in (SSL_ACCEPTED, SSL_REFUSED):
+        # CVE-2021-23222: these bytes arrived unencrypted yet would be read as if TLS had
+        # protected them (after `N` a legitimate server sends nothing either).
         raise UpstreamTlsError(
-            "upstream server sent unexpected data after its answer to the SSL request"
+            "the server sent unencrypted data after its answer to the SSL request"
         )
     if received[:1] == SSL_ERROR:
-        raise UpstreamTlsError("upstream server sent an error response during SSL exchange")
-    raise UpstreamTlsError("upstream server sent an invalid response to the SSL request")
+        raise UpstreamTlsError("the server sent an error response as its answer to the SSL request")
+    raise UpstreamTlsError("the server sent an invalid answer to the SSL request")
 
 
 def on_upstream_ssl_refused(mode: UpstreamTlsMode) -> UpstreamSslAction:
@@ -179,7 +181,7 @@ def on_upstream_ssl_refused(mode: UpstreamTlsMode) -> UpstreamSslAction:
             return UpstreamSslAction.CONTINUE_PLAINTEXT
         case UpstreamTlsMode.REQUIRE | UpstreamTlsMode.VERIFY_FULL:
             raise UpstreamTlsError(
-                f"upstream server does not support SSL, but the policy requires it (tls: {mode})"
+                f"the server does not support TLS, but the policy requires it (tls: {mode})"
             )
         case _:
             assert_never(mode)

@@ -128,6 +128,10 @@ class MessageReader:
         """How many bytes are buffered."""
         return len(self._buffer)
 
+    def take_pending_data(self) -> bytes:
+        """Remove and return the buffered bytes (to hand a pipelined stream to the relay)."""
+        return self._buffer.take_all()
+
     def next_message(self) -> Frame | NeedData:
         """The next complete frame, or NEED_DATA. Raises RemoteProtocolError, then keeps raising."""
         if self._error is not None:
@@ -191,6 +195,12 @@ class FrameScanner:
         """Bytes held between chunks: at most a partial header or one partial interesting
         message (never a skipped body)."""
         return len(self._header) + (len(self._body) if self._body is not None else 0)
+
+    @property
+    def at_boundary(self) -> bool:
+        """Whether the bytes scanned so far end exactly where a message ends (so a message may be
+        inserted into the stream here without corrupting it)."""
+        return not self._header and not self._skip and self._body is None
 
     def scan(self, chunk: bytes) -> list[Frame]:
         """The interesting messages completed by `chunk`. Raises RemoteProtocolError, then keeps

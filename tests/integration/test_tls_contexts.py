@@ -375,7 +375,7 @@ def test_upstream_refusing_ssl(
     if isinstance(outcome, UpstreamSslAction):
         assert on_upstream_ssl_refused(mode) is outcome
         return
-    with pytest.raises(outcome, match="does not support SSL") as caught:
+    with pytest.raises(outcome, match="does not support TLS") as caught:
         on_upstream_ssl_refused(mode)
     assert caught.value.sqlstate == "08001"
 
@@ -395,11 +395,11 @@ def test_upstream_answer_n_follows_the_refusal_table() -> None:
 @pytest.mark.parametrize(
     ("received", "message"),
     [
-        (b"S\x00\x00\x00\x08", "unexpected data after"),  # CVE-2021-23222
-        (b"NR\x00\x00\x00\x08\x00\x00\x00\x00", "unexpected data after"),
-        (b"E\x00\x00\x00\x10SFATAL\x00", "error response during SSL exchange"),
-        (b"X", "invalid response"),
-        (b"", "invalid response"),
+        (b"S\x00\x00\x00\x08", "unencrypted data after its answer"),  # CVE-2021-23222
+        (b"NR\x00\x00\x00\x08\x00\x00\x00\x00", "unencrypted data after its answer"),
+        (b"E\x00\x00\x00\x10SFATAL\x00", "error response as its answer to the SSL request"),
+        (b"X", "invalid answer"),
+        (b"", "invalid answer"),
     ],
 )
 def test_any_other_answer_aborts(mode: UpstreamTlsMode, received: bytes, message: str) -> None:

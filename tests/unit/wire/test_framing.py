@@ -223,3 +223,25 @@ def test_scanning_one_byte_at_a_time_stays_linear() -> None:
 def test_default_cap_is_postgres_large_message_limit() -> None:
     assert DEFAULT_MAX_MESSAGE_LENGTH == 0x3FFFFFFE
     assert w.MessageReader().max_length == DEFAULT_MAX_MESSAGE_LENGTH
+
+
+@pytest.mark.parametrize("interesting", [b"", b"DZ"])
+def test_frame_scanner_knows_whether_the_stream_stands_at_a_message_boundary(
+    interesting: bytes,
+) -> None:
+    stream = w.DataRow((b"abc", None)).encode() + w.ReadyForQuery(w.TransactionStatus.IDLE).encode()
+    boundaries = {0, len(stream) - 6, len(stream)}
+    for cut in range(len(stream) + 1):
+        scanner = w.FrameScanner(interesting)
+        scanner.scan(stream[:cut])
+        assert scanner.at_boundary == (cut in boundaries), cut
+
+
+def test_message_reader_hands_over_the_unread_bytes_once() -> None:
+    reader = w.MessageReader()
+    query = w.Query("SELECT 1").encode()
+    reader.feed(w.Sync().encode() + query[:6])
+    assert reader.next_message() == w.Frame(ord("S"), b"")
+    assert reader.take_pending_data() == query[:6]
+    assert not reader.has_pending_data()
+    assert reader.next_message() is w.NEED_DATA

@@ -1,0 +1,166 @@
+"""`pgwarden serve`: wire the parts together and run them until SIGTERM.
+
+Builds, from the server config: the policy holder (reloaded when the file changes and on SIGHUP),
+the state store and grant service, the client-facing TLS context, the login throttle and
+admission limits, and the Postgres listener; then runs the housekeeping loop (policy reload check,
+lapse/expiry sweep) once a second until told to stop, and shuts down with the configured grace.
+
+`Runtime` is the in-process form the tests use: `start()` returns once the listener is bound.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from proxy.clock import SYSTEM_CLOCK, Clock
+from proxy.config import ServerConfig, ThrottleSettings, load_config
+from proxy.errors import PgwardenError
+from proxy.policy.lifecycle import GrantService
+from proxy.policy.reload import PolicyHolder
+from proxy.policy.store import SqliteStore
+from proxy.session.admission import Admission, AdmissionLimits
+from proxy.session.context import ClientTls, ProxyContext
+from proxy.session.server import ProxyServer
+from proxy.session.tls import server_channel_binding, server_ssl_context
+from proxy.throttle import LoginThrottle, ThrottleRule
+
+log = logging.getLogger(__name__)
+
+HOUSEKEEPING_INTERVAL = 1.0  # seconds: policy file check and grant sweep
+
+
+@dataclass(eq=False)
+class Runtime:
+    """A running pgwarden: its config, policy, grants and Postgres listener."""
+
+    config: ServerConfig
+    clock: Clock = SYSTEM_CLOCK
+    policy: PolicyHolder = field(init=False)
+    store: SqliteStore = field(init=False)
+    grants: GrantService = field(init=False)
+    server: ProxyServer = field(init=False)
+    _housekeeping: asyncio.Task[None] | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        self.policy = PolicyHolder.open(self.config.paths.policy)
+        self.store = SqliteStore(self.config.paths.state)
+        self.grants = GrantService(self.store, self.clock, lambda: self.policy.current)
+        self.server = ProxyServer(
+            build_context(self.config, self.policy, self.grants, self.clock),
+            self.config.proxy.listen.host,
+            self.config.proxy.listen.port,
+        )
+
+    async def start(self) -> None:
+        await self.server.start()
+        self._housekeeping = asyncio.get_running_loop().create_task(self._housekeep())
+
+    async def stop(self) -> None:
+        if self._housekeeping is not None:
+            self._housekeeping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._housekeeping
+        await self.server.shutdown(self.config.sessions.shutdown_grace.total_seconds())
+        self.store.close()
+
+    async def _housekeep(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(HOUSEKEEPING_INTERVAL)
+            try:
+                self.policy.check_for_changes()
+                # SQLite writes may wait for the file lock: keep them off the event loop.
+                await loop.run_in_executor(None, self.grants.sweep)
+            except Exception:
+                log.exception("housekeeping failed; retrying in %.0f s", HOUSEKEEPING_INTERVAL)
+
+
+def build_context(
+    config: ServerConfig, policy: PolicyHolder, grants: GrantService, clock: Clock
+) -> ProxyContext:
+    limits = config.limits
+    return ProxyContext(
+        policy=lambda: policy.current,
+        grants=grants,
+        clock=clock,
+        throttle=LoginThrottle(
+            clock.monotonic,
+            per_user=_rule(limits.failed_logins_per_user),
+            per_source=_rule(limits.failed_logins_per_source),
+        ),
+        admission=Admission(
+            AdmissionLimits(
+                max_preauth=limits.max_preauth_connections,
+                max_preauth_per_source=limits.max_preauth_per_source,
+                max_sessions=limits.max_sessions,
+                max_sessions_per_source=limits.max_sessions_per_source,
+            )
+        ),
+        client_tls=_client_tls(config),
+        login_timeout=config.proxy.login_timeout.total_seconds(),
+        max_client_message=limits.max_message_bytes,
+    )
+
+
+def _rule(settings: ThrottleSettings) -> ThrottleRule:
+    return ThrottleRule(settings.burst, settings.refill_every.total_seconds())
+
+
+def _client_tls(config: ServerConfig) -> ClientTls | None:
+    files = config.proxy.tls
+    if files is None:
+        return None
+    return ClientTls(
+        context=server_ssl_context(files.cert_file, files.key_file),
+        channel_binding=server_channel_binding(files.cert_file),
+    )
+
+
+async def serve(config: ServerConfig) -> None:
+    """Run until SIGTERM or SIGINT; SIGHUP reloads the policy."""
+    runtime = Runtime(config)
+    await runtime.start()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, runtime.policy.reload)
+    await stop.wait()
+    log.info("stopping: ending sessions (grace %s)", config.sessions.shutdown_grace)
+    await runtime.stop()
+
+
+def run_event_loop(main: Coroutine[object, object, None]) -> None:
+    """Run `main` on uvloop when it is installed, else on asyncio's own loop."""
+    try:
+        import uvloop  # noqa: PLC0415 - optional speed-up, imported where it is used
+    except ImportError:
+        asyncio.run(main)
+        return
+    uvloop.run(main)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, required=True, help="the server config file")
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        config = load_config(args.config)
+        run_event_loop(serve(config))
+    except PgwardenError as exc:
+        print(f"pgwarden: {exc}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,65 @@
+"""Everything a client connection needs from the rest of pgwarden, injected in one value.
+
+The handshake and the session read the current policy, the grants, the clock, the limits and the
+TLS material only through a `ProxyContext`, so tests can build one with a fake clock and a
+temporary store, and nothing in `proxy/session` reaches for globals.
+"""
+
+from __future__ import annotations
+
+import secrets
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from proxy.auth import SaltedPasswordCache
+from proxy.clock import Clock
+from proxy.policy.lifecycle import GrantService
+from proxy.policy.models import Policy, Upstream, UpstreamTlsMode
+from proxy.session.admission import Admission, AdmissionLimits
+from proxy.session.registry import SessionRegistry
+from proxy.session.session import EndListener, Session
+from proxy.session.tls import upstream_ssl_context
+from proxy.throttle import LoginThrottle
+from proxy.wire.limits import DEFAULT_MAX_MESSAGE_LENGTH
+
+# The mock SCRAM secret only has to be unguessable and stable for the life of the process.
+MOCK_SECRET_BYTES = 32
+
+
+@dataclass(frozen=True, slots=True)
+class ClientTls:
+    """pgwarden's TLS server side: the context, and our certificate's channel-binding data."""
+
+    context: ssl.SSLContext
+    channel_binding: bytes | None  # None: the certificate's hash is undefined; no -PLUS
+
+
+@dataclass(eq=False)
+class ProxyContext:
+    """The dependencies of every client connection (one per server)."""
+
+    policy: Callable[[], Policy]
+    grants: GrantService
+    clock: Clock
+    throttle: LoginThrottle
+    admission: Admission = field(default_factory=lambda: Admission(AdmissionLimits()))
+    registry: SessionRegistry[Session] = field(default_factory=SessionRegistry)
+    client_tls: ClientTls | None = None
+    login_timeout: float = 10.0
+    upstream_connect_timeout: float = 10.0
+    max_client_message: int = DEFAULT_MAX_MESSAGE_LENGTH
+    end_listeners: list[EndListener] = field(default_factory=list)
+    mock_secret: bytes = field(default_factory=lambda: secrets.token_bytes(MOCK_SECRET_BYTES))
+    scram_cache: SaltedPasswordCache = field(default_factory=SaltedPasswordCache)
+    _upstream_contexts: dict[tuple[UpstreamTlsMode, Path | None], ssl.SSLContext | None] = field(
+        default_factory=dict
+    )
+
+    def upstream_ssl_context(self, upstream: Upstream) -> ssl.SSLContext | None:
+        """The TLS context for an upstream, built once per (mode, CA file)."""
+        key = (upstream.tls, upstream.ca_file)
+        if key not in self._upstream_contexts:
+            self._upstream_contexts[key] = upstream_ssl_context(upstream.tls, upstream.ca_file)
+        return self._upstream_contexts[key]

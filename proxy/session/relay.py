@@ -1,0 +1,145 @@
+"""The relay: the hot path that pumps bytes between a logged-in client and its upstream backend.
+
+Each received chunk is forwarded whole, at once, from the `data_received` callback: no queue, no
+task switch, no copy. Beside it a `FrameScanner` per direction walks the message boundaries (one
+header unpack per message) and hands the few messages we must understand to the relay:
+
+- client → upstream: Query, Sync and FunctionCall start work the backend answers with one
+  ReadyForQuery each; a Terminate means the client is leaving;
+- upstream → client: ReadyForQuery ends that work; an ErrorResponse of severity FATAL means the
+  backend has told the client itself why it is going away.
+
+So the relay always knows whether a query is running (`busy`) and whether the client-bound stream
+stands at a message boundary (where a FATAL ErrorResponse may be injected without corrupting the
+stream). A message that breaks the protocol (too long, bad length) is not forwarded: the relay
+stops and reports it.
+
+Backpressure is end to end: when one side's write buffer fills, the other side stops being read
+until it drains (SECURITY.md row 34), so a client that never reads holds at most the transport's
+high-water mark in pgwarden, not the result set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from enum import StrEnum
+
+from proxy.session.peer import Peer
+from proxy.wire import FrameScanner, RemoteProtocolError
+from proxy.wire.limits import DEFAULT_MAX_MESSAGE_LENGTH
+
+QUERY, SYNC, FUNCTION_CALL, TERMINATE = b"Q"[0], b"S"[0], b"F"[0], b"X"[0]
+READY_FOR_QUERY, ERROR_RESPONSE = b"Z"[0], b"E"[0]
+# Each of these is answered by exactly one ReadyForQuery.
+CLIENT_MESSAGES_OBSERVED = (QUERY, SYNC, FUNCTION_CALL, TERMINATE)
+UPSTREAM_MESSAGES_OBSERVED = (READY_FOR_QUERY, ERROR_RESPONSE)
+# The non-localized severity field of an ErrorResponse that ends the connection.
+_FATAL_SEVERITIES = (b"\0VFATAL\0", b"\0VPANIC\0")
+
+
+class RelayStop(StrEnum):
+    """Why the relay stopped on its own."""
+
+    CLIENT_TERMINATED = "client sent Terminate"
+    CLIENT_CLOSED = "client closed the connection"
+    UPSTREAM_CLOSED = "database closed the connection"
+    CLIENT_PROTOCOL_VIOLATION = "client broke the protocol"
+    UPSTREAM_PROTOCOL_VIOLATION = "database broke the protocol"
+
+
+StopHandler = Callable[[RelayStop, RemoteProtocolError | None], None]
+
+
+class Relay:
+    """Forwards both directions between two peers until told to stop or one side ends."""
+
+    def __init__(
+        self,
+        client: Peer,
+        upstream: Peer,
+        on_stop: StopHandler,
+        *,
+        max_client_message: int = DEFAULT_MAX_MESSAGE_LENGTH,
+    ) -> None:
+        self.client = client
+        self.upstream = upstream
+        self._on_stop = on_stop
+        self._to_upstream = FrameScanner(CLIENT_MESSAGES_OBSERVED, max_client_message)
+        self._to_client = FrameScanner(UPSTREAM_MESSAGES_OBSERVED)
+        self._awaiting_ready = 0
+        self.upstream_sent_fatal = False
+        self.stopped = False
+        self.bytes_from_client = 0
+        self.bytes_from_upstream = 0
+
+    @property
+    def busy(self) -> bool:
+        """Whether the backend is working on something the client sent (a query is running)."""
+        return self._awaiting_ready > 0
+
+    @property
+    def client_stream_at_boundary(self) -> bool:
+        """Whether everything forwarded to the client so far ends with a complete message."""
+        return self._to_client.at_boundary
+
+    def start(self, client_pending: bytes = b"", upstream_pending: bytes = b"") -> None:
+        """Begin relaying; bytes that arrived during the handshake go first, in order."""
+        self.upstream.on_pause_writing = self.client.pause_reading
+        self.upstream.on_resume_writing = self.client.resume_reading
+        self.client.on_pause_writing = self.upstream.pause_reading
+        self.client.on_resume_writing = self.upstream.resume_reading
+        self.client.on_connection_lost = lambda _peer: self._stop(RelayStop.CLIENT_CLOSED)
+        self.upstream.on_connection_lost = lambda _peer: self._stop(RelayStop.UPSTREAM_CLOSED)
+        if upstream_pending:
+            self._from_upstream(upstream_pending)
+        if client_pending:
+            self._from_client(client_pending)
+        if not self.stopped:
+            self.upstream.start_relay(self._from_upstream)
+        if not self.stopped:
+            self.client.start_relay(self._from_client)
+
+    def stop(self) -> None:
+        """Forward nothing more, in either direction (what arrives later is dropped)."""
+        self.stopped = True
+
+    def _from_client(self, data: bytes) -> None:
+        if self.stopped:
+            return
+        try:
+            frames = self._to_upstream.scan(data)
+        except RemoteProtocolError as exc:
+            self._stop(RelayStop.CLIENT_PROTOCOL_VIOLATION, exc)
+            return
+        terminate = False
+        for frame in frames:
+            if frame.type == TERMINATE:
+                terminate = True
+            else:
+                self._awaiting_ready += 1
+        self.bytes_from_client += len(data)
+        self.upstream.write(data)
+        if terminate:
+            self._stop(RelayStop.CLIENT_TERMINATED)
+
+    def _from_upstream(self, data: bytes) -> None:
+        if self.stopped:
+            return
+        try:
+            frames = self._to_client.scan(data)
+        except RemoteProtocolError as exc:
+            self._stop(RelayStop.UPSTREAM_PROTOCOL_VIOLATION, exc)
+            return
+        for frame in frames:
+            if frame.type == READY_FOR_QUERY:
+                self._awaiting_ready = max(0, self._awaiting_ready - 1)
+            elif any(field in b"\0" + frame.payload for field in _FATAL_SEVERITIES):
+                self.upstream_sent_fatal = True
+        self.bytes_from_upstream += len(data)
+        self.client.write(data)
+
+    def _stop(self, why: RelayStop, error: RemoteProtocolError | None = None) -> None:
+        if self.stopped:
+            return
+        self.stopped = True
+        self._on_stop(why, error)

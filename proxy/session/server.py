@@ -1,0 +1,116 @@
+"""The Postgres-facing listener and its lifecycle: start, serve, shut down with a grace period.
+
+Each accepted connection takes a pre-auth slot (global and per source address) or is refused at
+once with 53300; then one task runs it (`handshake.serve_connection`) until it closes. Shutdown
+stops accepting, ends every live session through its one exit with FATAL 57P01 "pgwarden is shutting
+down", cancels logins in progress (they get the same message), and gives everything `grace`
+seconds to finish before the remaining connections are aborted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from proxy.session.admission import Stage
+from proxy.session.context import ProxyContext
+from proxy.session.handshake import serve_connection
+from proxy.session.peer import Peer
+from proxy.session.session import Ending, EndReason
+from proxy.wire import ErrorResponse, sqlstate
+
+log = logging.getLogger(__name__)
+
+# Pending connections the kernel may queue while the loop is busy; bursts of -C logins need room.
+LISTEN_BACKLOG = 1024
+SHUTDOWN_MESSAGE = "pgwarden is shutting down"
+
+
+class ClientPeer(Peer):
+    """A client connection; tells the server as soon as it is accepted."""
+
+    def __init__(self, server: ProxyServer) -> None:
+        super().__init__("client")
+        self._server = server
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._server.accepted(self)
+
+
+class ProxyServer:
+    """Listens for Postgres clients and runs a task per connection."""
+
+    def __init__(self, ctx: ProxyContext, host: str, port: int) -> None:
+        self.ctx = ctx
+        self._host, self._port = host, port
+        self._listener: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closing = False
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._listener = await loop.create_server(
+            lambda: ClientPeer(self), self._host, self._port, backlog=LISTEN_BACKLOG
+        )
+        log.info("pgwarden listening for Postgres clients on %s:%d", self._host, self.port)
+
+    @property
+    def port(self) -> int:
+        """The port actually bound (the configured one, or the one the OS chose for port 0)."""
+        assert self._listener is not None
+        return int(self._listener.sockets[0].getsockname()[1])
+
+    @property
+    def connections(self) -> int:
+        """Connections being served now (logging in or relaying)."""
+        return len(self._tasks)
+
+    def accepted(self, peer: Peer) -> None:
+        source = _source_address(peer)
+        if self._closing or not self.ctx.admission.try_acquire(Stage.PREAUTH, source):
+            message = SHUTDOWN_MESSAGE if self._closing else "pgwarden: too many connections"
+            code = sqlstate.ADMIN_SHUTDOWN if self._closing else sqlstate.TOO_MANY_CONNECTIONS
+            peer.write(ErrorResponse.fatal(code, message).encode())
+            peer.close()
+            return
+        task = asyncio.get_running_loop().create_task(serve_connection(peer, source, self.ctx))
+        self._tasks.add(task)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("connection task failed", exc_info=exc)
+
+    async def shutdown(self, grace: float) -> None:
+        """Stop accepting, end every session with 57P01, wait up to `grace` s, abort the rest."""
+        self._closing = True
+        if self._listener is not None:
+            self._listener.close()
+        sessions = list(self.ctx.registry)
+        ending = Ending(EndReason.SHUTDOWN, SHUTDOWN_MESSAGE, sqlstate.ADMIN_SHUTDOWN)
+        for session in sessions:
+            session.terminate(ending)
+        for task in list(self._tasks):
+            task.cancel()  # logins in progress answer 57P01 as they unwind
+        peers = [peer for session in sessions for peer in (session.client, session.upstream)]
+        closing = [asyncio.ensure_future(peer.wait_closed()) for peer in peers]
+        waiting = [*self._tasks, *closing]
+        if waiting:
+            _, pending = await asyncio.wait(waiting, timeout=grace)
+            for future in pending:
+                future.cancel()
+        for peer in peers:
+            if not peer.is_closed:
+                peer.abort()  # the grace period is over: whatever is unsent is dropped
+        log.info("pgwarden stopped (%d sessions ended)", len(sessions))
+
+
+def _source_address(peer: Peer) -> str:
+    """The client's IP address (no port): the key of per-source limits and throttles."""
+    transport = peer.transport
+    peername = transport.get_extra_info("peername") if transport is not None else None
+    if isinstance(peername, tuple) and peername:
+        return str(peername[0])
+    return "unix" if peername is not None else "unknown"
