@@ -167,7 +167,7 @@ def _refuse_existing(paths: DevCertificates) -> None:
     existing = [str(path) for path in _all(paths) if path.exists() or path.is_symlink()]
     if existing:
         raise CertificateError(
-            f"refusing to overwrite {', '.join(existing)}: remove them, or ask for overwrite"
+            f"refusing to overwrite {', '.join(existing)}: remove them first, or pass --force"
         )
 
 

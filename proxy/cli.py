@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from proxy import __version__, checks, serve
+from proxy import __version__, checks, devcert, serve
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +30,7 @@ class Command:
 GROUPS: dict[tuple[str, ...], str] = {
     ("policy",): "work with the policy file",
     ("config",): "work with the server config file",
+    ("tls",): "TLS certificates",
 }
 
 COMMANDS: tuple[Command, ...] = (
@@ -50,6 +51,12 @@ COMMANDS: tuple[Command, ...] = (
         "validate a server config file and summarise it",
         checks.add_file_argument,
         checks.run_config_check,
+    ),
+    Command(
+        ("tls", "dev-cert"),
+        "make a throwaway CA and server certificate for trying TLS (not for production)",
+        devcert.add_arguments,
+        devcert.run,
     ),
 )
 
