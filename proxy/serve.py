@@ -22,6 +22,7 @@ from pathlib import Path
 
 from proxy.clock import SYSTEM_CLOCK, Clock
 from proxy.config import ServerConfig, ThrottleSettings, load_config
+from proxy.enforcement import EnforcementSettings, Enforcer
 from proxy.errors import PgwardenError
 from proxy.policy.lifecycle import GrantService
 from proxy.policy.reload import PolicyHolder
@@ -47,27 +48,34 @@ class Runtime:
     store: SqliteStore = field(init=False)
     grants: GrantService = field(init=False)
     server: ProxyServer = field(init=False)
-    _housekeeping: asyncio.Task[None] | None = field(init=False, default=None)
+    enforcer: Enforcer = field(init=False)
+    _tasks: list[asyncio.Task[None]] = field(init=False, default_factory=list)
 
     def __post_init__(self) -> None:
         self.policy = PolicyHolder.open(self.config.paths.policy)
         self.store = SqliteStore(self.config.paths.state)
         self.grants = GrantService(self.store, self.clock, lambda: self.policy.current)
-        self.server = ProxyServer(
-            build_context(self.config, self.policy, self.grants, self.clock),
-            self.config.proxy.listen.host,
-            self.config.proxy.listen.port,
-        )
+        ctx = build_context(self.config, self.policy, self.grants, self.clock)
+        self.server = ProxyServer(ctx, self.config.proxy.listen.host, self.config.proxy.listen.port)
+        sessions = self.config.sessions
+        self.enforcer = Enforcer(
+            ctx.registry, self.grants, lambda: self.policy.current, self.clock,
+            settings=EnforcementSettings(
+                warn_before=tuple(offset.total_seconds() for offset in sessions.warn_before),
+                long_session_after=sessions.long_session_threshold.total_seconds(),
+            ),
+        )  # fmt: skip
 
     async def start(self) -> None:
         await self.server.start()
-        self._housekeeping = asyncio.get_running_loop().create_task(self._housekeep())
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._housekeep()), loop.create_task(self.enforcer.run())]
 
     async def stop(self) -> None:
-        if self._housekeeping is not None:
-            self._housekeeping.cancel()
+        for task in self._tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._housekeeping
+                await task
         await self.server.shutdown(self.config.sessions.shutdown_grace.total_seconds())
         self.store.close()
 

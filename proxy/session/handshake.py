@@ -35,6 +35,7 @@ from proxy.policy.models import AccessLevelName, SecretUnavailable, TargetName, 
 from proxy.policy.requests import ActiveGrant
 from proxy.session.admission import Stage
 from proxy.session.context import ProxyContext
+from proxy.session.control import terminate_backend
 from proxy.session.peer import Peer, PeerClosed
 from proxy.session.session import Session, SessionInfo, UpstreamHandle
 from proxy.session.upstream import (
@@ -110,8 +111,10 @@ async def serve_connection(peer: Peer, source: str, ctx: ProxyContext) -> None:
         if not isinstance(exc, Exception):
             raise  # cancellation and exits propagate once the client has been told
         return
-    if session is not None:
-        await session.wait_ended()
+    if session is None:
+        conn.peer.close()  # a CancelRequest gets no reply: Postgres just closes, and so do we
+        return
+    await session.wait_ended()
 
 
 async def _log_in(conn: ClientConnection, ctx: ProxyContext) -> Session | None:
@@ -331,12 +334,16 @@ def make_ready(
             "pgwarden: too many sessions; try again later", sqlstate=sqlstate.TOO_MANY_CONNECTIONS
         )
     process_id, secret = ctx.registry.new_cancel_key()
+    now, started = ctx.clock.now(), ctx.clock.monotonic()
     session = Session(
         info=_session_info(conn, login, upstream, ctx),
         client=conn.peer, upstream=upstream.peer,
-        upstream_handle=UpstreamHandle(cancel=lambda: _cancel_upstream(upstream)),
+        upstream_handle=_upstream_handle(login, upstream, ctx),
         cancel_process_id=process_id, cancel_secret=secret,
-        max_client_message=ctx.max_client_message,
+        max_client_message=ctx.max_client_message, monotonic=ctx.clock.monotonic,
+        # The window is agreed in wall-clock time; from here on it is timed on the monotonic
+        # clock, so a wall-clock jump can neither cut the session early nor let it run late.
+        deadline=started + (login.grant.ends_at - now).total_seconds(), started=started,
     )  # fmt: skip
     ctx.registry.add(session)
     session.end_listeners.append(lambda s, _e: _release(s, conn.source, ctx))
@@ -358,12 +365,28 @@ def _session_info(
         upstream_role=upstream.role, client_address=conn.source, client_tls=conn.tls,
         application_name=login.startup.params.get("application_name", ""),
         started_at=ctx.clock.now(), grant_ends_at=login.grant.ends_at,
+        backend_process_id=upstream.backend_key.process_id,
     )  # fmt: skip
 
 
 def _release(session: Session, source: str, ctx: ProxyContext) -> None:
     ctx.registry.remove(session)
     ctx.admission.release(Stage.LIVE, source)
+
+
+def _upstream_handle(
+    login: Login, upstream: UpstreamConnection, ctx: ProxyContext
+) -> UpstreamHandle:
+    async def reap() -> bool:
+        target = ctx.policy().targets.get(login.target)
+        if target is None:
+            log.error("backend %d outlived its session; its target is gone from the policy",
+                      upstream.backend_key.process_id)  # fmt: skip
+            return False
+        context = ctx.upstream_ssl_context(target.upstream)
+        return await terminate_backend(target, upstream.backend_key.process_id, context)
+
+    return UpstreamHandle(cancel=lambda: _cancel_upstream(upstream), terminate_backend=reap)
 
 
 def _cancel_upstream(upstream: UpstreamConnection) -> None:

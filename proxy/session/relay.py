@@ -21,6 +21,7 @@ high-water mark in pgwarden, not the result set.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from enum import StrEnum
 
@@ -40,6 +41,7 @@ _FATAL_SEVERITIES = (b"\0VFATAL\0", b"\0VPANIC\0")
 class RelayStop(StrEnum):
     """Why the relay stopped on its own."""
 
+    DEADLINE = "client sent data after the grant's deadline"
     CLIENT_TERMINATED = "client sent Terminate"
     CLIENT_CLOSED = "client closed the connection"
     UPSTREAM_CLOSED = "database closed the connection"
@@ -48,6 +50,14 @@ class RelayStop(StrEnum):
 
 
 StopHandler = Callable[[RelayStop, RemoteProtocolError | None], None]
+
+# Ending a session mid-message: at most this much more of the message in progress is forwarded so
+# that the client gets a clean FATAL after it; beyond that the connection is simply closed.
+MAX_DRAIN_BYTES = 1024 * 1024
+
+
+def _never() -> bool:
+    return False
 
 
 class Relay:
@@ -60,10 +70,14 @@ class Relay:
         on_stop: StopHandler,
         *,
         max_client_message: int = DEFAULT_MAX_MESSAGE_LENGTH,
+        deadline_passed: Callable[[], bool] = _never,
     ) -> None:
         self.client = client
         self.upstream = upstream
         self._on_stop = on_stop
+        self._deadline_passed = deadline_passed
+        self._draining: asyncio.Future[bool] | None = None
+        self._drained = 0
         self._to_upstream = FrameScanner(CLIENT_MESSAGES_OBSERVED, max_client_message)
         self._to_client = FrameScanner(UPSTREAM_MESSAGES_OBSERVED)
         self._awaiting_ready = 0
@@ -102,9 +116,28 @@ class Relay:
     def stop(self) -> None:
         """Forward nothing more, in either direction (what arrives later is dropped)."""
         self.stopped = True
+        if self._draining is not None and not self._draining.done():
+            self._draining.set_result(False)
+
+    def drain_to_boundary(self) -> asyncio.Future[bool]:
+        """Stop forwarding the client's data; forward the upstream's only up to the end of the
+        message in progress. The future is True once the client stream stands at a boundary,
+        False if the relay stopped first or the message is too long to finish."""
+        self.stopped = True
+        self._draining = asyncio.get_running_loop().create_future()
+        if self._to_client.at_boundary:
+            self._draining.set_result(True)
+        else:
+            self.upstream.resume_reading()  # the rest of the message may sit behind backpressure
+        return self._draining
 
     def _from_client(self, data: bytes) -> None:
         if self.stopped:
+            return
+        if self._deadline_passed():
+            # Checked per chunk, not only by the enforcer's timer: a COMMIT that arrives after
+            # the grant's end must never reach the database.
+            self._stop(RelayStop.DEADLINE)
             return
         try:
             frames = self._to_upstream.scan(data)
@@ -124,6 +157,8 @@ class Relay:
 
     def _from_upstream(self, data: bytes) -> None:
         if self.stopped:
+            if self._draining is not None and not self._draining.done():
+                self._drain(data)
             return
         try:
             frames = self._to_client.scan(data)
@@ -137,6 +172,19 @@ class Relay:
                 self.upstream_sent_fatal = True
         self.bytes_from_upstream += len(data)
         self.client.write(data)
+
+    def _drain(self, data: bytes) -> None:
+        assert self._draining is not None
+        end = self._to_client.boundary_offset(data)
+        piece = data if end is None else data[:end]
+        self._drained += len(piece)
+        if self._drained > MAX_DRAIN_BYTES:
+            self._draining.set_result(False)
+            return
+        self._to_client.scan(piece)
+        self.client.write(piece)
+        if end is not None:
+            self._draining.set_result(True)
 
     def _stop(self, why: RelayStop, error: RemoteProtocolError | None = None) -> None:
         if self.stopped:

@@ -2,17 +2,18 @@
 
 A `Session` exists from the moment both sides are logged in until both connections are closed.
 Whatever ends it — the client leaving, the database going away, a protocol violation, shutdown,
-and (with enforcement) the grant's end, a revocation or an admin's kill — goes through
-`Session.terminate(ending)`, which, once and in this order:
+the grant's end, a revocation, an admin's kill — goes through `Session.terminate(ending)`, which,
+once and in this order:
 
-1. stops the relay, so nothing more is forwarded in either direction (a late COMMIT never
-   reaches the database);
-2. tells the client why with a FATAL ErrorResponse carrying a SQLSTATE, when the client-bound
-   stream stands at a message boundary (no ReadyForQuery follows a FATAL);
-3. cancels the running query upstream, if one is running, and ends the upstream backend with
-   Terminate and a close;
-4. closes the client connection;
-5. releases the session's slot and cancel key and tells the listeners (audit, metrics).
+1. stops forwarding the client's data at once (a COMMIT that arrives late never reaches the
+   database), and cancels the running query upstream if one is running;
+2. tells the client why: a FATAL ErrorResponse with a SQLSTATE, injected at a message boundary —
+   if a result is streaming, the message in progress is completed first (bounded); no
+   ReadyForQuery follows a FATAL — then closes the client connection;
+3. ends the upstream backend: Terminate, then waits for the backend to close its side; one that
+   does not within `UPSTREAM_EXIT_GRACE` is aborted and, for endings that enforce access,
+   terminated with `pg_terminate_backend` over the control connection;
+4. tells the listeners (slot release, audit, metrics).
 
 This mirrors pgbouncer's `disconnect_client_sqlstate` and Teleport's `disconnectClient`.
 """
@@ -21,16 +22,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
 from proxy.session.peer import Peer
 from proxy.session.relay import Relay, RelayStop
-from proxy.wire import ErrorResponse, RemoteProtocolError, Terminate, sqlstate
+from proxy.wire import ErrorResponse, NoticeResponse, RemoteProtocolError, Terminate, sqlstate
 
 log = logging.getLogger(__name__)
+
+# How long the client-bound stream may take to reach a message boundary before the FATAL.
+DRAIN_TIMEOUT = 0.5
+# How long a backend gets to exit after Terminate before it is aborted (and reaped).
+UPSTREAM_EXIT_GRACE = 1.0
 
 
 class EndReason(StrEnum):
@@ -42,8 +48,14 @@ class EndReason(StrEnum):
     SHUTDOWN = "shutdown"
     EXPIRED = "expired"
     REVOKED = "revoked"
+    REMOVED = "removed_from_policy"
     KILLED = "killed"
     INTERNAL_ERROR = "internal_error"
+
+    @property
+    def enforces_access(self) -> bool:
+        """Endings where a backend left running would be access beyond the grant."""
+        return self in (EndReason.EXPIRED, EndReason.REVOKED, EndReason.REMOVED, EndReason.KILLED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,13 +83,15 @@ class SessionInfo:
     application_name: str
     started_at: datetime
     grant_ends_at: datetime
+    backend_process_id: int
 
 
 @dataclass(frozen=True, slots=True)
 class UpstreamHandle:
-    """What it takes to cancel a query on the upstream backend (a fresh connection + its key)."""
+    """Out-of-band actions on the upstream backend (each on a fresh connection)."""
 
-    cancel: Callable[[], object]  # schedules a CancelRequest to the upstream; best effort
+    cancel: Callable[[], object]  # schedules a CancelRequest; best effort
+    terminate_backend: Callable[[], Awaitable[bool]]  # pg_terminate_backend over the control role
 
 
 EndListener = Callable[["Session", Ending], None]
@@ -85,7 +99,7 @@ EndListener = Callable[["Session", Ending], None]
 
 @dataclass(eq=False)
 class Session:
-    """A logged-in client relayed to its upstream backend."""
+    """A logged-in client relayed to its upstream backend, until `deadline` (monotonic)."""
 
     info: SessionInfo
     client: Peer
@@ -94,15 +108,22 @@ class Session:
     cancel_process_id: int
     cancel_secret: bytes = field(repr=False)
     max_client_message: int
+    monotonic: Callable[[], float]
+    deadline: float  # on the `monotonic` clock: wall-clock jumps after login do not move it
+    started: float  # on the `monotonic` clock
     end_listeners: list[EndListener] = field(default_factory=list)
     ending: Ending | None = None
+    warnings_sent: set[float] = field(default_factory=set)  # offsets (s) already announced
+    reported_long: bool = False
     relay: Relay = field(init=False)
     _done: asyncio.Event = field(init=False, default_factory=asyncio.Event)
+    _finishing: asyncio.Task[None] | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self.relay = Relay(
             self.client, self.upstream, self._relay_stopped,
             max_client_message=self.max_client_message,
+            deadline_passed=lambda: self.monotonic() >= self.deadline,
         )  # fmt: skip
 
     @property
@@ -122,22 +143,67 @@ class Session:
         if self.ending is None and self.relay.busy:
             self.upstream_handle.cancel()
 
+    def notify(self, message: str) -> bool:
+        """Send the client a NoticeResponse now, if the stream stands at a message boundary."""
+        if self.ending is not None or not self.relay.client_stream_at_boundary:
+            return False
+        self.client.write(NoticeResponse.warning(sqlstate.WARNING, message).encode())
+        return True
+
     def terminate(self, ending: Ending) -> None:
         """The one exit (see the module docstring). Safe to call many times; the first wins."""
         if self.ending is not None:
             return
         self.ending = ending
-        was_busy = self.relay.busy
-        self.relay.stop()
-        self._tell_client(ending)
-        if was_busy and not self.upstream.is_closed:
+        if self.relay.busy and not self.upstream.is_closed:
             self.upstream_handle.cancel()
-        self.upstream.write(Terminate().encode())
-        self.upstream.close()
+        drained = self.relay.drain_to_boundary()
+        self._finishing = asyncio.get_running_loop().create_task(self._finish(ending, drained))
+
+    async def _finish(self, ending: Ending, drained: asyncio.Future[bool]) -> None:
+        try:
+            await self._tell_client(ending, drained)
+            await self._end_upstream(ending)
+        finally:
+            self.relay.stop()
+            self.client.close()
+            self.upstream.abort()
+            self._announce(ending)
+
+    async def _tell_client(self, ending: Ending, drained: asyncio.Future[bool]) -> None:
+        if ending.message is not None and not self.client.is_closed:
+            try:
+                at_boundary = await asyncio.wait_for(asyncio.shield(drained), DRAIN_TIMEOUT)
+            except TimeoutError:
+                at_boundary = False
+            self.relay.stop()
+            if at_boundary:
+                self.client.write(ErrorResponse.fatal(ending.sqlstate, ending.message).encode())
+            # Mid-message, an ErrorResponse would corrupt the stream: the close says enough.
+        self.relay.stop()
         self.client.close()
+
+    async def _end_upstream(self, ending: Ending) -> None:
+        if self.upstream.is_closed:
+            return
+        self.upstream.write(Terminate().encode())
+        try:
+            await asyncio.wait_for(self.upstream.wait_closed(), UPSTREAM_EXIT_GRACE)
+            return
+        except TimeoutError:
+            self.upstream.abort()
+        if ending.reason.enforces_access:
+            await self.upstream_handle.terminate_backend()
+        else:
+            log.warning(
+                "session %s: backend %d did not exit within %.1f s of Terminate",
+                self.session_id, self.info.backend_process_id, UPSTREAM_EXIT_GRACE,
+            )  # fmt: skip
+
+    def _announce(self, ending: Ending) -> None:
         log.info(
-            "session %s ended: %s%s", self.session_id, ending.reason,
-            f" ({ending.detail})" if ending.detail else "",
+            "session %s of %r to %r ended: %s%s", self.session_id, self.info.user,
+            self.info.target, ending.reason, f" ({ending.detail})" if ending.detail else "",
         )  # fmt: skip
         for listener in self.end_listeners:
             try:
@@ -146,16 +212,23 @@ class Session:
                 log.exception("session %s: end listener failed", self.session_id)
         self._done.set()
 
-    def _tell_client(self, ending: Ending) -> None:
-        if ending.message is None or self.client.is_closed:
-            return
-        if not self.relay.client_stream_at_boundary:
-            # Mid-message: an ErrorResponse now would corrupt the stream; the close says enough.
-            return
-        self.client.write(ErrorResponse.fatal(ending.sqlstate, ending.message).encode())
-
     def _relay_stopped(self, why: RelayStop, error: RemoteProtocolError | None) -> None:
+        if why is RelayStop.DEADLINE:
+            self.terminate(self.expiry_ending())
+            return
         self.terminate(_ending_for(why, error, upstream_told_client=self.relay.upstream_sent_fatal))
+
+    def expiry_ending(self) -> Ending:
+        """The ending for a grant that ran out (what the enforcer also uses)."""
+        return Ending(EndReason.EXPIRED, expiry_message(self.info), detail="grant expired")
+
+
+def expiry_message(info: SessionInfo) -> str:
+    at = info.grant_ends_at.strftime("%H:%M:%S UTC")
+    return (
+        f'pgwarden: access to "{info.target}" ({info.access_level}) expired at {at}; '
+        f"request again with: pgwarden request {info.target} --access {info.access_level}"
+    )
 
 
 def _ending_for(

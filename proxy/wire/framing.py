@@ -202,6 +202,23 @@ class FrameScanner:
         inserted into the stream here without corrupting it)."""
         return not self._header and not self._skip and self._body is None
 
+    def boundary_offset(self, chunk: bytes) -> int | None:
+        """Where in `chunk` the message in progress ends: 0 if the stream is at a boundary now,
+        None if `chunk` does not finish it. Does not consume `chunk` (call `scan` for that)."""
+        if self._skip:
+            return self._skip if self._skip <= len(chunk) else None
+        if self._body is not None:
+            missing = self._body_size - len(self._body)
+            return missing if missing <= len(chunk) else None
+        if not self._header:
+            return 0
+        used = HEADER_LENGTH - len(self._header)
+        if len(chunk) < used:
+            return None
+        _, length = HEADER.unpack(self._header + chunk[:used])
+        end = used + max(0, length - MIN_MESSAGE_LENGTH)
+        return end if end <= len(chunk) else None
+
     def scan(self, chunk: bytes) -> list[Frame]:
         """The interesting messages completed by `chunk`. Raises RemoteProtocolError, then keeps
         raising."""

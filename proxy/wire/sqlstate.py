@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Final
 
 SUCCESSFUL_COMPLETION: Final = "00000"
+WARNING: Final = "01000"
 
 # Class 08 - Connection Exception
 CONNECTION_EXCEPTION: Final = "08000"

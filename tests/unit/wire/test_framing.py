@@ -245,3 +245,30 @@ def test_message_reader_hands_over_the_unread_bytes_once() -> None:
     assert reader.take_pending_data() == query[:6]
     assert not reader.has_pending_data()
     assert reader.next_message() is w.NEED_DATA
+
+
+@pytest.mark.parametrize("interesting", [b"", b"DZ"])
+def test_frame_scanner_says_where_the_message_in_progress_ends(interesting: bytes) -> None:
+    stream = (
+        w.DataRow((b"x" * 300, None)).encode()
+        + w.CommandComplete("SELECT 1").encode()
+        + w.ReadyForQuery(w.TransactionStatus.IDLE).encode()
+    )
+    ends = [0, 1 + 4 + 2 + (4 + 300) + 4]  # type, length, count, a value, a NULL
+    ends.append(ends[-1] + 1 + 4 + len("SELECT 1") + 1)
+    ends.append(len(stream))
+    for cut in range(len(stream)):
+        scanner = w.FrameScanner(interesting)
+        scanner.scan(stream[:cut])
+        rest = stream[cut:]
+        next_end = min(end for end in ends if end >= cut)
+        assert scanner.boundary_offset(rest) == next_end - cut, cut
+        if next_end > cut:
+            assert scanner.boundary_offset(rest[: next_end - cut - 1]) is None, cut
+
+
+def test_frame_scanner_cannot_place_the_boundary_before_the_header_is_complete() -> None:
+    scanner = w.FrameScanner(b"")
+    scanner.scan(w.Sync().encode()[:2])
+    assert scanner.boundary_offset(b"\x00") is None
+    assert scanner.boundary_offset(b"\x00\x00\x04") == 3
