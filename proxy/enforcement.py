@@ -110,13 +110,15 @@ class Enforcer:
 
     def _warn(self, session: Session, remaining: float) -> None:
         window = session.deadline - session.started
-        for offset in self._settings.warn_before:
-            # Offsets longer than the whole session would be stale news at login: skip them.
-            if offset >= window or offset in session.warnings_sent or remaining > offset:
-                continue
-            if session.notify(warning_message(session.info, remaining)):
-                session.warnings_sent.update(o for o in self._settings.warn_before if o >= offset)
-            return
+        # Offsets longer than the whole session would be stale news at login: skip them. Several
+        # offsets passed since the last check (a stall) make one notice, not a burst.
+        due = [
+            offset
+            for offset in self._settings.warn_before
+            if remaining <= offset < window and offset not in session.warnings_sent
+        ]
+        if due and session.notify(warning_message(session.info, remaining)):
+            session.warnings_sent.update(due)
 
     def _report_if_long(self, session: Session, now: float) -> None:
         if session.reported_long or now - session.started < self._settings.long_session_after:
