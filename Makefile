@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-dev
 # Branch coverage the sans-I/O core must keep (the issue tracker's bar for wire and auth).
 CORE_COVERAGE_MIN ?= 90
 
-.PHONY: test lint typecheck unit coverage clean
+.PHONY: test lint typecheck unit coverage clean bench deps
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -16,19 +16,28 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	@touch $@
 
+# PostgreSQL's server and clients, installed with apt-get only when missing.
+deps:
+	bash scripts/ensure-deps.sh
+
 lint: $(STAMP)
-	$(BIN)/ruff check proxy tests
-	$(BIN)/ruff format --check proxy tests
+	$(BIN)/ruff check proxy tests bench
+	$(BIN)/ruff format --check proxy tests bench
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-test: lint typecheck
+test: deps lint typecheck
 	$(BIN)/pytest --cov=proxy --cov-branch --cov-report=term:skip-covered
 	$(BIN)/coverage report --include='proxy/wire/*,proxy/auth/*' --fail-under=$(CORE_COVERAGE_MIN)
 
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit tests/test_architecture.py
+
+# pgwarden against direct Postgres and pgbouncer (bench/README.md); `make bench QUICK=1`: short runs.
+bench: $(STAMP)
+	bash scripts/ensure-deps.sh --pgbouncer
+	PATH="$$PATH:/usr/sbin" $(BIN)/python -m bench.run $(if $(filter 1,$(QUICK)),--quick)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage
