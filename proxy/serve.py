@@ -2,8 +2,9 @@
 
 Builds, from the server config: the policy holder (reloaded when the file changes and on SIGHUP),
 the state store and grant service, the client-facing TLS context, the login throttle and
-admission limits, and the Postgres listener; then runs the housekeeping loop (policy reload check,
-lapse/expiry sweep) once a second until told to stop, and shuts down with the configured grace.
+admission limits, the Postgres listener, the webhook notifier and the HTTP API (`proxy/api`);
+then runs the housekeeping loop (policy reload check, lapse/expiry sweep) once a second until
+told to stop, and shuts down with the configured grace.
 
 `Runtime` is the in-process form the tests use: `start()` returns once the listener is bound.
 """
@@ -20,16 +21,22 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from prometheus_client import CollectorRegistry, ProcessCollector
+
+from proxy.api.server import ApiServer, api_server
 from proxy.clock import SYSTEM_CLOCK, Clock
 from proxy.config import ServerConfig, ThrottleSettings, load_config
 from proxy.enforcement import EnforcementSettings, Enforcer
 from proxy.errors import PgwardenError
+from proxy.metrics import Metrics, MetricsObserver, policy_label
+from proxy.notify import Notifier, notification_failures
 from proxy.policy.lifecycle import GrantService
 from proxy.policy.reload import PolicyHolder
 from proxy.policy.store import SqliteStore
 from proxy.session.admission import Admission, AdmissionLimits
 from proxy.session.context import ClientTls, ProxyContext
 from proxy.session.server import ProxyServer
+from proxy.session.session import Session
 from proxy.session.tls import server_channel_binding, server_ssl_context
 from proxy.throttle import LoginThrottle, ThrottleRule
 
@@ -49,13 +56,25 @@ class Runtime:
     grants: GrantService = field(init=False)
     server: ProxyServer = field(init=False)
     enforcer: Enforcer = field(init=False)
+    metrics_registry: CollectorRegistry = field(init=False)
+    metrics: Metrics = field(init=False)
+    notifier: Notifier = field(init=False)
+    api: ApiServer = field(init=False)  # api.context.readiness_checks: the /readyz hook
     _tasks: list[asyncio.Task[None]] = field(init=False, default_factory=list)
 
     def __post_init__(self) -> None:
-        self.policy = PolicyHolder.open(self.config.paths.policy)
+        # One registry per runtime: /metrics serves it, and tests may run several runtimes.
+        self.metrics_registry = CollectorRegistry()
+        ProcessCollector(registry=self.metrics_registry)
+        self.metrics = Metrics(self.metrics_registry)
+        self.policy = PolicyHolder.open(
+            self.config.paths.policy,
+            on_reload=lambda result: self.metrics.policy_reloads.labels(result.outcome.value).inc(),
+        )
         self.store = SqliteStore(self.config.paths.state)
         self.grants = GrantService(self.store, self.clock, lambda: self.policy.current)
         ctx = build_context(self.config, self.policy, self.grants, self.clock)
+        ctx.observers.append(MetricsObserver(self.metrics, lambda: self.policy.current))
         self.server = ProxyServer(ctx, self.config.proxy.listen.host, self.config.proxy.listen.port)
         sessions = self.config.sessions
         self.enforcer = Enforcer(
@@ -64,19 +83,35 @@ class Runtime:
                 warn_before=tuple(offset.total_seconds() for offset in sessions.warn_before),
                 long_session_after=sessions.long_session_threshold.total_seconds(),
             ),
+            on_long_session=self._long_session,
         )  # fmt: skip
+        failures = notification_failures(self.metrics_registry)
+        self.notifier = Notifier(lambda: self.policy.current, self.clock, failures=failures)
+        self.api = api_server(
+            self.config, grants=self.grants, store=self.store, policy=lambda: self.policy.current,
+            proxy=self.server, notifier=self.notifier, clock=self.clock,
+            metrics=self.metrics_registry,
+        )  # fmt: skip
+
+    def _long_session(self, session: Session) -> None:
+        (target,) = policy_label(self.policy.current, session.info.target)
+        self.metrics.long_sessions.labels(target).inc()
 
     async def start(self) -> None:
         await self.server.start()
+        self.notifier.bind(asyncio.get_running_loop())
+        await self.api.start()
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._housekeep()), loop.create_task(self.enforcer.run())]
 
     async def stop(self) -> None:
+        await self.api.stop()  # first: no API call may start work on a closing store
         for task in self._tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.server.shutdown(self.config.sessions.shutdown_grace.total_seconds())
+        await self.notifier.close()
         self.store.close()
 
     async def _housekeep(self) -> None:

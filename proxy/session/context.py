@@ -18,8 +18,9 @@ from proxy.clock import Clock
 from proxy.policy.lifecycle import GrantService
 from proxy.policy.models import Policy, Upstream, UpstreamTlsMode
 from proxy.session.admission import Admission, AdmissionLimits
+from proxy.session.observer import SessionObserver
 from proxy.session.registry import SessionRegistry
-from proxy.session.session import EndListener, Session
+from proxy.session.session import Session
 from proxy.session.tls import upstream_ssl_context
 from proxy.throttle import LoginThrottle
 from proxy.wire.limits import DEFAULT_MAX_MESSAGE_LENGTH
@@ -50,7 +51,7 @@ class ProxyContext:
     login_timeout: float = 10.0
     upstream_connect_timeout: float = 10.0
     max_client_message: int = DEFAULT_MAX_MESSAGE_LENGTH
-    end_listeners: list[EndListener] = field(default_factory=list)
+    observers: list[SessionObserver] = field(default_factory=list)
     mock_secret: bytes = field(default_factory=lambda: secrets.token_bytes(MOCK_SECRET_BYTES))
     scram_cache: SaltedPasswordCache = field(default_factory=SaltedPasswordCache)
     _upstream_contexts: dict[tuple[UpstreamTlsMode, Path | None], ssl.SSLContext | None] = field(

@@ -28,7 +28,7 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 
-from proxy.auth import AuthError, ScramServer
+from proxy.auth import AuthError, InvalidPasswordError, ScramServer
 from proxy.errors import PgwardenError
 from proxy.policy.decide import Allow
 from proxy.policy.models import AccessLevelName, SecretUnavailable, TargetName, UserName
@@ -36,6 +36,7 @@ from proxy.policy.requests import ActiveGrant
 from proxy.session.admission import Stage
 from proxy.session.context import ProxyContext
 from proxy.session.control import terminate_backend
+from proxy.session.observer import LoginFailure
 from proxy.session.peer import Peer, PeerClosed
 from proxy.session.session import Session, SessionInfo, UpstreamHandle
 from proxy.session.upstream import (
@@ -139,8 +140,16 @@ async def negotiate_startup(
     conn: ClientConnection, ctx: ProxyContext
 ) -> StartupMessage | CancelRequest:
     """Answer SSLRequest/GSSENCRequest until the StartupMessage (or a CancelRequest) arrives."""
+    asked: set[type] = set()
     while True:
         request = await _next_startup_request(conn)
+        if isinstance(request, SSLRequest | GSSENCRequest):
+            # One of each at most, and none once TLS is up (as Postgres' ProcessStartupPacket).
+            if type(request) in asked or conn.tls:
+                raise RemoteProtocolError(
+                    f"{type(request).__name__} received twice or on an encrypted connection"
+                )
+            asked.add(type(request))
         if isinstance(request, SSLRequest):
             await answer_ssl_request(conn, ctx)
         elif isinstance(request, GSSENCRequest):
@@ -162,8 +171,6 @@ async def _next_startup_request(
 
 async def answer_ssl_request(conn: ClientConnection, ctx: ProxyContext) -> None:
     """'S' and a TLS handshake when we have a certificate, else 'N'."""
-    if conn.tls:
-        raise RemoteProtocolError("SSLRequest received on an encrypted connection")  # row 11
     _refuse_unencrypted_extra(conn, "SSL request")
     if ctx.client_tls is None:
         conn.peer.write(b"N")
@@ -197,7 +204,7 @@ async def authenticate(conn: ClientConnection, startup: StartupMessage, ctx: Pro
     names = login_names(startup)
     user, target = UserName(names.user), TargetName(names.database)
     _require_tls_if_needed(conn, target, ctx)
-    grant, reason = _grant_for_login(conn, user, target, ctx)
+    grant, refusal = _grant_for_login(conn, user, target, ctx)
     scram = ScramServer(
         user, grant.verifier if grant is not None else None,
         mock_secret=ctx.mock_secret,
@@ -206,14 +213,36 @@ async def authenticate(conn: ClientConnection, startup: StartupMessage, ctx: Pro
     )  # fmt: skip
     try:
         await _scram_exchange(conn, scram)
-    except AuthError as exc:
-        ctx.throttle.record_failure(user, conn.source)
-        why = reason or exc.detail or exc.message
-        log.info("login of %r to %r from %s failed: %s", user, target, conn.source, why)
+    except (AuthError, RemoteProtocolError) as exc:
+        _login_failed(conn, user, target, ctx, refusal=refusal, exc=exc)
         raise
     assert grant is not None  # a mock exchange never succeeds
     log.info("login of %r to %r from %s with grant %s", user, target, conn.source, grant.request_id)
     return Login(user, target, grant, startup)
+
+
+def _login_failed(
+    conn: ClientConnection,
+    user: UserName,
+    target: TargetName,
+    ctx: ProxyContext,
+    *,
+    refusal: tuple[LoginFailure, str] | None,
+    exc: PgwardenError,
+) -> None:
+    """Count the failure against the throttle, log why, and tell the observers."""
+    ctx.throttle.record_failure(user, conn.source)
+    if refusal is not None:
+        reason, detail = refusal
+    elif isinstance(exc, InvalidPasswordError):
+        grant_ended = exc.detail is not None and "grant ended" in exc.detail
+        reason = LoginFailure.GRANT_ENDED if grant_ended else LoginFailure.WRONG_PASSWORD
+        detail = exc.detail or exc.message
+    else:
+        reason, detail = LoginFailure.PROTOCOL, exc.message
+    log.info("login of %r to %r from %s failed: %s (%s)", user, target, conn.source, reason, detail)
+    for observer in ctx.observers:
+        observer.login_failed(user, target, conn.source, reason, detail)
 
 
 def _require_tls_if_needed(conn: ClientConnection, target: TargetName, ctx: ProxyContext) -> None:
@@ -229,14 +258,19 @@ def _require_tls_if_needed(conn: ClientConnection, target: TargetName, ctx: Prox
 
 def _grant_for_login(
     conn: ClientConnection, user: UserName, target: TargetName, ctx: ProxyContext
-) -> tuple[ActiveGrant | None, str]:
-    """The grant whose credential this login is checked against, or None and why (for the log)."""
+) -> tuple[ActiveGrant | None, tuple[LoginFailure, str] | None]:
+    """The grant whose credential this login is checked against, or None and why not."""
     if ctx.throttle.is_throttled(user, conn.source):
-        return None, "throttled"
+        return None, (LoginFailure.THROTTLED, "too many failed logins for this user or source")
     decision = ctx.grants.login_decision(user, target, ctx.clock.now())
     if isinstance(decision, Allow):
-        return decision.grant, ""
-    return None, decision.reason
+        return decision.grant, None
+    policy = ctx.policy()
+    if user not in policy.users:
+        return None, (LoginFailure.UNKNOWN_USER, decision.reason)
+    if target not in policy.targets:
+        return None, (LoginFailure.UNKNOWN_TARGET, decision.reason)
+    return None, (LoginFailure.NO_ACTIVE_GRANT, decision.reason)
 
 
 def _grant_still_holds(
@@ -267,13 +301,17 @@ async def _scram_exchange(conn: ClientConnection, scram: ScramServer) -> None:
 
 async def _password_message(conn: ClientConnection) -> bytes:
     """The payload of the next message, which must be a 'p' (rows 13 and 25)."""
-    while (frame := conn.reader.next_message()) is NEED_DATA:
+    while True:
+        # Judge the type byte as soon as it arrives, as Postgres does: a second StartupMessage
+        # or a Query header must not hold the login open until its claimed body arrives.
+        kind = conn.reader.peek_type()
+        if kind is not None and kind != PASSWORD_MESSAGE:
+            raise RemoteProtocolError(
+                f"expected a SASL response, received message type {chr(kind)!r}"
+            )
+        if (frame := conn.reader.next_message()) is not NEED_DATA:
+            return frame.payload
         conn.reader.feed(await conn.peer.read())
-    if frame.type != PASSWORD_MESSAGE:
-        raise RemoteProtocolError(
-            f"expected a SASL response, received message type {chr(frame.type)!r}"
-        )
-    return frame.payload
 
 
 # -- upstream and ready -----------------------------------------------------------------------
@@ -341,13 +379,20 @@ def make_ready(
         upstream_handle=_upstream_handle(login, upstream, ctx),
         cancel_process_id=process_id, cancel_secret=secret,
         max_client_message=ctx.max_client_message, monotonic=ctx.clock.monotonic,
+        observers=ctx.observers,
         # The window is agreed in wall-clock time; from here on it is timed on the monotonic
         # clock, so a wall-clock jump can neither cut the session early nor let it run late.
         deadline=started + (login.grant.ends_at - now).total_seconds(), started=started,
     )  # fmt: skip
+    try:
+        for observer in ctx.observers:
+            observer.session_started(session)  # the audit log may refuse: fail closed
+    except PgwardenError:
+        upstream.peer.abort()
+        ctx.admission.release(Stage.LIVE, conn.source)
+        raise
     ctx.registry.add(session)
     session.end_listeners.append(lambda s, _e: _release(s, conn.source, ctx))
-    session.end_listeners.extend(ctx.end_listeners)
     greeting = [AuthenticationOk().encode(), *upstream.greeting]
     greeting.append(BackendKeyData(process_id, secret).encode())
     greeting.append(ReadyForQuery(upstream.ready_status).encode())

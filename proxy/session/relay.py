@@ -22,17 +22,19 @@ high-water mark in pgwarden, not the result set.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from enum import StrEnum
 
+from proxy.errors import PgwardenError
 from proxy.session.peer import Peer
-from proxy.wire import FrameScanner, RemoteProtocolError
+from proxy.wire import Frame, FrameScanner, RemoteProtocolError
 from proxy.wire.limits import DEFAULT_MAX_MESSAGE_LENGTH
 
 QUERY, SYNC, FUNCTION_CALL, TERMINATE = b"Q"[0], b"S"[0], b"F"[0], b"X"[0]
 READY_FOR_QUERY, ERROR_RESPONSE = b"Z"[0], b"E"[0]
 # Each of these is answered by exactly one ReadyForQuery.
-CLIENT_MESSAGES_OBSERVED = (QUERY, SYNC, FUNCTION_CALL, TERMINATE)
+ANSWERED_BY_READY = frozenset((QUERY, SYNC, FUNCTION_CALL))
+CLIENT_MESSAGES_OBSERVED = (*ANSWERED_BY_READY, TERMINATE)
 UPSTREAM_MESSAGES_OBSERVED = (READY_FOR_QUERY, ERROR_RESPONSE)
 # The non-localized severity field of an ErrorResponse that ends the connection.
 _FATAL_SEVERITIES = (b"\0VFATAL\0", b"\0VPANIC\0")
@@ -46,10 +48,12 @@ class RelayStop(StrEnum):
     CLIENT_CLOSED = "client closed the connection"
     UPSTREAM_CLOSED = "database closed the connection"
     CLIENT_PROTOCOL_VIOLATION = "client broke the protocol"
+    REFUSED = "an observer refused the client's messages"
     UPSTREAM_PROTOCOL_VIOLATION = "database broke the protocol"
 
 
-StopHandler = Callable[[RelayStop, RemoteProtocolError | None], None]
+StopHandler = Callable[[RelayStop, PgwardenError | None], None]
+FramesHandler = Callable[[list[Frame]], None]
 
 # Ending a session mid-message: at most this much more of the message in progress is forwarded so
 # that the client gets a clean FATAL after it; beyond that the connection is simply closed.
@@ -71,6 +75,10 @@ class Relay:
         *,
         max_client_message: int = DEFAULT_MAX_MESSAGE_LENGTH,
         deadline_passed: Callable[[], bool] = _never,
+        client_observed: Iterable[int] = (),
+        upstream_observed: Iterable[int] = (),
+        on_client_frames: FramesHandler | None = None,
+        on_upstream_frames: FramesHandler | None = None,
     ) -> None:
         self.client = client
         self.upstream = upstream
@@ -78,8 +86,12 @@ class Relay:
         self._deadline_passed = deadline_passed
         self._draining: asyncio.Future[bool] | None = None
         self._drained = 0
-        self._to_upstream = FrameScanner(CLIENT_MESSAGES_OBSERVED, max_client_message)
-        self._to_client = FrameScanner(UPSTREAM_MESSAGES_OBSERVED)
+        self._to_upstream = FrameScanner(
+            {*CLIENT_MESSAGES_OBSERVED, *client_observed}, max_client_message
+        )
+        self._to_client = FrameScanner({*UPSTREAM_MESSAGES_OBSERVED, *upstream_observed})
+        self._on_client_frames = on_client_frames
+        self._on_upstream_frames = on_upstream_frames
         self._awaiting_ready = 0
         self.upstream_sent_fatal = False
         self.stopped = False
@@ -148,8 +160,14 @@ class Relay:
         for frame in frames:
             if frame.type == TERMINATE:
                 terminate = True
-            else:
+            elif frame.type in ANSWERED_BY_READY:
                 self._awaiting_ready += 1
+        if frames and self._on_client_frames is not None:
+            try:
+                self._on_client_frames(frames)
+            except PgwardenError as exc:  # an observer refuses (the audit log fails closed)
+                self._stop(RelayStop.REFUSED, exc)
+                return
         self.bytes_from_client += len(data)
         self.upstream.write(data)
         if terminate:
@@ -168,8 +186,12 @@ class Relay:
         for frame in frames:
             if frame.type == READY_FOR_QUERY:
                 self._awaiting_ready = max(0, self._awaiting_ready - 1)
-            elif any(field in b"\0" + frame.payload for field in _FATAL_SEVERITIES):
+            elif frame.type == ERROR_RESPONSE and any(
+                field in b"\0" + frame.payload for field in _FATAL_SEVERITIES
+            ):
                 self.upstream_sent_fatal = True
+        if frames and self._on_upstream_frames is not None:
+            self._on_upstream_frames(frames)
         self.bytes_from_upstream += len(data)
         self.client.write(data)
 
@@ -186,7 +208,7 @@ class Relay:
         if end is not None:
             self._draining.set_result(True)
 
-    def _stop(self, why: RelayStop, error: RemoteProtocolError | None = None) -> None:
+    def _stop(self, why: RelayStop, error: PgwardenError | None = None) -> None:
         if self.stopped:
             return
         self.stopped = True

@@ -22,14 +22,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
+from proxy.errors import PgwardenError
+from proxy.session.observer import SessionObserver
 from proxy.session.peer import Peer
 from proxy.session.relay import Relay, RelayStop
-from proxy.wire import ErrorResponse, NoticeResponse, RemoteProtocolError, Terminate, sqlstate
+from proxy.wire import ErrorResponse, Frame, NoticeResponse, Terminate, sqlstate
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,7 @@ class EndReason(StrEnum):
     REVOKED = "revoked"
     REMOVED = "removed_from_policy"
     KILLED = "killed"
+    REFUSED = "refused"  # pgwarden could not do what it must (the audit log failed): fail closed
     INTERNAL_ERROR = "internal_error"
 
     @property
@@ -112,7 +115,9 @@ class Session:
     deadline: float  # on the `monotonic` clock: wall-clock jumps after login do not move it
     started: float  # on the `monotonic` clock
     end_listeners: list[EndListener] = field(default_factory=list)
+    observers: Sequence[SessionObserver] = ()
     ending: Ending | None = None
+    end_requested_at: float = 0.0  # on the `monotonic` clock, when terminate() was first called
     warnings_sent: set[float] = field(default_factory=set)  # offsets (s) already announced
     reported_long: bool = False
     relay: Relay = field(init=False)
@@ -120,11 +125,27 @@ class Session:
     _finishing: asyncio.Task[None] | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
+        watching = [o for o in self.observers if o.CLIENT_MESSAGES or o.UPSTREAM_MESSAGES]
         self.relay = Relay(
             self.client, self.upstream, self._relay_stopped,
             max_client_message=self.max_client_message,
             deadline_passed=lambda: self.monotonic() >= self.deadline,
+            client_observed={t for o in watching for t in o.CLIENT_MESSAGES},
+            upstream_observed={t for o in watching for t in o.UPSTREAM_MESSAGES},
+            on_client_frames=self._client_frames if watching else None,
+            on_upstream_frames=self._upstream_frames if watching else None,
         )  # fmt: skip
+
+    def _client_frames(self, frames: list[Frame]) -> None:
+        for observer in self.observers:
+            observer.client_frames(self, frames)  # a PgwardenError refuses: the relay stops
+
+    def _upstream_frames(self, frames: list[Frame]) -> None:
+        for observer in self.observers:
+            try:
+                observer.upstream_frames(self, frames)
+            except Exception:
+                log.exception("session %s: observer failed", self.session_id)
 
     @property
     def session_id(self) -> str:
@@ -155,6 +176,7 @@ class Session:
         if self.ending is not None:
             return
         self.ending = ending
+        self.end_requested_at = self.monotonic()
         if self.relay.busy and not self.upstream.is_closed:
             self.upstream_handle.cancel()
         drained = self.relay.drain_to_boundary()
@@ -205,16 +227,21 @@ class Session:
             "session %s of %r to %r ended: %s%s", self.session_id, self.info.user,
             self.info.target, ending.reason, f" ({ending.detail})" if ending.detail else "",
         )  # fmt: skip
-        for listener in self.end_listeners:
+        for listener in [*self.end_listeners, *(o.session_ended for o in self.observers)]:
             try:
                 listener(self, ending)
             except Exception:
                 log.exception("session %s: end listener failed", self.session_id)
         self._done.set()
 
-    def _relay_stopped(self, why: RelayStop, error: RemoteProtocolError | None) -> None:
+    def _relay_stopped(self, why: RelayStop, error: PgwardenError | None) -> None:
         if why is RelayStop.DEADLINE:
             self.terminate(self.expiry_ending())
+            return
+        if why is RelayStop.REFUSED and error is not None:
+            self.terminate(
+                Ending(EndReason.REFUSED, error.message, error.sqlstate, detail=str(error))
+            )
             return
         self.terminate(_ending_for(why, error, upstream_told_client=self.relay.upstream_sent_fatal))
 
@@ -232,7 +259,7 @@ def expiry_message(info: SessionInfo) -> str:
 
 
 def _ending_for(
-    why: RelayStop, error: RemoteProtocolError | None, *, upstream_told_client: bool
+    why: RelayStop, error: PgwardenError | None, *, upstream_told_client: bool
 ) -> Ending:
     if why in (RelayStop.CLIENT_CLOSED, RelayStop.CLIENT_TERMINATED):
         return Ending(EndReason.CLIENT_LEFT, detail=why)

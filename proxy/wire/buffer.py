@@ -28,6 +28,10 @@ class ReceiveBuffer:
         """Append received bytes."""
         self._data += data
 
+    def first_byte(self) -> int | None:
+        """The next unread byte, without consuming it; None when empty."""
+        return self._data[self._start] if len(self) else None
+
     def unpack(self, layout: Struct) -> tuple[int, ...]:
         """Read `layout` at the front without consuming it; the caller checked the length."""
         values: tuple[int, ...] = layout.unpack_from(self._data, self._start)

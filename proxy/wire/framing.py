@@ -132,6 +132,11 @@ class MessageReader:
         """Remove and return the buffered bytes (to hand a pipelined stream to the relay)."""
         return self._buffer.take_all()
 
+    def peek_type(self) -> int | None:
+        """The type byte of the next message as soon as it has arrived (its body may not have):
+        a caller expecting one type can refuse another at once instead of waiting for a body."""
+        return self._buffer.first_byte()
+
     def next_message(self) -> Frame | NeedData:
         """The next complete frame, or NEED_DATA. Raises RemoteProtocolError, then keeps raising."""
         if self._error is not None:

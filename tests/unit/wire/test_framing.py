@@ -272,3 +272,14 @@ def test_frame_scanner_cannot_place_the_boundary_before_the_header_is_complete()
     scanner.scan(w.Sync().encode()[:2])
     assert scanner.boundary_offset(b"\x00") is None
     assert scanner.boundary_offset(b"\x00\x00\x04") == 3
+
+
+def test_message_reader_shows_the_type_byte_before_the_body_arrives() -> None:
+    reader = w.MessageReader()
+    assert reader.peek_type() is None
+    reader.feed(b"Q")
+    assert reader.peek_type() == ord("Q")
+    assert reader.next_message() is w.NEED_DATA
+    reader.feed(b"\x00\x00\x00\x05x")
+    assert reader.next_message() == w.Frame(ord("Q"), b"x")
+    assert reader.peek_type() is None
