@@ -6,7 +6,9 @@ adds its own arguments and runs. The function that runs it lives in the module o
 dispatcher. Words shared by several commands (`policy`, `config`) become argparse groups, with the
 help from `GROUPS`.
 
-Exit status: what the command returns; 2 for a usage error (argparse's convention).
+Exit status: what the command returns; 2 for a usage error (argparse's convention). The
+requester/approver commands (`proxy/client`) document theirs in `--help`: 0 done, 1 refused by
+the server, 2 usage or configuration, 3 server unreachable.
 """
 
 from __future__ import annotations
@@ -17,6 +19,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from proxy import __version__, checks, devcert, serve
+from proxy.api import tokens
+from proxy.client import access_commands as access
+from proxy.client import request_commands as req
+from proxy.client.transport import cli_command
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +37,7 @@ GROUPS: dict[tuple[str, ...], str] = {
     ("policy",): "work with the policy file",
     ("config",): "work with the server config file",
     ("tls",): "TLS certificates",
+    ("token",): "API tokens (on the server host, against its state store)",
 }
 
 COMMANDS: tuple[Command, ...] = (
@@ -43,7 +50,7 @@ COMMANDS: tuple[Command, ...] = (
     Command(
         ("policy", "check"),
         "validate a policy file and summarise it",
-        checks.add_file_argument,
+        checks.add_policy_check_arguments,
         checks.run_policy_check,
     ),
     Command(
@@ -58,7 +65,33 @@ COMMANDS: tuple[Command, ...] = (
         devcert.add_arguments,
         devcert.run,
     ),
-)
+    Command(("token", "create"), "create an API token for a policy user and print it once",
+            tokens.add_create_arguments, tokens.run_create),
+    Command(("token", "list"), "list API tokens (never their secrets)",
+            tokens.add_common, tokens.run_list),
+    Command(("token", "revoke"), "revoke an API token", tokens.add_revoke_arguments,
+            tokens.run_revoke),
+    # The people's side: clients of the HTTP API (PGWARDEN_URL, PGWARDEN_TOKEN).
+    Command(("request",), "ask for time-boxed access to a target",
+            req.add_request, cli_command(req.run_request)),
+    Command(("requests",), "list the requests you can see",
+            req.add_requests, cli_command(req.run_requests)),
+    Command(("show",), "show one request with its approvals and history",
+            req.add_id, cli_command(req.run_show)),
+    Command(("approve",), "approve a request", req.add_approve, cli_command(req.run_approve)),
+    Command(("deny",), "deny a request", req.add_deny, cli_command(req.run_deny)),
+    Command(("cancel",), "withdraw your pending request", req.add_id, cli_command(req.run_cancel)),
+    Command(("revoke",), "end an active grant now (its sessions end too)",
+            req.add_revoke, cli_command(req.run_revoke)),
+    Command(("credentials",), "get a temporary password for an active grant",
+            access.add_credentials, cli_command(access.run_credentials)),
+    Command(("psql",), "run psql with a fresh credential for an active grant",
+            access.add_psql, cli_command(access.run_psql)),
+    Command(("sessions",), "list the live sessions you can see",
+            access.add_sessions, cli_command(access.run_sessions)),
+    Command(("kill",), "end a live session (admins and approvers)",
+            access.add_kill, cli_command(access.run_kill)),
+)  # fmt: skip
 
 
 def build_parser(commands: Sequence[Command] = COMMANDS) -> argparse.ArgumentParser:

@@ -85,6 +85,9 @@ class ProxySettings:
 @dataclass(frozen=True, slots=True)
 class ApiSettings:
     listen: ListenAddress
+    # Where clients reach the Postgres listener, as handed out with credentials (a load balancer,
+    # a DNS name); None: `proxy.listen` (or, if that is a wildcard, the host the API was called on).
+    public_proxy_address: ListenAddress | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,8 +253,21 @@ def _tls(f: Fields, base_dir: Path | None) -> TlsFiles | None:
 
 def _api(f: Fields) -> ApiSettings | None:
     listen = _listen(f, DEFAULT_API_LISTEN)
+    public_text = f.string("public_proxy_address", check=_check_public_address)
     f.finish()
-    return ApiSettings(listen) if listen else None
+    public = None if public_text is None else parse_listen(public_text)
+    if listen is None or (f.has("public_proxy_address") and public is None):
+        return None
+    return ApiSettings(listen, public)
+
+
+def _check_public_address(text: str) -> str | None:
+    if (error := _check_listen(text)) is not None:
+        return error
+    address = parse_listen(text)
+    if address.port == 0 or address.host in ("0.0.0.0", "::"):  # noqa: S104 - refusing it
+        return f"{text!r} is not an address a client can connect to (a wildcard or port 0)"
+    return None
 
 
 def _paths(f: Fields | None, base_dir: Path | None) -> PathSettings | None:

@@ -56,7 +56,7 @@ from proxy.policy.rules import (
     may_revoke,
     require_rule,
 )
-from proxy.policy.store import Store, StoreTx
+from proxy.policy.store import RequestQuery, Store, StoreTx
 
 _PENDING, _ACTIVE = RequestState.PENDING, RequestState.ACTIVE
 
@@ -256,6 +256,13 @@ class GrantService:
         self.get(request_id)  # settle first, so the history includes a due lapse or expiry
         with self._store.read() as tx:
             return tx.history(request_id)
+
+    def list_requests(self, query: RequestQuery) -> tuple[AccessRequest, ...]:
+        """Requests matching `query`, newest first, in their effective state (what is due is
+        applied first, as for `get`)."""
+        self.sweep()
+        with self._store.read() as tx:
+            return tx.list_requests(query)
 
     def sweep(self) -> list[AccessRequest]:
         """Lapse and expire everything due now (a janitor calls this about once a second)."""

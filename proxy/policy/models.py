@@ -149,6 +149,42 @@ class Target:
         return self.approval if own is None else own
 
 
+class EventKind(StrEnum):
+    """What a webhook can be told about (`proxy/notify.py` sends them)."""
+
+    REQUEST_CREATED = "request_created"
+    REQUEST_APPROVED = "request_approved"
+    REQUEST_DENIED = "request_denied"
+    REQUEST_REVOKED = "request_revoked"
+    GRANT_EXPIRED = "grant_expired"
+    SESSION_KILLED = "session_killed"
+
+
+class WebhookFormat(StrEnum):
+    GENERIC = "generic"  # pgwarden's own JSON document
+    SLACK = "slack"  # a Slack incoming-webhook body: {"text": ...}
+
+
+@dataclass(frozen=True, slots=True)
+class Webhook:
+    """Where to POST events: an inline `url`, or one read from an environment variable (a Slack
+    webhook URL is a secret)."""
+
+    url: str | None
+    url_secret: SecretRef | None
+    format: WebhookFormat
+    events: frozenset[EventKind]
+
+    def describe(self) -> str:
+        """For logs and messages: never the URL, which may carry a secret in its path."""
+        return self.url_secret.describe() if self.url_secret is not None else "inline url"
+
+
+@dataclass(frozen=True, slots=True)
+class Notifications:
+    webhooks: tuple[Webhook, ...] = ()
+
+
 @dataclass(frozen=True, slots=True)
 class Policy:
     """The whole policy: one immutable snapshot."""
@@ -158,6 +194,7 @@ class Policy:
     admin_groups: frozenset[GroupName] = frozenset()
     pending_timeout: timedelta = timedelta(hours=1)
     source: str = field(default="", compare=False)  # file it came from, for messages
+    notifications: Notifications = field(default_factory=Notifications)
 
     def is_admin(self, user: UserName) -> bool:
         known = self.users.get(user)

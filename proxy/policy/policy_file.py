@@ -26,6 +26,11 @@ The shape (see `config/policy.example.yaml`):
         access_levels: {NAME: {role, password_env | password_file, max_duration, approval: RULE}}
     RULE: {approvers: {users, groups}, required_approvals, require_reason,
            auto_approve: [{users, groups, access_levels, max_duration}]}
+    notifications:
+      webhooks: [{url: URL | url_env: VARIABLE, format: generic | slack, events: [EVENT, ...]}]
+
+A webhook's URL is http or https, without user:password (a Slack webhook URL is itself a secret:
+give it with `url_env`); `events` defaults to all of them (`models.EventKind`).
 
 A level's own `approval` replaces the target's rule for that level as a whole; its auto-approve
 rules apply to that level only, so they take no `access_levels`.
@@ -37,10 +42,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from proxy.policy.durations import format_duration
 from proxy.policy.fields import (
     Fields,
+    check_env_name,
     check_host,
     check_pg_identifier,
     check_text,
@@ -52,14 +59,19 @@ from proxy.policy.models import (
     ApprovalRule,
     AutoApproval,
     ControlRole,
+    EventKind,
     GroupName,
+    Notifications,
     Policy,
+    SecretRef,
     Target,
     TargetName,
     Upstream,
     UpstreamTlsMode,
     User,
     UserName,
+    Webhook,
+    WebhookFormat,
 )
 from proxy.policy.yaml_strict import DocumentError, Problems, build_document, read_source
 
@@ -67,6 +79,7 @@ POLICY_VERSION = 1
 DEFAULT_PENDING_TIMEOUT = timedelta(hours=1)
 # More required approvals than this is a typo, not a process.
 MAX_REQUIRED_APPROVALS = 10
+MAX_URL_LENGTH = 2048  # what browsers and most servers accept; a longer webhook URL is a mistake
 
 
 class PolicyError(DocumentError):
@@ -141,10 +154,11 @@ def _policy(
     users = _users(root)
     directory = _Directory(users or {})
     targets = _targets(root, directory, base_dir)
+    notifications = _notifications(root.section_or_empty("notifications"))
     root.finish()
     if version is None or admin_groups is None or pending_timeout is None:
         return None
-    if users is None or targets is None:
+    if users is None or targets is None or notifications is None:
         return None
     return Policy(
         users=users,
@@ -152,6 +166,7 @@ def _policy(
         admin_groups=frozenset(GroupName(g) for g in admin_groups),
         pending_timeout=pending_timeout,
         source=source,
+        notifications=notifications,
     )
 
 
@@ -379,6 +394,57 @@ def _auto_levels(f: Fields, scope: _Scope) -> tuple[AccessLevelName, ...] | None
             known = ", ".join(sorted([*scope.caps, *scope.elsewhere, *scope.broken])) or "none"
             f.problem("access_levels", f"unknown access level {name!r} (this target has: {known})")
     return tuple(AccessLevelName(n) for n in names)
+
+
+def _notifications(f: Fields) -> Notifications | None:
+    hooks = [_webhook(hook) for hook in f.section_list("webhooks")]
+    f.finish()
+    valid = tuple(hook for hook in hooks if hook is not None)
+    return Notifications(valid) if len(valid) == len(hooks) else None
+
+
+def _webhook(f: Fields) -> Webhook | None:
+    url = f.string("url", check=check_webhook_url)
+    env = f.string("url_env", check=check_env_name)
+    if f.has("url") == f.has("url_env"):
+        f.problem(None, "needs exactly one of url: URL or url_env: VARIABLE (for a secret URL)")
+    form = f.choice("format", WebhookFormat, default=WebhookFormat.GENERIC)
+    events = _events(f) if f.has("events") else frozenset(EventKind)
+    f.finish()
+    if (url is None and env is None) or (url and env) or form is None:
+        return None
+    secret = None if env is None else SecretRef(env=env)
+    return Webhook(url, secret, form, events)
+
+
+def _events(f: Fields) -> frozenset[EventKind]:
+    known = [kind.value for kind in EventKind]
+    names = f.names("events") or ()
+    if not names:
+        f.problem("events", f"names no events, so it would never fire (known: {', '.join(known)})")
+    for name in names:
+        if name not in known:
+            f.problem("events", f"unknown event {name!r} (known: {', '.join(known)})")
+    return frozenset(EventKind(name) for name in names if name in known)
+
+
+def check_webhook_url(text: str) -> str | None:
+    """An http(s) URL with a host and no user:password; what is wrong with it, or None."""
+    shown = text[:60] + ("..." if len(text) > 60 else "")
+    if len(text) > MAX_URL_LENGTH or not text.isprintable() or " " in text:
+        return f"must be a URL of at most {MAX_URL_LENGTH} characters without spaces"
+    try:
+        parts = urlsplit(text)
+        _ = parts.port  # raises ValueError for a port that is not a number
+    except ValueError:
+        return f"{shown!r} is not a valid URL"
+    if parts.scheme not in ("http", "https"):
+        return f"must be an http:// or https:// URL, got {shown!r}"
+    if not parts.hostname:
+        return f"{shown!r} has no host"
+    if parts.username is not None or parts.password is not None:
+        return "must not contain user:password (give a secret URL with url_env instead)"
+    return None
 
 
 _fmt = format_duration

@@ -16,6 +16,10 @@ SQLite settings, and why:
 - Schema versions in `PRAGMA user_version`, forward migrations applied at open inside one write
   transaction (so concurrent openers do not race), a newer file is refused.
 
+API tokens live here too (`api_tokens`: only a SHA-256 digest per token). Token writes do not move
+the change counter: it tells the enforcer that *grants* may have changed, and a token being used
+or revoked changes no grant.
+
 Instants are stored as integer microseconds since the Unix epoch, UTC; durations as microseconds.
 Connections are per thread (sqlite3 objects are not shared across threads); `close()` closes all.
 """
@@ -26,13 +30,14 @@ import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Protocol
 
 from proxy.auth.credentials import ScramVerifier
 from proxy.errors import PgwardenError
-from proxy.policy.models import TargetName, UserName
+from proxy.policy.models import AccessLevelName, TargetName, UserName
 from proxy.policy.requests import (
     AccessRequest,
     Action,
@@ -47,11 +52,15 @@ from proxy.policy.store_schema import (
     MIGRATIONS,
     REQUEST_COLUMNS,
     SCHEMA_VERSION,
+    TOKEN_COLUMNS,
+    TokenRecord,
     from_us,
     grant_from_row,
     request_from_row,
     request_to_row,
     to_us,
+    token_from_row,
+    token_to_row,
 )
 
 # How long a writer waits for the lock before failing. Transactions here last milliseconds; 10 s
@@ -59,8 +68,28 @@ from proxy.policy.store_schema import (
 DEFAULT_BUSY_TIMEOUT = timedelta(seconds=10)
 
 
+# Listing requests: a page of the newest ones by default, never an unbounded read.
+DEFAULT_LIST_LIMIT = 100
+MAX_LIST_LIMIT = 1000
+
+
 class StoreError(PgwardenError):
     """The state store cannot be used (wrong file, newer schema, misuse)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RequestQuery:
+    """Which requests to list, newest first: optionally one state, and whose.
+
+    `everything` lists all requests (an admin). Otherwise a request is listed when it is
+    `requester`'s own or its (target, access level) is in `scopes` (what the caller may approve).
+    """
+
+    state: RequestState | None = None
+    everything: bool = False
+    requester: UserName | None = None
+    scopes: frozenset[tuple[TargetName, AccessLevelName]] = frozenset()
+    limit: int = DEFAULT_LIST_LIMIT
 
 
 class StoreTx(Protocol):
@@ -78,6 +107,7 @@ class StoreTx(Protocol):
         """Active requests whose window ended by `now`, pending ones older than the timeout."""
         ...
 
+    def list_requests(self, query: RequestQuery) -> tuple[AccessRequest, ...]: ...
     def insert_request(self, request: AccessRequest) -> None: ...
     def update_request(self, request: AccessRequest) -> None:
         """Store the request's state, window and closing fields (the rest never changes)."""
@@ -93,6 +123,13 @@ class StoreTx(Protocol):
         ...
 
     def drop_credential(self, request_id: RequestId) -> None: ...
+    def token_by_digest(self, digest: bytes) -> TokenRecord | None: ...
+    def tokens(self) -> tuple[TokenRecord, ...]: ...
+    def insert_token(self, token: TokenRecord) -> None: ...
+    def touch_token(self, token_id: str, at: datetime) -> None: ...
+    def revoke_token(self, token_id: str, at: datetime) -> bool:
+        """Mark a token revoked; False if there is no such token or it was already revoked."""
+        ...
 
 
 class Store(Protocol):
@@ -121,11 +158,12 @@ class _SqliteTx:
         self._writable = writable
         self.dirty = False
 
-    def _write(self, sql: str, params: tuple[object, ...]) -> int:
+    def _write(self, sql: str, params: tuple[object, ...], *, counts: bool = True) -> int:
         if not self._writable:
             raise StoreError("write attempted in a read-only transaction")
         changed = self._conn.execute(sql, params).rowcount
-        self.dirty = self.dirty or changed > 0  # a no-op (a double click) is not a change
+        # A no-op (a double click) is not a change; neither is a token write (module docstring).
+        self.dirty = self.dirty or (counts and changed > 0)
         return changed
 
     def get_request(self, request_id: RequestId) -> AccessRequest | None:
@@ -185,6 +223,30 @@ class _SqliteTx:
         rows = self._conn.execute(sql, (to_us(now), cutoff))
         return tuple(request_from_row(row) for row in rows)
 
+    def list_requests(self, query: RequestQuery) -> tuple[AccessRequest, ...]:
+        where: list[str] = []
+        params: list[object] = []
+        if query.state is not None:
+            where.append("state = ?")
+            params.append(query.state.value)
+        if not query.everything:
+            whose = ["(target = ? AND access_level = ?)" for _ in sorted(query.scopes)]
+            params.extend(name for scope in sorted(query.scopes) for name in scope)
+            if query.requester is not None:
+                whose.append("requester = ?")
+                params.append(query.requester)
+            if not whose:
+                return ()
+            where.append("(" + " OR ".join(whose) + ")")
+        condition = " AND ".join(where) or "1"
+        limit = max(1, min(query.limit, MAX_LIST_LIMIT))
+        sql = (
+            f"SELECT {REQUEST_COLUMNS} FROM requests WHERE {condition} "  # noqa: S608 placeholders only
+            "ORDER BY created_us DESC, id LIMIT ?"
+        )
+        rows = self._conn.execute(sql, (*params, limit))
+        return tuple(request_from_row(row) for row in rows)
+
     def insert_request(self, request: AccessRequest) -> None:
         self._write(
             f"INSERT INTO requests ({REQUEST_COLUMNS}) "  # noqa: S608 constant columns
@@ -235,6 +297,32 @@ class _SqliteTx:
 
     def drop_credential(self, request_id: RequestId) -> None:
         self._write("DELETE FROM credentials WHERE request_id = ?", (request_id,))
+
+    def token_by_digest(self, digest: bytes) -> TokenRecord | None:
+        sql = f"SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE digest = ?"  # noqa: S608 constant
+        row = self._conn.execute(sql, (digest,)).fetchone()
+        return None if row is None else token_from_row(row)
+
+    def tokens(self) -> tuple[TokenRecord, ...]:
+        sql = f"SELECT {TOKEN_COLUMNS} FROM api_tokens ORDER BY created_us, id"  # noqa: S608
+        return tuple(token_from_row(row) for row in self._conn.execute(sql))
+
+    def insert_token(self, token: TokenRecord) -> None:
+        sql = f"INSERT INTO api_tokens ({TOKEN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)"  # noqa: S608
+        self._write(sql, token_to_row(token), counts=False)
+
+    def touch_token(self, token_id: str, at: datetime) -> None:
+        self._write(
+            "UPDATE api_tokens SET last_used_us = ? WHERE id = ?", (to_us(at), token_id),
+            counts=False,
+        )  # fmt: skip
+
+    def revoke_token(self, token_id: str, at: datetime) -> bool:
+        changed = self._write(
+            "UPDATE api_tokens SET revoked_us = ? WHERE id = ? AND revoked_us IS NULL",
+            (to_us(at), token_id), counts=False,
+        )  # fmt: skip
+        return changed == 1
 
 
 class SqliteStore:

@@ -13,6 +13,7 @@ silent conversion.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
@@ -79,11 +80,54 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         ) STRICT""",
         "INSERT INTO change_counter (id, value) VALUES (1, 0)",
     ),
+    # 2: API bearer tokens (only their SHA-256 digest), and listing requests newest first.
+    (
+        """CREATE TABLE api_tokens (
+            id TEXT PRIMARY KEY,
+            user_name TEXT NOT NULL,
+            digest BLOB NOT NULL UNIQUE CHECK (length(digest) = 32),
+            created_us INTEGER NOT NULL,
+            last_used_us INTEGER,
+            revoked_us INTEGER
+        ) STRICT""",
+        "CREATE INDEX requests_by_created ON requests (created_us)",
+    ),
 )
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
 # --- between rows and values ----------------------------------------------------------------
+
+TOKEN_COLUMNS = "id, user_name, digest, created_us, last_used_us, revoked_us"  # noqa: S105 columns
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRecord:
+    """An API bearer token as stored: who it speaks for, and the SHA-256 digest of the secret
+    (the secret itself is shown once at creation and never stored)."""
+
+    id: str
+    user: UserName
+    digest: bytes = field(repr=False)
+    created_at: datetime
+    last_used_at: datetime | None = None
+    revoked_at: datetime | None = None
+
+
+def token_from_row(row: tuple[Any, ...]) -> TokenRecord:
+    id_, user, digest, created_us, last_used_us, revoked_us = row
+    return TokenRecord(
+        id_, UserName(user), bytes(digest), from_us(created_us),
+        _opt_from_us(last_used_us), _opt_from_us(revoked_us),
+    )  # fmt: skip
+
+
+def token_to_row(token: TokenRecord) -> tuple[object, ...]:
+    return (
+        token.id, token.user, token.digest, to_us(token.created_at),
+        _opt_to_us(token.last_used_at), _opt_to_us(token.revoked_at),
+    )  # fmt: skip
+
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)

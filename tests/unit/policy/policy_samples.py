@@ -63,8 +63,8 @@ ROW_42: tuple[BadPolicy, ...] = (
     BadPolicy("alias_bomb", BILLION_LAUGHS, ("YAML anchors and aliases are not allowed",)),
     BadPolicy(
         "unknown_top_level_field",
-        VALID + "notifications: {webhook: https://example.com}\n",
-        ("notifications: unknown key",),
+        VALID + "alerts: {webhook: https://example.com}\n",
+        ("alerts: unknown key",),
     ),
     BadPolicy(
         "unknown_nested_field",

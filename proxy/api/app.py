@@ -1,0 +1,100 @@
+"""The HTTP application: routes, middlewares, and the unauthenticated health and metrics endpoints.
+
+Middlewares, outermost first: `headers` (every answer `Cache-Control: no-store` — credentials
+must never be cached — and `nosniff`), `errors.error_middleware` (everything becomes the JSON
+error shape), `authenticate` (every path but the three public ones needs a bearer token — an
+allow-list, so no spelling of a path can slip past it; see `auth.py`).
+
+`/healthz`, `/readyz` and `/metrics` take no token, so that load balancers, orchestrators and
+Prometheus can reach them; they reveal nothing about requests or people (the metrics carry no
+user names or secrets, and bounded labels only: SECURITY.md row 45). Bodies are limited to
+`schemas.MAX_BODY_BYTES` by aiohttp itself (`client_max_size`).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from proxy.api import requests_routes, sessions_routes
+from proxy.api.auth import authenticate, bearer_secret
+from proxy.api.context import CONTEXT, USER, ApiContext, ReadinessCheck
+from proxy.api.errors import error_middleware
+from proxy.api.schemas import MAX_BODY_BYTES
+
+log = logging.getLogger(__name__)
+
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
+def build_app(ctx: ApiContext) -> web.Application:
+    app = web.Application(
+        client_max_size=MAX_BODY_BYTES,
+        middlewares=[headers_middleware, error_middleware, auth_middleware],
+    )
+    app[CONTEXT] = ctx
+    app.add_routes(
+        [
+            web.get("/healthz", healthz),
+            web.get("/readyz", readyz),
+            web.get("/metrics", metrics),
+            *requests_routes.routes(),
+            *sessions_routes.routes(),
+        ]
+    )
+    return app
+
+
+@web.middleware
+async def headers_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    response = await handler(request)
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    return response
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.path not in PUBLIC_PATHS:
+        ctx = request.app[CONTEXT]
+        secret = bearer_secret(request.headers.get("Authorization"))  # malformed: 401 at once
+        request[USER] = await ctx.blocking(
+            authenticate, ctx.store, secret, ctx.policy(), ctx.clock.now()
+        )
+    return await handler(request)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """Liveness: the process answers HTTP. Nothing else is checked."""
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Readiness: every check in `ApiContext.readiness_checks` passes."""
+    ctx = request.app[CONTEXT]
+    problems = await ctx.blocking(run_checks, list(ctx.readiness_checks))
+    if problems:
+        return web.json_response({"status": "not_ready", "problems": problems}, status=503)
+    return web.json_response({"status": "ready"})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Every metric of the runtime's Prometheus registry, in the text exposition format."""
+    body = generate_latest(request.app[CONTEXT].metrics)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def run_checks(checks: list[ReadinessCheck]) -> list[str]:
+    problems: list[str] = []
+    for check in checks:
+        try:
+            problem = check()
+        except Exception:
+            log.exception("readiness check %r failed", check)
+            problem = f"{getattr(check, '__name__', 'a readiness check')} failed (see the log)"
+        if problem is not None:
+            problems.append(problem)
+    return problems

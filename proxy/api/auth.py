@@ -1,0 +1,82 @@
+"""Bearer tokens: who is calling the API.
+
+A token is `pgw_` + 32 random bytes in base64url (256 bits). `pgwarden token create USER` prints
+it once; the store keeps only its SHA-256 digest, with the user it speaks for, when it was made,
+last used and revoked. A leaked state file therefore leaks no usable token, and since a token is
+high-entropy, a plain (unsalted, fast) hash is the right tool — there is nothing to brute-force.
+
+Lookup is by digest (an indexed equality on a hash of the presented secret: timing can reveal
+nothing about stored tokens), and the digest found is compared again with `hmac.compare_digest`.
+A token authenticates its user only while the user is in the *current* policy, so removing a
+person from the policy also cuts their API access. `last_used_at` is written at most once per
+`TOUCH_INTERVAL`, so API traffic does not turn into a disk write per call.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+from datetime import datetime, timedelta
+
+from proxy.api.errors import unauthenticated
+from proxy.policy.models import Policy, UserName
+from proxy.policy.store import Store
+from proxy.policy.store_schema import TokenRecord
+
+TOKEN_PREFIX = "pgw_"  # noqa: S105 - a prefix, not a secret
+TOKEN_BYTES = 32
+TOKEN_ID_BYTES = 6  # the public id shown by `token list`, used by `token revoke`
+# A real token is 47 characters; anything much longer is garbage and is not even hashed.
+MAX_TOKEN_LENGTH = 128
+TOUCH_INTERVAL = timedelta(minutes=1)
+HOW_TO_GET_ONE = "create one on the server host with: pgwarden token create USER"
+
+
+def new_token(user: UserName, now: datetime) -> tuple[str, TokenRecord]:
+    """A fresh secret (to show once) and the record to store for it."""
+    raw = secrets.token_bytes(TOKEN_BYTES)
+    secret = TOKEN_PREFIX + base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+    token_id = "tok_" + secrets.token_hex(TOKEN_ID_BYTES)
+    return secret, TokenRecord(token_id, user, token_digest(secret), now)
+
+
+def token_digest(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode("utf-8")).digest()
+
+
+def bearer_secret(header: str | None) -> str:
+    """The token in an `Authorization: Bearer ...` header; 401 if missing or malformed."""
+    if not header:
+        raise unauthenticated(
+            f"missing bearer token: send Authorization: Bearer <token> (set PGWARDEN_TOKEN; "
+            f"{HOW_TO_GET_ONE})"
+        )
+    scheme, _, secret = header.strip().partition(" ")
+    secret = secret.strip()
+    if scheme.lower() != "bearer" or not secret:
+        raise unauthenticated("the Authorization header must be: Bearer <token>")
+    if len(secret) > MAX_TOKEN_LENGTH or not secret.startswith(TOKEN_PREFIX):
+        raise unauthenticated(f"invalid token ({HOW_TO_GET_ONE})")
+    return secret
+
+
+def authenticate(store: Store, secret: str, policy: Policy, now: datetime) -> UserName:
+    """The user a token (from `bearer_secret`) speaks for; raises a 401 `ApiError`.
+
+    Blocking (SQLite): call it in an executor.
+    """
+    digest = token_digest(secret)
+    with store.read() as tx:
+        record = tx.token_by_digest(digest)
+    if record is None or not hmac.compare_digest(record.digest, digest):
+        raise unauthenticated(f"unknown token ({HOW_TO_GET_ONE})")
+    if record.revoked_at is not None:
+        raise unauthenticated(f"this token was revoked ({HOW_TO_GET_ONE})")
+    if record.user not in policy.users:
+        raise unauthenticated(f"the token's user {record.user!r} is no longer in the policy")
+    if record.last_used_at is None or now - record.last_used_at >= TOUCH_INTERVAL:
+        with store.write() as tx:
+            tx.touch_token(record.id, now)
+    return record.user

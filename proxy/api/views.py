@@ -1,0 +1,120 @@
+"""What the API (and the webhooks) show of requests, approvals, history and sessions, as JSON.
+
+One shape per thing, used by every endpoint that returns it, so that a script reading `GET
+/requests/{id}` and a webhook receiver see the same fields. Instants are ISO 8601 in UTC with a
+`Z`; durations are written as in the policy (`2h`) with `*_seconds` beside them for scripts.
+Nothing here ever includes a password, a verifier or a token.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from proxy.policy.durations import format_duration
+from proxy.policy.models import Policy
+from proxy.policy.requests import AccessRequest, Approval, RequestState, Transition
+from proxy.policy.rules import count_approvals, rule_or_none
+from proxy.session.session import SessionInfo
+
+JsonObject = dict[str, Any]
+
+
+def timestamp(at: datetime) -> str:
+    return at.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _opt(at: datetime | None) -> str | None:
+    return None if at is None else timestamp(at)
+
+
+def request_view(request: AccessRequest, pending_timeout: timedelta | None = None) -> JsonObject:
+    """A request; `lapses_at` is given for a pending one when the policy's timeout is known."""
+    view: JsonObject = {
+        "id": request.id,
+        "requester": request.requester,
+        "target": request.target,
+        "access_level": request.access_level,
+        "requested_duration": format_duration(request.requested_duration),
+        "duration": format_duration(request.duration),
+        "duration_seconds": int(request.duration.total_seconds()),
+        "clamped": request.clamped,
+        "reason": request.reason,
+        "state": request.state.value,
+        "created_at": timestamp(request.created_at),
+        "activated_at": _opt(request.activated_at),
+        "ends_at": _opt(request.ends_at),
+        "closed_at": _opt(request.closed_at),
+        "closed_by": request.closed_by,
+        "close_reason": request.close_reason,
+    }
+    if request.state is RequestState.PENDING and pending_timeout is not None:
+        view["lapses_at"] = timestamp(request.created_at + pending_timeout)
+    return view
+
+
+def request_detail(
+    request: AccessRequest,
+    policy: Policy,
+    approvals: tuple[Approval, ...],
+    history: tuple[Transition, ...],
+) -> JsonObject:
+    """A request with its approvals, its history and, while pending, what it still needs."""
+    view = request_view(request, policy.pending_timeout)
+    view["approvals"] = [
+        {"approver": a.approver, "at": timestamp(a.at), "comment": a.comment} for a in approvals
+    ]
+    view["history"] = [
+        {
+            "action": t.action.value,
+            "from_state": None if t.from_state is None else t.from_state.value,
+            "to_state": t.to_state.value,
+            "actor": t.actor,
+            "at": timestamp(t.at),
+            "why": t.why,
+        }
+        for t in history
+    ]
+    view["approval"] = approval_status(policy, request, approvals)
+    return view
+
+
+def approval_status(
+    policy: Policy, request: AccessRequest, approvals: tuple[Approval, ...]
+) -> JsonObject | None:
+    """How many approvals a pending request has and needs, and who could still give them."""
+    rule = rule_or_none(policy, request)
+    if request.state is not RequestState.PENDING or rule is None:
+        return None
+    received = count_approvals(policy, request, approvals)
+    already = {a.approver for a in approvals} | {request.requester}
+    return {
+        "required": rule.required_approvals,
+        "received": received,
+        "missing": max(0, rule.required_approvals - received),
+        "approver_users": sorted(u for u in rule.approver_users if u not in already),
+        "approver_groups": sorted(rule.approver_groups),
+    }
+
+
+def needs_text(status: JsonObject) -> str:
+    """`1 more approval from: carol, dba (group)`: for messages to people."""
+    who = [*status["approver_users"], *(f"{g} (group)" for g in status["approver_groups"])]
+    missing = status["missing"]
+    noun = "approval" if missing == 1 else "approvals"
+    return f"{missing} more {noun} from: {', '.join(who) or 'nobody eligible'}"
+
+
+def session_view(info: SessionInfo) -> JsonObject:
+    return {
+        "id": info.session_id,
+        "user": info.user,
+        "target": info.target,
+        "access_level": info.access_level,
+        "request_id": info.grant_id,
+        "client_address": info.client_address,
+        "client_tls": info.client_tls,
+        "application_name": info.application_name,
+        "started_at": timestamp(info.started_at),
+        "ends_at": timestamp(info.grant_ends_at),
+    }

@@ -1,0 +1,284 @@
+"""Webhooks: delivered from the API's actions to a local receiver, retried, counted when lost;
+and the policy's `notifications:` section, validated strictly."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from dataclasses import replace
+from datetime import timedelta
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from proxy.api.views import request_view
+from proxy.notify import Notifier, RetryPolicy, notification_failures, slack_escape
+from proxy.policy.models import (
+    AccessLevelName,
+    EventKind,
+    SecretRef,
+    TargetName,
+    UserName,
+    WebhookFormat,
+)
+from proxy.policy.policy_file import PolicyError, parse_policy
+from proxy.policy.requests import AccessRequest, RequestId, RequestState
+from proxy.session.session import SessionInfo
+from tests.fixtures.clock import FakeClock
+from tests.unit.api.conftest import (
+    FAST_RETRY,
+    ApiHarness,
+    PolicyBox,
+    Receiver,
+    make_policy,
+    webhook,
+    with_webhooks,
+)
+from tests.unit.policy.policy_samples import VALID
+
+
+def _failures(api: ApiHarness, kind: EventKind) -> float:
+    value = api.metrics.get_sample_value(
+        "pgwarden_notification_failures_total", {"event": kind.value}
+    )
+    return value or 0.0
+
+
+def test_the_request_story_reaches_a_generic_webhook(
+    api: ApiHarness, policy: PolicyBox, receiver: Receiver
+) -> None:
+    with_webhooks(policy, webhook(receiver.url))
+    request_id = api.create(reason="incident 42").body["id"]
+    api.act("carol", request_id, "approve", {"comment": "go"})
+    api.act("carol", request_id, "revoke", {"reason": "done"})
+    denied = api.create().body["id"]
+    api.act("dave", denied, "deny", {"reason": "not now"})
+    posts = receiver.wait_for(5)
+    kinds = sorted(p["event"] for p in posts)
+    assert kinds == sorted(["request_created", "request_approved", "request_revoked",
+                            "request_created", "request_denied"])  # fmt: skip
+    created = next(p for p in posts if p["event"] == "request_created")
+    assert created["actor"] == "alice"
+    assert created["at"] == "2026-01-05T09:00:00Z"
+    assert created["request"]["reason"] == "incident 42"
+    assert f"pgwarden approve {created['request']['id']}" in created["message"]
+    approved = next(p for p in posts if p["event"] == "request_approved")
+    assert approved["request"]["state"] == "active"
+    assert "active until 09:30:00 UTC" in approved["message"]
+    headers = receiver.posts[0][0]
+    assert headers["content-type"] == "application/json"
+    assert headers["user-agent"].startswith("pgwarden/")
+    assert api.notifier.failures == 0
+
+
+def test_a_slack_webhook_gets_text_with_its_control_characters_escaped(
+    api: ApiHarness, policy: PolicyBox, receiver: Receiver
+) -> None:
+    with_webhooks(policy, webhook(receiver.url, WebhookFormat.SLACK, EventKind.REQUEST_CREATED))
+    api.create(reason="see <!channel> & <https://evil|click>")
+    (post,) = receiver.wait_for(1)
+    assert set(post) == {"text"}
+    assert "&lt;!channel&gt; &amp; &lt;https://evil|click&gt;" in post["text"]
+    assert "<!channel>" not in post["text"]
+    assert post["text"].startswith("alice asks for read-only on orders for 30m")
+
+
+def test_only_subscribed_events_are_sent(
+    api: ApiHarness, policy: PolicyBox, receiver: Receiver
+) -> None:
+    with_webhooks(policy, webhook(receiver.url, WebhookFormat.GENERIC, EventKind.REQUEST_DENIED))
+    request_id = api.create().body["id"]
+    api.act("carol", request_id, "deny", {"reason": "no"})
+    (post,) = receiver.wait_for(1)
+    assert post["event"] == "request_denied"
+    api.run(api.notifier.drain(2))
+    assert len(receiver.posts) == 1
+
+
+def test_a_killed_session_is_announced(
+    api: ApiHarness, policy: PolicyBox, receiver: Receiver
+) -> None:
+    with_webhooks(policy, webhook(receiver.url))
+    api.add_session("alice", session_id="a1")
+    api.call("DELETE", "/api/v1/sessions/a1", {"reason": "runaway"}, user="carol")
+    (post,) = receiver.wait_for(1)
+    assert post["event"] == "session_killed"
+    assert post["session"]["id"] == "a1"
+    assert post["reason"] == "runaway"
+    assert post["message"] == 'carol ended alice\'s session a1 on orders (read-only): "runaway"'
+
+
+def test_a_500_is_retried_until_it_is_delivered(api: ApiHarness, policy: PolicyBox) -> None:
+    flaky = Receiver(statuses=(500, 503))
+    try:
+        with_webhooks(policy, webhook(flaky.url, WebhookFormat.GENERIC, EventKind.REQUEST_CREATED))
+        api.create()
+        posts = flaky.wait_for(3)
+        assert [p["event"] for p in posts] == ["request_created"] * 3
+        api.run(api.notifier.drain(2))
+        assert api.notifier.failures == 0
+    finally:
+        flaky.close()
+
+
+def test_a_delivery_that_keeps_failing_is_given_up_and_counted(
+    api: ApiHarness, policy: PolicyBox
+) -> None:
+    broken = Receiver(statuses=(500,) * 10)
+    try:
+        with_webhooks(policy, webhook(broken.url, WebhookFormat.GENERIC, EventKind.REQUEST_CREATED))
+        api.create()
+        broken.wait_for(FAST_RETRY.attempts)
+        api.run(api.notifier.drain(5))
+        assert len(broken.posts) == FAST_RETRY.attempts  # bounded
+        assert api.notifier.failures == 1
+        assert _failures(api, EventKind.REQUEST_CREATED) == 1
+    finally:
+        broken.close()
+
+
+def test_a_client_error_is_not_retried(api: ApiHarness, policy: PolicyBox) -> None:
+    gone = Receiver(statuses=(404,))
+    try:
+        with_webhooks(policy, webhook(gone.url, WebhookFormat.GENERIC, EventKind.REQUEST_CREATED))
+        api.create()
+        gone.wait_for(1)
+        api.run(api.notifier.drain(5))
+        assert len(gone.posts) == 1
+        assert _failures(api, EventKind.REQUEST_CREATED) == 1
+    finally:
+        gone.close()
+
+
+def test_an_unreachable_receiver_never_delays_the_api(api: ApiHarness, policy: PolicyBox) -> None:
+    # A port nobody listens on: every attempt is a connection error, retried in the background.
+    slow_retry = RetryPolicy(attempts=3, first_delay=0.5, max_delay=0.5, timeout=1.0)
+    api.notifier.retry = slow_retry
+    with_webhooks(policy, webhook("http://127.0.0.1:9/hook"))
+    reply = api.create()
+    assert reply.status == 201  # answered while the delivery still waits to retry
+    assert api.notifier.failures == 0
+    api.run(api.notifier.drain(10), timeout=15)
+    assert api.notifier.failures == 1
+
+
+def test_a_url_from_the_environment_is_used_and_checked(
+    api: ApiHarness, policy: PolicyBox, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hidden = replace(webhook("http://unused"), url=None, url_secret=SecretRef(env="HOOK_URL"))
+    with_webhooks(policy, hidden)
+    monkeypatch.setenv("HOOK_URL", receiver.url)
+    api.create()
+    assert receiver.wait_for(1)[0]["event"] == "request_created"
+    monkeypatch.setenv("HOOK_URL", "ftp://example.com/x")
+    api.create()
+    api.run(api.notifier.drain(5))
+    assert _failures(api, EventKind.REQUEST_CREATED) == 1
+
+
+def test_events_may_be_emitted_from_any_thread(receiver: Receiver) -> None:
+    policy = PolicyBox(make_policy((webhook(receiver.url),)))
+    clock = FakeClock()
+    notifier = Notifier(
+        policy, clock, FAST_RETRY, failures=notification_failures(CollectorRegistry())
+    )
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        notifier.bind(loop)
+        expired = AccessRequest(
+            RequestId("feed"), UserName("alice"), TargetName("orders"),
+            AccessLevelName("read-only"), timedelta(minutes=30), timedelta(minutes=30), "why",
+            RequestState.EXPIRED, clock.now(), clock.now(), clock.now() + timedelta(minutes=30),
+            clock.now() + timedelta(minutes=30), UserName("<pgwarden>"), "window ended",
+        )  # fmt: skip
+        notifier.grant_expired(expired)  # from this (non-loop) thread
+        (post,) = receiver.wait_for(1)
+        assert post["event"] == "grant_expired"
+        assert post["request"] == request_view(expired)
+        assert post["message"] == (
+            "alice's read-only on orders for 30m expired at 09:30:00 UTC (request feed)"
+        )
+    finally:
+        asyncio.run_coroutine_threadsafe(notifier.close(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+
+
+def test_without_a_loop_an_event_is_dropped_and_counted() -> None:
+    registry = CollectorRegistry()
+    policy = PolicyBox(make_policy((webhook("http://127.0.0.1:9/"),)))
+    notifier = Notifier(policy, FakeClock(), failures=notification_failures(registry))
+    notifier.session_killed(_info(), "carol", "")
+    assert notifier.failures == 1
+
+
+def _info() -> SessionInfo:
+    clock = FakeClock()
+    return SessionInfo("a1", "alice", "orders", "read-only", "feed", "r", "127.0.0.1", False,
+                       "psql", clock.now(), clock.now(), 1)  # fmt: skip
+
+
+def test_backoff_doubles_up_to_its_cap() -> None:
+    retry = RetryPolicy(attempts=6, first_delay=1.0, max_delay=5.0)
+    assert [retry.delay(n) for n in range(1, 6)] == [1.0, 2.0, 4.0, 5.0, 5.0]
+
+
+def test_slack_escaping_covers_its_three_characters() -> None:
+    assert slack_escape("a < b & c > d") == "a &lt; b &amp; c &gt; d"
+
+
+# --- the policy section ------------------------------------------------------------------------
+
+HOOKS = """
+notifications:
+  webhooks:
+    - {url: "https://hooks.example.com/pgwarden", format: slack, events: [request_created]}
+    - {url_env: SLACK_URL}
+"""
+
+
+def test_webhooks_are_read_from_the_policy() -> None:
+    policy = parse_policy(VALID + HOOKS)
+    first, second = policy.notifications.webhooks
+    assert (first.url, first.format, first.events) == (
+        "https://hooks.example.com/pgwarden", WebhookFormat.SLACK,
+        frozenset({EventKind.REQUEST_CREATED}),
+    )  # fmt: skip
+    assert (second.url, second.format, second.events) == (None, WebhookFormat.GENERIC,
+                                                          frozenset(EventKind))  # fmt: skip
+    assert second.url_secret is not None
+    assert second.describe() == "env SLACK_URL"
+    assert parse_policy(VALID).notifications.webhooks == ()
+
+
+@pytest.mark.parametrize(
+    ("hook", "wanted"),
+    [
+        ("{url: 'ftp://example.com/x'}", "must be an http:// or https:// URL"),
+        ("{url: 'file:///etc/passwd'}", "must be an http:// or https:// URL"),
+        ("{url: 'https://user:pw@example.com/x'}", "must not contain user:password"),
+        ("{url: 'https:///nohost'}", "has no host"),
+        ("{url: 'http://example.com:99999/'}", "is not a valid URL"),
+        ("{url: 'http://exa mple.com/'}", "without spaces"),
+        ("{format: generic}", "needs exactly one of url: URL or url_env"),
+        ("{url: 'http://a/', url_env: X}", "needs exactly one of url"),
+        ("{url: 'http://a/', format: teams}", "must be one of generic, slack"),
+        ("{url: 'http://a/', events: [request_exploded]}", "unknown event 'request_exploded'"),
+        ("{url: 'http://a/', events: []}", "names no events"),
+        ("{url: 'http://a/', secret: x}", "unknown key"),
+        ("{url_env: 'not a var'}", "must be the name of an environment variable"),
+    ],
+)
+def test_a_bad_webhook_is_rejected_with_its_path(hook: str, wanted: str) -> None:
+    with pytest.raises(PolicyError) as caught:
+        parse_policy(VALID + f"notifications:\n  webhooks:\n    - {hook}\n")
+    lines = [str(problem) for problem in caught.value.problems]
+    assert any(wanted in line and "notifications.webhooks[0]" in line for line in lines), lines
+
+
+def test_an_unknown_key_in_notifications_is_rejected() -> None:
+    with pytest.raises(PolicyError, match=r"notifications.webhook: unknown key \(did you mean"):
+        parse_policy(VALID + "notifications: {webhook: https://example.com}\n")
