@@ -12,6 +12,7 @@ right now (the server reads secrets at use time, so this is not an error of the 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import sys
 from collections.abc import Iterator, Mapping, Sequence
@@ -29,6 +30,7 @@ from proxy.policy.durations import format_duration as fmt
 from proxy.policy.models import ApprovalRule, Policy, SecretRef, Target, UpstreamTlsMode
 from proxy.policy.policy_file import PolicyError, PolicyUnreadable, load_policy
 from proxy.policy.yaml_strict import DocumentError
+from proxy.session.probe import inspect_policy_roles
 
 EXIT_OK = 0
 EXIT_INVALID = 1
@@ -40,6 +42,15 @@ def add_file_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("file", type=Path, metavar="FILE", help="the YAML file to check")
 
 
+def add_policy_check_arguments(parser: argparse.ArgumentParser) -> None:
+    add_file_argument(parser)
+    parser.add_argument(
+        "--connect", action="store_true",
+        help="also log in as every mapped role and report what it can do (superuser, "
+        "CREATEROLE, BYPASSRLS, large objects, temporary tables, pg_signal_backend)",
+    )  # fmt: skip
+
+
 def run_policy_check(args: argparse.Namespace) -> int:
     try:
         policy = load_policy(args.file)
@@ -47,7 +58,13 @@ def run_policy_check(args: argparse.Namespace) -> int:
         return _unreadable(exc)
     except PolicyError as exc:
         return _invalid(exc, "policy")
-    _print(describe_policy(policy), policy_warnings(policy, os.environ))
+    warnings = policy_warnings(policy, os.environ)
+    summary = describe_policy(policy)
+    if getattr(args, "connect", False):
+        reports = asyncio.run(inspect_policy_roles(policy))
+        summary += [f"{r.where}: {note}" for r in reports for note in r.notes]
+        warnings += [f"{r.where}: {warning}" for r in reports for warning in r.warnings]
+    _print(summary, warnings)
     return EXIT_OK
 
 

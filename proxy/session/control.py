@@ -14,14 +14,13 @@ import logging
 import ssl
 
 from proxy.policy.models import SecretUnavailable, Target
+from proxy.session.probe import QueryFailed, simple_query
 from proxy.session.upstream import (
     UpstreamError,
     UpstreamLogin,
     connect_upstream,
     terminate_upstream,
 )
-from proxy.session.upstream_auth import MessageStream
-from proxy.wire import DataRow, ErrorResponse, Query, ReadyForQuery
 
 log = logging.getLogger(__name__)
 
@@ -55,18 +54,14 @@ async def _terminate(target: Target, process_id: int, ssl_context: ssl.SSLContex
     )  # fmt: skip
     conn = await connect_upstream(login, ssl_context=ssl_context)
     try:
-        stream = MessageStream(conn.peer)
         # The pid is an int we got from the backend itself; no client text reaches this query.
-        stream.send(Query(f"SELECT pg_terminate_backend({int(process_id)})").encode())
-        killed = False
-        while not isinstance(message := await stream.receive(), ReadyForQuery):
-            if isinstance(message, DataRow):
-                killed = message.values == (b"t",)
-            elif isinstance(message, ErrorResponse):
-                log.error("pg_terminate_backend(%d) failed: %s", process_id, message.message)
-        log.warning(
-            "terminated backend %d of %r that outlived its session", process_id, target.name
-        )
-        return killed
+        rows = await simple_query(conn, f"SELECT pg_terminate_backend({int(process_id)})")
+    except QueryFailed as exc:
+        log.error("pg_terminate_backend(%d) failed: %s", process_id, exc)
+        return False
     finally:
         await terminate_upstream(conn)
+    killed = rows == [(b"t",)]
+    if killed:
+        log.warning("terminated backend %d of %r after its session", process_id, target.name)
+    return killed

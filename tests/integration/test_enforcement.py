@@ -267,3 +267,25 @@ def test_kill_latency_over_twenty_trials(
     print(f"\nkill latency over {TRIALS} trials:\n{report}")
     assert max(client) < KILL_BOUND
     assert max(backend) < KILL_BOUND
+
+
+def test_removing_the_level_from_the_policy_file_ends_its_sessions(
+    warden: RunningPgwarden, postgres: PostgresServer
+) -> None:
+    policy_file = warden.runtime.config.paths.policy
+    original = policy_file.read_text()
+    credential = warden.grant(duration=GRANT)
+    with connect(warden, credential) as conn:
+        pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]  # type: ignore[index]
+        edited = "\n".join(
+            line for line in original.splitlines() if not line.lstrip().startswith("read-only:")
+        )
+        policy_file.write_text(edited + "\n")
+        try:
+            # The file is polled once a second; the enforcer then reconciles at its next tick.
+            wait_until(lambda: not backend_alive(postgres, pid), 3.0)
+            with pytest.raises(psycopg.OperationalError, match="no longer granted by the policy"):
+                conn.execute("SELECT 1")
+        finally:
+            policy_file.write_text(original)
+            wait_until(lambda: warden.runtime.policy.current.level("orders", "read-only"), 3.0)  # type: ignore[arg-type]
