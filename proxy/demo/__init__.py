@@ -1,0 +1,1 @@
+"""`pgwarden demo` and the throwaway PostgreSQL it (and the test harness) runs on loopback."""
