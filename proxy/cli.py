@@ -20,9 +20,11 @@ from dataclasses import dataclass
 
 from proxy import __version__, checks, devcert, serve
 from proxy.api import tokens
+from proxy.audit import cli as audit_cli
 from proxy.client import access_commands as access
 from proxy.client import request_commands as req
 from proxy.client.transport import cli_command
+from proxy.demo import walkthrough
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +40,7 @@ GROUPS: dict[tuple[str, ...], str] = {
     ("config",): "work with the server config file",
     ("tls",): "TLS certificates",
     ("token",): "API tokens (on the server host, against its state store)",
+    ("audit",): "work with the audit log",
 }
 
 COMMANDS: tuple[Command, ...] = (
@@ -65,6 +68,11 @@ COMMANDS: tuple[Command, ...] = (
         devcert.add_arguments,
         devcert.run,
     ),
+    Command(("demo",), "a guided walkthrough on a throwaway local PostgreSQL (make demo)",
+            walkthrough.add_arguments, walkthrough.run),
+    Command(("audit", "verify"),
+            "check that the audit log is whole and untampered (exit 0 only if it verifies)",
+            audit_cli.add_arguments, audit_cli.run),
     Command(("token", "create"), "create an API token for a policy user and print it once",
             tokens.add_create_arguments, tokens.run_create),
     Command(("token", "list"), "list API tokens (never their secrets)",

@@ -1,0 +1,94 @@
+"""The tamper-evident audit log: who had access to what and why, what they ran, and proof that
+the record is whole.
+
+- `events.py`, `query_events.py`: typed events (requests, grants, credentials, logins,
+  sessions; queries and their outcomes);
+- `recorder.py`: one session's wire messages → query events and their outcomes;
+- `redact.py`: secrets out (PASSWORD literals, verifiers, conninfo, pgwarden's own passwords);
+- `records.py`: the line format, the HMAC chain, file names, the head;
+- `log.py` (+ `sink_state.py`, `recovery.py`, `fsio.py`): the sink — group-commit fsync,
+  rotation, crash recovery, fail closed;
+- `verify.py` / `cli.py`: `pgwarden audit verify`.
+
+This package does no networking and imports no asyncio: the sink is thread-based, and its
+durability futures are `concurrent.futures.Future`s that async code awaits with
+`asyncio.wrap_future`.
+"""
+
+from __future__ import annotations
+
+from proxy.audit.events import (
+    AuditEvent,
+    CredentialIssued,
+    GrantActivated,
+    GrantExpired,
+    GrantRevoked,
+    LoginFailed,
+    LongSession,
+    Recovery,
+    RequestApproved,
+    RequestCancelled,
+    RequestCreated,
+    RequestDenied,
+    RequestLapsed,
+    SessionEnded,
+    SessionStarted,
+)
+from proxy.audit.log import AuditLog
+from proxy.audit.query_events import (
+    BindPortal,
+    CopyDirection,
+    CopyTransfer,
+    ExecutePortal,
+    FunctionCalled,
+    OutcomeStatus,
+    Param,
+    ParseStatement,
+    QueryOutcome,
+    SimpleQuery,
+)
+from proxy.audit.recorder import CLIENT_TYPES, UPSTREAM_TYPES, QueryLimits, SessionRecorder
+from proxy.audit.records import load_key
+from proxy.audit.redact import Redactor
+from proxy.audit.sink_state import AuditUnavailable, FsyncPolicy, SinkOptions
+from proxy.audit.verify import VerifyReport, verify
+
+__all__ = [
+    "CLIENT_TYPES",
+    "UPSTREAM_TYPES",
+    "AuditEvent",
+    "AuditLog",
+    "AuditUnavailable",
+    "BindPortal",
+    "CopyDirection",
+    "CopyTransfer",
+    "CredentialIssued",
+    "ExecutePortal",
+    "FsyncPolicy",
+    "FunctionCalled",
+    "GrantActivated",
+    "GrantExpired",
+    "GrantRevoked",
+    "LoginFailed",
+    "LongSession",
+    "OutcomeStatus",
+    "Param",
+    "ParseStatement",
+    "QueryLimits",
+    "QueryOutcome",
+    "Recovery",
+    "Redactor",
+    "RequestApproved",
+    "RequestCancelled",
+    "RequestCreated",
+    "RequestDenied",
+    "RequestLapsed",
+    "SessionEnded",
+    "SessionRecorder",
+    "SessionStarted",
+    "SimpleQuery",
+    "SinkOptions",
+    "VerifyReport",
+    "load_key",
+    "verify",
+]

@@ -1,0 +1,65 @@
+"""`pgwarden audit verify [PATH] (--key-env VAR | --key-file FILE | --config FILE)`.
+
+Checks every file of the audit log and its head (`verify.py`). The key is read the way the
+server reads it (a `SecretRef`: the variable's value, or the file's text without its final
+newline); with `--config` it comes from the server config's `audit.hmac_key_*`, and PATH may be
+left out to verify the configured `paths.audit_log`.
+
+Prints `ok: N records in F files, head seq S` on stdout and exits 0 when everything verifies;
+prints `FAILED: FILE:LINE: seq N: what is wrong` on stderr and exits 1 when the log does not
+verify; exits 2 when the log or the key cannot be read (or on a usage error).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from proxy.audit.records import load_key
+from proxy.audit.verify import VerifyUnreadable, verify
+from proxy.config import ConfigError, load_config
+from proxy.policy.models import SecretRef, SecretUnavailable
+
+EXIT_OK = 0
+EXIT_TAMPERED = 1
+EXIT_UNREADABLE = 2
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "path", type=Path, nargs="?", metavar="PATH", help="the audit log (the active file)"
+    )
+    key = parser.add_mutually_exclusive_group(required=True)
+    key.add_argument("--key-env", metavar="VAR", help="read the HMAC key from this variable")
+    key.add_argument("--key-file", type=Path, metavar="FILE", help="read the HMAC key from FILE")
+    key.add_argument("--config", type=Path, metavar="FILE", help="use the server config's key")
+
+
+def run(args: argparse.Namespace) -> int:
+    path: Path | None = args.path
+    try:
+        if args.config is not None:
+            config = load_config(args.config)
+            ref = config.audit.hmac_key
+            path = path or config.paths.audit_log
+        else:
+            ref = SecretRef(env=args.key_env, file=args.key_file)
+        if path is None:
+            return _unreadable("give the audit log's PATH (or --config)")
+        key = load_key(ref)
+        report = verify(path, key)
+    except ConfigError as exc:
+        return _unreadable("; ".join(str(p) for p in exc.problems) or str(exc))
+    except (SecretUnavailable, ValueError, VerifyUnreadable) as exc:
+        return _unreadable(str(exc))
+    if report.ok:
+        print(report.summary())
+        return EXIT_OK
+    print(report.summary(), file=sys.stderr)
+    return EXIT_TAMPERED
+
+
+def _unreadable(message: str) -> int:
+    print(f"pgwarden: {message}", file=sys.stderr)
+    return EXIT_UNREADABLE

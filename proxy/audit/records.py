@@ -1,0 +1,204 @@
+"""The audit log's on-disk format: one MAC-chained JSON record per line, files, and the head.
+
+A record is one line of ASCII JSON, keys in this order::
+
+    {"seq":7,"ts":"2026-01-05T09:00:00.000000Z","kind":"query.simple",<fields>,"prev":"<hex>",
+     "mac":"<hex>"}
+
+`seq` counts records from 1 across all files; `prev` is the `mac` of record `seq - 1` (64 zeros
+for the first record); `mac` is HMAC-SHA-256 over `MAC_DOMAIN` plus the exact bytes of the line
+without its `,"mac":"..."` member (that is, the line up to `"prev":"<hex>"` followed by `}`).
+The MAC covers the bytes as written, so a verifier needs no canonical re-serialisation: strip the
+last member, recompute, compare. `json.dumps(ensure_ascii=True)` escapes every control character,
+DEL, every non-ASCII character (bidi overrides, U+2028) and the lone surrogates that stand for
+undecodable bytes (`\\udc80`), so a value can never end a line or forge one, and the file is
+plain ASCII.
+
+Files: the active file is the configured path (`audit.jsonl`); at rotation it is renamed to
+`audit.jsonl.<seq of its first record, 12 digits>`, so names sort in chain order and a missing
+file shows as a gap in `seq`. The head (`audit.jsonl.head`) anchors the last durable record
+(seq and mac) with its own MAC under `HEAD_DOMAIN`; it is replaced atomically.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import hmac
+import json
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from proxy.policy.models import SecretRef
+
+FORMAT_VERSION = 1
+GENESIS = "0" * 64  # `prev` of the very first record
+MAC_DOMAIN = b"pgwarden-audit-record-v1\n"
+HEAD_DOMAIN = b"pgwarden-audit-head-v1\n"
+MIN_KEY_BYTES = 16  # below this an HMAC key can be guessed
+ENVELOPE = frozenset({"seq", "ts", "kind", "prev", "mac"})  # event fields may not use these
+HEAD_SUFFIX = ".head"
+ARCHIVE_DIGITS = 12
+
+_TS = re.compile(r"[0-9T:.Z-]+")
+_MAC_TAIL = re.compile(rb',"mac":"([0-9a-f]{64})"\}\n\Z')
+
+JSONValue = str | int | float | bool | None | list["JSONValue"] | dict[str, "JSONValue"]
+Fields = dict[str, JSONValue]
+
+
+class BadRecord(ValueError):
+    """A line that is not a well-formed, authentic record; the message says what is wrong."""
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A parsed, MAC-checked record (its chain position is checked by the caller)."""
+
+    seq: int
+    kind: str
+    prev: str
+    mac: str
+    body: dict[str, Any]
+
+
+def check_key(key: bytes) -> bytes:
+    if len(key) < MIN_KEY_BYTES:
+        raise ValueError(f"the audit HMAC key must be at least {MIN_KEY_BYTES} bytes")
+    return key
+
+
+def load_key(ref: SecretRef) -> bytes:
+    """The HMAC key as the server reads it: the secret's text, UTF-8 encoded."""
+    return check_key(ref.read().encode("utf-8"))
+
+
+def format_ts(when: datetime) -> str:
+    """`2026-01-05T09:00:00.000000Z`: UTC, always with microseconds."""
+    return when.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+
+
+def dump_fields(fields: Fields) -> str:
+    """The event's members as they appear in the line: `"a":1,"b":"x"` (no braces)."""
+    return json.dumps(fields, ensure_ascii=True, separators=(",", ":"), allow_nan=False)[1:-1]
+
+
+class Signer:
+    """Makes record lines; keeps one HMAC state to copy (cheaper than re-keying per record)."""
+
+    def __init__(self, key: bytes) -> None:
+        self._records = hmac.new(check_key(key), MAC_DOMAIN, hashlib.sha256)
+        self._heads = hmac.new(key, HEAD_DOMAIN, hashlib.sha256)
+
+    def line(self, seq: int, ts: str, kind: str, body: str, prev: str) -> tuple[bytes, str]:
+        """The record's line (with its newline) and its mac; `body` comes from `dump_fields`."""
+        head = f'{{"seq":{seq},"ts":{_quoted(ts)},"kind":{_quoted(kind)}'
+        unsigned = f'{head}{"," if body else ""}{body},"prev":"{prev}"}}'.encode("ascii")
+        mac = self._mac(self._records, unsigned)
+        return unsigned[:-1] + b',"mac":"' + mac.encode("ascii") + b'"}\n', mac
+
+    def parse(self, line: bytes) -> Record:
+        """Check one line (with its newline) and return the record; raises BadRecord."""
+        match = _MAC_TAIL.search(line)
+        if match is None:
+            raise BadRecord("not a record line (no mac at its end)")
+        unsigned = line[: match.start()] + b"}"
+        mac = match.group(1).decode("ascii")
+        if not hmac.compare_digest(self._mac(self._records, unsigned), mac):
+            raise BadRecord("mac does not match: the record was altered, or another key wrote it")
+        try:
+            body = json.loads(line, object_pairs_hook=_no_duplicates)
+        except (ValueError, UnicodeDecodeError) as exc:  # authentic but unparseable: a bug
+            raise BadRecord(f"not valid JSON ({exc})") from exc
+        seq, kind, prev = body.get("seq"), body.get("kind"), body.get("prev")
+        if type(seq) is not int or not isinstance(kind, str) or not isinstance(prev, str):
+            raise BadRecord("seq, kind or prev is missing or of the wrong type")
+        return Record(seq, kind, prev, mac, body)
+
+    def head(self, seq: int, mac: str, file: str, ts: str) -> bytes:
+        unsigned = json.dumps(
+            {"seq": seq, "mac": mac, "file": file, "ts": ts}, separators=(",", ":")
+        ).encode("ascii")
+        tag = self._mac(self._heads, unsigned)
+        return unsigned[:-1] + b',"head_mac":"' + tag.encode("ascii") + b'"}\n'
+
+    def parse_head(self, data: bytes) -> Head:
+        try:
+            body = json.loads(data)
+            unsigned = {k: body[k] for k in ("seq", "mac", "file", "ts")}
+            tag = body["head_mac"]
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+            raise BadRecord("the head file is not valid") from exc
+        raw = json.dumps(unsigned, separators=(",", ":")).encode("ascii")
+        if not isinstance(tag, str) or not hmac.compare_digest(self._mac(self._heads, raw), tag):
+            raise BadRecord("the head file's mac does not match")
+        if type(unsigned["seq"]) is not int or not isinstance(unsigned["mac"], str):
+            raise BadRecord("the head file is not valid")
+        return Head(unsigned["seq"], unsigned["mac"], str(unsigned["file"]), str(unsigned["ts"]))
+
+    @staticmethod
+    def _mac(state: hmac.HMAC, data: bytes) -> str:
+        copy = state.copy()
+        copy.update(data)
+        return copy.hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Head:
+    """The anchored end of the chain: the log must reach at least `seq`, with this `mac`."""
+
+    seq: int
+    mac: str
+    file: str
+    ts: str
+
+
+@functools.lru_cache(maxsize=256)
+def _quoted_cached(text: str) -> str:
+    return json.dumps(text)
+
+
+def _quoted(text: str) -> str:
+    # Kinds repeat (cache them); timestamps are already plain ASCII digits and punctuation.
+    return f'"{text}"' if _TS.fullmatch(text) else _quoted_cached(text)
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        raise ValueError("a key appears twice")
+    return result
+
+
+def head_path(active: Path) -> Path:
+    return active.with_name(active.name + HEAD_SUFFIX)
+
+
+def archive_path(active: Path, first_seq: int) -> Path:
+    return active.with_name(f"{active.name}.{first_seq:0{ARCHIVE_DIGITS}d}")
+
+
+def archive_seq(active: Path, candidate: Path) -> int | None:
+    """The first seq an archive's name promises, or None if `candidate` is not an archive."""
+    prefix = active.name + "."
+    digits = candidate.name[len(prefix) :]
+    if candidate.name.startswith(prefix) and len(digits) == ARCHIVE_DIGITS and digits.isdigit():
+        return int(digits) if digits.isascii() else None
+    return None
+
+
+def log_files(active: Path) -> list[Path]:
+    """Every file of the log in chain order: archives by their first seq, then the active file."""
+    archives = []
+    if active.parent.is_dir():
+        for candidate in active.parent.iterdir():
+            seq = archive_seq(active, candidate)
+            if seq is not None:
+                archives.append((seq, candidate))
+    files = [path for _, path in sorted(archives)]
+    if active.exists():
+        files.append(active)
+    return files

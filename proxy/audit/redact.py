@@ -1,0 +1,202 @@
+"""Secrets never reach the audit log (SECURITY.md row 38): every string of every record passes here.
+
+What is replaced by `***`:
+
+- the string literal after the keyword PASSWORD, found by a small SQL scanner that knows the
+  quoting rules ('...' with doubled quotes, E'...' with backslash escapes, U&'...', $$...$$ and
+  $tag$...$tag$, comments, quoted identifiers) — so `CREATE/ALTER ROLE/USER ... [ENCRYPTED]
+  PASSWORD '...'`, `OPTIONS (password '...')` and literal continuations are covered however they
+  are quoted. The server's `standard_conforming_strings` is unknown here, so the text is scanned
+  under both settings and the union of what each finds is redacted (redacting too much is safe,
+  too little is not);
+- SCRAM (`SCRAM-SHA-256$...`) and MD5 (`md5` + 32 hex digits) verifiers anywhere;
+- `password=...` in conninfo strings (quoted or not, inside SQL literals too) and the password of
+  `scheme://user:password@host` URIs;
+- pgwarden's own temporary passwords (`known_secrets`, asked for at each redaction).
+
+`password_parameters(sql)` tells whether a statement takes a password as a parameter
+(`ALTER ROLE x PASSWORD $1`): the recorder then shows all of its Bind values as `***`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from typing import Final
+
+from proxy.audit.records import Fields, JSONValue
+
+MASK: Final = "***"
+MIN_KNOWN_SECRET = 8  # shorter "secrets" would redact ordinary words
+MIN_SECRET_TEXT = MIN_KNOWN_SECRET  # no pattern below matches anything shorter (`password'x'`)
+
+_SCRAM = re.compile(r"SCRAM-SHA-256\$[^\s'\"]*", re.IGNORECASE)
+_MD5 = re.compile(r"(?<![0-9A-Za-z])md5[0-9a-f]{32}(?![0-9a-f])", re.IGNORECASE)
+# password=value in a conninfo: quoted ('...', or ''...'' / \'...\' inside a SQL literal) up to
+# the same quote not escaped by a backslash; unquoted up to whitespace or a lone quote (libpq
+# reads an unquoted value up to whitespace; a doubled quote is one quote inside a SQL literal).
+_CONNINFO = re.compile(
+    r"""(?P<key>\bpassword\s*=\s*)(?!'\*\*\*')
+        (?: (?P<q>''|\\'|') .*? (?:(?<!\\)(?P=q)|\Z)
+          | (?:\\''|\\.|''|[^\s'\\])+ )""",
+    re.IGNORECASE | re.VERBOSE | re.DOTALL,
+)
+# The scheme's length is bounded so that a long run like `a.a.a.a...` cannot make this quadratic.
+_URI = re.compile(r"(?P<user>\b[a-z][a-z0-9+.-]{0,31}://[^\s/:@'\"]*):[^\s@/]*@", re.IGNORECASE)
+_JSON_PASSWORD = re.compile(r'(?P<key>"password"\s*:\s*)"(?:[^"\\]|\\.)*"?', re.IGNORECASE)
+
+# -- the SQL scanner ---------------------------------------------------------------------------
+
+_WORD = re.compile(r"[A-Za-z_\x80-\U0010ffff][A-Za-z0-9_$\x80-\U0010ffff]*")
+_SPACE = re.compile(r"\s+")
+_PARAM = re.compile(r"\$\d+")
+_DOLLAR_TAG = re.compile(r"\$(?:[A-Za-z_\x80-\U0010ffff][A-Za-z0-9_\x80-\U0010ffff]*)?\$")
+_QUOTED_IDENT = re.compile(r'"(?:[^"]|"")*"?')
+_STANDARD_BODY = re.compile(r"(?:[^']|'')*'?", re.DOTALL)
+_ESCAPE_BODY = re.compile(r"(?:[^'\\]|''|\\.)*(?:'|\\?\Z)", re.DOTALL)
+
+
+def _comment_end(sql: str, i: int) -> int:
+    """End of the (nested) block comment starting at `i`."""
+    depth, j = 0, i
+    while j < len(sql):
+        if sql.startswith("/*", j):
+            depth, j = depth + 1, j + 2
+        elif sql.startswith("*/", j):
+            depth, j = depth - 1, j + 2
+            if depth == 0:
+                return j
+        else:
+            j += 1
+    return len(sql)
+
+
+def _literal_end(sql: str, i: int, backslash_quotes: bool) -> int | None:
+    """If a string constant starts at `i`, where it ends (the end of the text if unclosed)."""
+    c = sql[i]
+    if c in "Ee" and sql.startswith("'", i + 1):
+        body = _ESCAPE_BODY.match(sql, i + 2)
+    elif c in "Uu" and sql.startswith("&'", i + 1):
+        body = _STANDARD_BODY.match(sql, i + 3)
+    elif c in "NnBbXx" and sql.startswith("'", i + 1):
+        body = (_ESCAPE_BODY if backslash_quotes else _STANDARD_BODY).match(sql, i + 2)
+    elif c == "'":
+        body = (_ESCAPE_BODY if backslash_quotes else _STANDARD_BODY).match(sql, i + 1)
+    elif c == "$" and (tag := _DOLLAR_TAG.match(sql, i)) is not None:
+        close = sql.find(tag.group(), tag.end())
+        return len(sql) if close < 0 else close + len(tag.group())
+    else:
+        return None
+    assert body is not None  # both patterns match the empty string
+    return body.end()
+
+
+def _scan(sql: str, backslash_quotes: bool) -> tuple[list[tuple[int, int]], bool]:
+    """Spans of literals that follow PASSWORD, and whether a `$n` parameter follows one."""
+    spans: list[tuple[int, int]] = []
+    takes_param = False
+    after_password = False
+    i, n = 0, len(sql)
+    while i < n:
+        c = sql[i]
+        if c.isspace():
+            i = _SPACE.match(sql, i).end()  # type: ignore[union-attr]
+        elif sql.startswith("--", i):
+            newline = sql.find("\n", i)
+            i = n if newline < 0 else newline
+        elif sql.startswith("/*", i):
+            i = _comment_end(sql, i)
+        elif (end := _literal_end(sql, i, backslash_quotes)) is not None:
+            if after_password:  # stays set: a literal continued on the next line is redacted too
+                spans.append((i, end))
+            i = end
+        elif (param := _PARAM.match(sql, i)) is not None:
+            takes_param = takes_param or after_password
+            after_password, i = False, param.end()
+        elif c == '"':
+            after_password, i = False, _QUOTED_IDENT.match(sql, i).end()  # type: ignore[union-attr]
+        elif (word := _WORD.match(sql, i)) is not None:
+            after_password, i = word.group().lower() == "password", word.end()
+        else:  # `=` keeps the keyword's effect: `password = '...'` in options lists
+            after_password, i = after_password and c == "=", i + 1
+    return spans, takes_param
+
+
+def _password_literals(sql: str) -> list[tuple[int, int]]:
+    if "password" not in sql.lower():
+        return []
+    return _merge(_scan(sql, False)[0] + _scan(sql, True)[0])
+
+
+def password_parameters(sql: str) -> bool:
+    """Whether the statement passes a `$n` parameter as a password (its Bind values are secret)."""
+    if "password" not in sql.lower():
+        return False
+    return _scan(sql, False)[1] or _scan(sql, True)[1]
+
+
+def _merge(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    merged: list[tuple[int, int]] = []
+    for start, end in sorted(spans):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(end, merged[-1][1]))
+        else:
+            merged.append((start, end))
+    return merged
+
+
+def _mask_spans(text: str, spans: list[tuple[int, int]]) -> str:
+    parts, last = [], 0
+    for start, end in spans:
+        parts.append(text[last:start])
+        parts.append(f"'{MASK}'")
+        last = end
+    parts.append(text[last:])
+    return "".join(parts)
+
+
+class Redactor:
+    """Replaces secrets with `***` in text, and in every string of a record.
+
+    `known_secrets` returns pgwarden's own live temporary passwords; it is called once per
+    redaction, so it should be cheap (return a kept set).
+    """
+
+    def __init__(self, known_secrets: Callable[[], Iterable[str]] = tuple) -> None:
+        self._known_secrets = known_secrets
+
+    def redact(self, text: str) -> str:
+        if len(text) < MIN_SECRET_TEXT:
+            return text
+        if spans := _password_literals(text):
+            text = _mask_spans(text, spans)
+        text = _SCRAM.sub(MASK, text)
+        text = _MD5.sub(MASK, text)
+        if "password" in text.lower():
+            text = _CONNINFO.sub(rf"\g<key>{MASK}", text)  # templates: substituted in C
+            text = _JSON_PASSWORD.sub(rf'\g<key>"{MASK}"', text)
+        if "://" in text:
+            text = _URI.sub(rf"\g<user>:{MASK}@", text)
+        for secret in self._known_secrets():
+            if len(secret) >= MIN_KNOWN_SECRET and secret in text:
+                text = text.replace(secret, MASK)
+        return text
+
+    def contains_known_secret(self, data: bytes) -> bool:
+        """Whether raw bytes (a binary parameter) hold one of the known secrets."""
+        return any(
+            len(secret) >= MIN_KNOWN_SECRET and secret.encode("utf-8", "surrogatepass") in data
+            for secret in self._known_secrets()
+        )
+
+    def redact_record(self, record: Fields) -> Fields:
+        return {key: self._value(value) for key, value in record.items()}
+
+    def _value(self, value: JSONValue) -> JSONValue:
+        if isinstance(value, str):
+            return self.redact(value)
+        if isinstance(value, list):
+            return [self._value(item) for item in value]
+        if isinstance(value, dict):
+            return self.redact_record(value)
+        return value

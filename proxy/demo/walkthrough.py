@@ -1,0 +1,243 @@
+"""`pgwarden demo`: the whole story on one machine, told with the real commands.
+
+A throwaway PostgreSQL with a sample database, `pgwarden serve` as its own process, and the CLI
+and psql as a person would type them: alice asks for read-only access, carol approves, alice
+queries, a write is refused, carol revokes while alice's query runs and the session ends with its
+message; then the audit log is verified. pgwarden stays up for the user to try things until
+Ctrl-C (not with PGWARDEN_DEMO_NONINTERACTIVE=1), and everything is removed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
+from pathlib import Path
+
+from proxy.clock import SYSTEM_CLOCK
+from proxy.demo.cluster import LocalCluster, PostgresUnavailable, free_loopback_port
+from proxy.demo.cluster import start_local_cluster as start_cluster
+from proxy.demo.sample import DemoSecrets, PsqlMissing, create_shop, psql_binary, write_files
+
+START_TIMEOUT = 30.0
+COMMAND_TIMEOUT = 60.0
+LISTENING = re.compile(r"pgwarden API listening on")
+
+
+class DemoFailed(RuntimeError):
+    """A step of the walkthrough did not do what the story says."""
+
+
+class Demo:
+    """The running pieces, and how to run a command as alice or carol."""
+
+    def __init__(self, directory: Path, cluster: LocalCluster, secrets: DemoSecrets) -> None:
+        self.directory = directory
+        self.cluster = cluster
+        self.proxy_port, self.api_port = free_loopback_port(), free_loopback_port()
+        self.config = write_files(directory, cluster, self.proxy_port, self.api_port)
+        self.server_env = {**os.environ, **secrets.environment()}
+        self.tokens: dict[str, str] = {}
+        self.server: subprocess.Popen[bytes] | None = None
+
+    @property
+    def log(self) -> Path:
+        return self.directory / "pgwarden.log"
+
+    def start_server(self) -> None:
+        with self.log.open("wb") as log:
+            self.server = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+                [sys.executable, "-m", "proxy", "serve", "--config", str(self.config)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.server_env,
+                start_new_session=True,
+            )
+        deadline = SYSTEM_CLOCK.monotonic() + START_TIMEOUT
+        while not LISTENING.search(self.log.read_text(errors="replace")):
+            if self.server.poll() is not None or SYSTEM_CLOCK.monotonic() > deadline:
+                raise DemoFailed(f"pgwarden did not start:\n{self.log.read_text()}")
+            time.sleep(0.05)
+
+    def stop_server(self) -> None:
+        if self.server is not None and self.server.poll() is None:
+            self.server.terminate()
+            with suppress(subprocess.TimeoutExpired):
+                self.server.wait(10)
+            if self.server.poll() is None:
+                self.server.kill()
+
+    def token_for(self, user: str) -> None:
+        out = self.pgwarden(None, "token", "create", user, "--config", str(self.config), "--json")
+        self.tokens[user] = json.loads(out)["token"]
+
+    def pgwarden(self, user: str | None, *args: str, show: bool = False) -> str:
+        """Run the CLI as `user` (with their token), return its stdout."""
+        env = {**os.environ, "PGWARDEN_URL": f"http://127.0.0.1:{self.api_port}"}
+        if user is not None:
+            env["PGWARDEN_TOKEN"] = self.tokens[user]
+        if show:
+            say(f"  {user}$ pgwarden {shlex.join(args)}")
+        result = subprocess.run(  # noqa: S603
+            [sys.executable, "-m", "proxy", *args], env=env, capture_output=True, text=True,
+            timeout=COMMAND_TIMEOUT, check=False,
+        )  # fmt: skip
+        if result.returncode != 0:
+            raise DemoFailed(f"pgwarden {shlex.join(args)} failed:\n{result.stderr}")
+        return result.stdout
+
+
+def say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def indent(text: str) -> str:
+    return "\n".join(f"    {line}" for line in text.rstrip().splitlines())
+
+
+def psql(dsn: str, sql: str, *, show: bool = True) -> subprocess.CompletedProcess[str]:
+    if show:
+        say(f'  alice$ psql "$DSN" -c {shlex.quote(sql)}')
+    return subprocess.run(  # noqa: S603
+        [psql_binary(), "-X", dsn, "-c", sql], capture_output=True, text=True,
+        timeout=COMMAND_TIMEOUT, check=False,
+    )  # fmt: skip
+
+
+def walkthrough(demo: Demo) -> None:
+    """The story, step by step, with the real commands and their real output."""
+    say("\n1. alice asks for two minutes of read-only access to the shop database:")
+    asked = demo.pgwarden("alice", "request", "shop", "--access", "read-only", "--duration", "2m",
+                          "--reason", "investigate order 1042", show=True)  # fmt: skip
+    say(indent(asked))
+    pending = json.loads(demo.pgwarden("alice", "requests", "--state", "pending", "--json"))
+    request_id = pending["requests"][0]["id"]
+    say("\n2. carol, an approver, approves it (alice could not approve her own request):")
+    say(indent(demo.pgwarden("carol", "approve", request_id, "--comment", "ok", show=True)))
+    say("\n3. alice gets a temporary credential (shown once; pgwarden keeps only a verifier):")
+    creds = json.loads(demo.pgwarden("alice", "credentials", request_id, "--json", show=True))
+    say(f"    DSN={creds['dsn'].replace(creds['password'], '********')}")
+    dsn = creds["dsn"]
+    say("\n4. alice connects with plain psql, through pgwarden, and queries:")
+    say(indent(expect_ok(psql(dsn, "SELECT count(*) AS orders, sum(total) FROM orders"))))
+    say("\n5. a write is refused by the database (the read-only role has SELECT only):")
+    say(indent(expect_error(psql(dsn, "DELETE FROM orders WHERE id = 1042"), "permission denied")))
+    say("\n6. alice starts a long query; carol revokes the grant while it runs:")
+    ended = revoke_during_query(demo, dsn, request_id)
+    say(indent(ended))
+
+
+def revoke_during_query(demo: Demo, dsn: str, request_id: str) -> str:
+    say('  alice$ psql "$DSN" -c "SELECT pg_sleep(600)"     (in the background)')
+    long_query = subprocess.Popen(  # noqa: S603
+        [psql_binary(), "-X", dsn, "-c", "SELECT pg_sleep(600)"], stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    time.sleep(1.0)  # let the query reach the database
+    demo.pgwarden("carol", "revoke", request_id, "--reason", "investigation done", show=True)
+    try:
+        output, _ = long_query.communicate(timeout=10)
+    except subprocess.TimeoutExpired as exc:
+        long_query.kill()
+        raise DemoFailed("the session did not end after the revocation") from exc
+    if "was revoked by carol" not in output:
+        raise DemoFailed(f"unexpected end of the session:\n{output}")
+    return output
+
+
+def expect_ok(result: subprocess.CompletedProcess[str]) -> str:
+    if result.returncode != 0:
+        raise DemoFailed(f"psql failed:\n{result.stderr}")
+    return result.stdout
+
+
+def expect_error(result: subprocess.CompletedProcess[str], fragment: str) -> str:
+    if result.returncode == 0 or fragment not in result.stderr:
+        raise DemoFailed(
+            f"expected an error with {fragment!r}, got:\n{result.stdout}{result.stderr}"
+        )
+    return result.stderr
+
+
+def epilogue(demo: Demo, secrets: DemoSecrets) -> None:
+    audit_log = demo.directory / "audit" / "audit.jsonl"
+    say("\n7. everything above is in the audit log, and the chain verifies:")
+    say(f"  $ pgwarden audit verify {audit_log}")
+    result = subprocess.run(  # noqa: S603
+        [sys.executable, "-m", "proxy", "audit", "verify", str(audit_log), "--key-env",
+         "DEMO_AUDIT_KEY"], env={**os.environ, **secrets.environment()}, capture_output=True,
+        text=True, timeout=COMMAND_TIMEOUT, check=False,
+    )  # fmt: skip
+    say(indent(result.stdout + result.stderr))
+    if result.returncode != 0:
+        raise DemoFailed("the audit log did not verify")
+    say(f"\n   metrics: http://127.0.0.1:{demo.api_port}/metrics")
+
+
+def try_it_yourself(demo: Demo) -> None:
+    say("\npgwarden is still running. Try it in another terminal:")
+    say(f"  export PGWARDEN_URL=http://127.0.0.1:{demo.api_port}")
+    say(f"  export PGWARDEN_TOKEN={demo.tokens['alice']}     # alice")
+    say(f"  (carol's token, to approve: {demo.tokens['carol']})")
+    say("  pgwarden request shop --access read-only --duration 5m --reason 'trying pgwarden'")
+    say(f"  (config and logs in {demo.directory})")
+    say("Press Ctrl-C to stop and clean up.")
+    with suppress(KeyboardInterrupt):
+        while demo.server is not None and demo.server.poll() is None:
+            time.sleep(0.5)
+
+
+@contextmanager
+def demo_world() -> Iterator[tuple[Demo, DemoSecrets]]:
+    say("pgwarden demo: starting a throwaway PostgreSQL with a sample database ...")
+    cluster = start_cluster()
+    directory = Path(tempfile.mkdtemp(prefix="pgwarden-demo-"))
+    try:
+        secrets = DemoSecrets()
+        create_shop(cluster, secrets)
+        demo = Demo(directory, cluster, secrets)
+        demo.start_server()
+        say(f"pgwarden is up: Postgres clients on 127.0.0.1:{demo.proxy_port}, "
+            f"API on 127.0.0.1:{demo.api_port}, database on 127.0.0.1:{cluster.port}")  # fmt: skip
+        try:
+            demo.token_for("alice")
+            demo.token_for("carol")
+            yield demo, secrets
+        finally:
+            demo.stop_server()
+    finally:
+        cluster.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    interactive = os.environ.get("PGWARDEN_DEMO_NONINTERACTIVE") != "1" and sys.stdin.isatty()
+    try:
+        with demo_world() as (demo, secrets):
+            walkthrough(demo)
+            epilogue(demo, secrets)
+            say("\nThe demo ran to the end: request, approval, credential, query, refusal, "
+                "revocation, verified audit log.")  # fmt: skip
+            if interactive:
+                try_it_yourself(demo)
+    except (DemoFailed, PostgresUnavailable, PsqlMissing, subprocess.CalledProcessError) as exc:
+        detail = exc.stderr if isinstance(exc, subprocess.CalledProcessError) else ""
+        print(f"pgwarden demo: {exc}\n{detail}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """No options: PGWARDEN_DEMO_NONINTERACTIVE=1 runs the walkthrough and exits."""
+
+
+__all__: Sequence[str] = ["add_arguments", "run"]
