@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
+from proxy.audit.sink_state import FsyncPolicy
 from proxy.policy.fields import Fields, check_host, secret_ref
 from proxy.policy.models import SecretRef
 from proxy.policy.yaml_strict import DocumentError, Problems, build_document, read_source
@@ -100,6 +101,11 @@ class PathSettings:
 @dataclass(frozen=True, slots=True)
 class AuditSettings:
     hmac_key: SecretRef
+    fsync: FsyncPolicy = FsyncPolicy.INTERVAL
+    fsync_interval: timedelta = timedelta(milliseconds=200)
+    max_file_bytes: int = 64 * 1024 * 1024
+    max_query_bytes: int = 1024 * 1024
+    max_param_bytes: int = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,8 +290,18 @@ def _audit(f: Fields | None, base_dir: Path | None) -> AuditSettings | None:
     if f is None:
         return None
     key = secret_ref(f, "hmac_key", base_dir)
+    fsync = f.choice("fsync", FsyncPolicy, default=FsyncPolicy.INTERVAL)
+    interval = f.duration("fsync_interval", default=timedelta(milliseconds=200))
+    file_bytes = f.integer("max_file_bytes", default=64 * 1024 * 1024, low=4096, high=2**40)
+    query_bytes = f.integer("max_query_bytes", default=1024 * 1024, low=64, high=2**30)
+    param_bytes = f.integer("max_param_bytes", default=1024, low=16, high=2**30)
     f.finish()
-    return AuditSettings(key) if key else None
+    if (
+        not key or fsync is None or interval is None or file_bytes is None
+        or query_bytes is None or param_bytes is None
+    ):  # fmt: skip
+        return None
+    return AuditSettings(key, fsync, interval, file_bytes, query_bytes, param_bytes)
 
 
 def _limits(f: Fields) -> Limits | None:

@@ -24,6 +24,15 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, ProcessCollector
 
 from proxy.api.server import ApiServer, api_server
+from proxy.audit import AuditLog
+from proxy.audit.redact import Redactor
+from proxy.auditing import (
+    LifecycleAuditor,
+    SecretsToRedact,
+    SessionAuditor,
+    open_audit_log,
+    query_limits,
+)
 from proxy.clock import SYSTEM_CLOCK, Clock
 from proxy.config import ServerConfig, ThrottleSettings, load_config
 from proxy.enforcement import EnforcementSettings, Enforcer
@@ -32,6 +41,7 @@ from proxy.metrics import Metrics, MetricsObserver, policy_label
 from proxy.notify import Notifier, notification_failures
 from proxy.policy.lifecycle import GrantService
 from proxy.policy.reload import PolicyHolder
+from proxy.policy.requests import AccessRequest, RequestId
 from proxy.policy.store import SqliteStore
 from proxy.session.admission import Admission, AdmissionLimits
 from proxy.session.context import ClientTls, ProxyContext
@@ -59,7 +69,11 @@ class Runtime:
     metrics_registry: CollectorRegistry = field(init=False)
     metrics: Metrics = field(init=False)
     notifier: Notifier = field(init=False)
+    audit: AuditLog = field(init=False)
+    redact: SecretsToRedact = field(init=False)
     api: ApiServer = field(init=False)  # api.context.readiness_checks: the /readyz hook
+    auditor: SessionAuditor = field(init=False)
+    _audit_errors_seen: int = field(init=False, default=0)
     _tasks: list[asyncio.Task[None]] = field(init=False, default_factory=list)
 
     def __post_init__(self) -> None:
@@ -71,10 +85,22 @@ class Runtime:
             self.config.paths.policy,
             on_reload=lambda result: self.metrics.policy_reloads.labels(result.outcome.value).inc(),
         )
+        self.redact = SecretsToRedact()
+        self.audit = open_audit_log(
+            self.config.audit, self.config.paths.audit_log, self.clock, self.redact
+        )
         self.store = SqliteStore(self.config.paths.state)
         self.grants = GrantService(self.store, self.clock, lambda: self.policy.current)
+        self._audit_lifecycle()
         ctx = build_context(self.config, self.policy, self.grants, self.clock)
-        ctx.observers.append(MetricsObserver(self.metrics, lambda: self.policy.current))
+        self.auditor = SessionAuditor(
+            self.audit, Redactor(self.redact), query_limits(self.config.audit),
+            self.config.audit.fsync,
+        )  # fmt: skip
+        # The auditor first: when it refuses a session (fail closed), nothing else counts it.
+        ctx.observers.extend(
+            [self.auditor, MetricsObserver(self.metrics, lambda: self.policy.current)]
+        )
         self.server = ProxyServer(ctx, self.config.proxy.listen.host, self.config.proxy.listen.port)
         sessions = self.config.sessions
         self.enforcer = Enforcer(
@@ -92,10 +118,29 @@ class Runtime:
             proxy=self.server, notifier=self.notifier, clock=self.clock,
             metrics=self.metrics_registry,
         )  # fmt: skip
+        self.api.context.readiness_checks.append(
+            lambda: None if self.audit.healthy else "the audit log cannot be written"
+        )
+
+    def _audit_lifecycle(self) -> None:
+        def approvals(request_id: str) -> tuple[int, int]:
+            request = self.grants.get(RequestId(request_id))
+            target = self.policy.current.targets.get(request.target)
+            need = target.approval_for(request.access_level).required_approvals if target else 0
+            return len(self.grants.approvals(RequestId(request_id))), need
+
+        def get(request_id: str) -> AccessRequest:
+            return self.grants.get(RequestId(request_id))
+
+        self.store.on_commit = LifecycleAuditor(self.audit, get, approvals).committed
+        self.grants.on_credential = lambda issued: self.redact.remember(issued, self.clock.now())
 
     def _long_session(self, session: Session) -> None:
         (target,) = policy_label(self.policy.current, session.info.target)
         self.metrics.long_sessions.labels(target).inc()
+        self.auditor.long_session(
+            session, self.config.sessions.long_session_threshold.total_seconds()
+        )
 
     async def start(self) -> None:
         await self.server.start()
@@ -113,6 +158,7 @@ class Runtime:
         await self.server.shutdown(self.config.sessions.shutdown_grace.total_seconds())
         await self.notifier.close()
         self.store.close()
+        self.audit.close()
 
     async def _housekeep(self) -> None:
         loop = asyncio.get_running_loop()
@@ -120,10 +166,18 @@ class Runtime:
             await asyncio.sleep(HOUSEKEEPING_INTERVAL)
             try:
                 self.policy.check_for_changes()
+                self._audit_health()
                 # SQLite writes may wait for the file lock: keep them off the event loop.
                 await loop.run_in_executor(None, self.grants.sweep)
             except Exception:
                 log.exception("housekeeping failed; retrying in %.0f s", HOUSEKEEPING_INTERVAL)
+
+    def _audit_health(self) -> None:
+        self.metrics.audit_healthy.set(1 if self.audit.healthy else 0)
+        errors = self.audit.write_errors - self._audit_errors_seen
+        if errors > 0:
+            self.metrics.audit_write_errors.inc(errors)
+            self._audit_errors_seen += errors
 
 
 def build_context(

@@ -150,6 +150,8 @@ class GrantService:
         self._store = store
         self._clock = clock
         self._policy = policy
+        # Told each credential issued (the audit log's redactor must know the new password).
+        self.on_credential: Callable[[IssuedCredential], None] | None = None
 
     def create_request(
         self,
@@ -233,7 +235,10 @@ class GrantService:
             tx.set_credential(request.id, verifier, now)
             _record(tx, request, request, Action.ISSUE_CREDENTIAL, actor=actor, now=now, why=why)
         assert request.ends_at is not None  # an active request has its window
-        return IssuedCredential(request.id, request.requester, password, request.ends_at)
+        issued = IssuedCredential(request.id, request.requester, password, request.ends_at)
+        if self.on_credential is not None:
+            self.on_credential(issued)
+        return issued
 
     def get(self, request_id: RequestId) -> AccessRequest:
         """The request in its effective state: a due lapse or expiry is applied (and stored)

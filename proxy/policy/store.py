@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -157,6 +157,7 @@ class _SqliteTx:
         self._conn = conn
         self._writable = writable
         self.dirty = False
+        self.transitions: list[Transition] = []  # added in this transaction, for on_commit
 
     def _write(self, sql: str, params: tuple[object, ...], *, counts: bool = True) -> int:
         if not self._writable:
@@ -273,6 +274,7 @@ class _SqliteTx:
         return inserted == 1
 
     def add_transition(self, transition: Transition) -> None:
+        self.transitions.append(transition)
         self._write(
             "INSERT INTO transitions (request_id, action, from_state, to_state, actor, at_us, why) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -330,6 +332,8 @@ class SqliteStore:
 
     def __init__(self, path: str | Path, *, busy_timeout: timedelta = DEFAULT_BUSY_TIMEOUT) -> None:
         self.path = Path(path)
+        # Told the transitions of each committed write transaction (the audit log listens).
+        self.on_commit: Callable[[list[Transition]], None] | None = None
         self._busy_timeout = busy_timeout
         self._local = threading.local()
         self._lock = threading.Lock()
@@ -397,6 +401,8 @@ class SqliteStore:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+        if tx.transitions and self.on_commit is not None:
+            self.on_commit(tx.transitions)  # only what committed: a rollback is never reported
 
     @contextmanager
     def read(self) -> Iterator[StoreTx]:

@@ -13,6 +13,7 @@ refuse a session or a query (fail closed) — those propagate as `PgwardenError`
 
 from __future__ import annotations
 
+from concurrent.futures import Future
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
@@ -57,9 +58,11 @@ class SessionObserver:
     def session_ended(self, session: Session, ending: Ending) -> None:
         """The session is over: both connections are closed."""
 
-    def client_frames(self, session: Session, frames: list[Frame]) -> None:
+    def client_frames(self, session: Session, frames: list[Frame]) -> Future[None] | None:
         """Observed client messages, before they are forwarded. May raise PgwardenError to
-        refuse them: the session then ends instead of forwarding."""
+        refuse them: the session then ends instead of forwarding. May return a future: the
+        relay holds the client's data until it completes (a record becoming durable)."""
+        return None
 
     def upstream_frames(self, session: Session, frames: list[Frame]) -> None:
         """Observed messages from the database, as they are forwarded."""

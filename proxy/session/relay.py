@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future
 from enum import StrEnum
 
 from proxy.errors import PgwardenError
@@ -54,6 +55,7 @@ class RelayStop(StrEnum):
 
 StopHandler = Callable[[RelayStop, PgwardenError | None], None]
 FramesHandler = Callable[[list[Frame]], None]
+ClientFramesHandler = Callable[[list[Frame]], "Future[None] | None"]
 
 # Ending a session mid-message: at most this much more of the message in progress is forwarded so
 # that the client gets a clean FATAL after it; beyond that the connection is simply closed.
@@ -77,7 +79,7 @@ class Relay:
         deadline_passed: Callable[[], bool] = _never,
         client_observed: Iterable[int] = (),
         upstream_observed: Iterable[int] = (),
-        on_client_frames: FramesHandler | None = None,
+        on_client_frames: ClientFramesHandler | None = None,
         on_upstream_frames: FramesHandler | None = None,
     ) -> None:
         self.client = client
@@ -85,6 +87,7 @@ class Relay:
         self._on_stop = on_stop
         self._deadline_passed = deadline_passed
         self._draining: asyncio.Future[bool] | None = None
+        self._held: list[tuple[bytes, bool]] | None = None  # client data waiting for a record
         self._drained = 0
         self._to_upstream = FrameScanner(
             {*CLIENT_MESSAGES_OBSERVED, *client_observed}, max_client_message
@@ -162,16 +165,44 @@ class Relay:
                 terminate = True
             elif frame.type in ANSWERED_BY_READY:
                 self._awaiting_ready += 1
+        wait = None
         if frames and self._on_client_frames is not None:
             try:
-                self._on_client_frames(frames)
+                wait = self._on_client_frames(frames)
             except PgwardenError as exc:  # an observer refuses (the audit log fails closed)
                 self._stop(RelayStop.REFUSED, exc)
                 return
+        if self._held is not None or wait is not None:
+            self._hold(data, terminate, wait)
+            return
+        self._forward(data, terminate)
+
+    def _forward(self, data: bytes, terminate: bool) -> None:
         self.bytes_from_client += len(data)
         self.upstream.write(data)
         if terminate:
             self._stop(RelayStop.CLIENT_TERMINATED)
+
+    def _hold(self, data: bytes, terminate: bool, wait: Future[None] | None) -> None:
+        """Keep client data, in order, until a record it depends on is durable."""
+        if self._held is None:
+            self._held = []
+            self.client.pause_reading()
+        self._held.append((data, terminate))
+        if wait is not None:
+            asyncio.wrap_future(wait).add_done_callback(self._release)
+
+    def _release(self, done: asyncio.Future[None]) -> None:
+        held, self._held = self._held or [], None
+        if self.stopped:
+            return
+        if not done.cancelled() and (error := done.exception()) is not None:
+            failure = error if isinstance(error, PgwardenError) else PgwardenError(str(error))
+            self._stop(RelayStop.REFUSED, failure)
+            return
+        for data, terminate in held:
+            self._forward(data, terminate)
+        self.client.resume_reading()
 
     def _from_upstream(self, data: bytes) -> None:
         if self.stopped:

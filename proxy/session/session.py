@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -136,9 +137,11 @@ class Session:
             on_upstream_frames=self._upstream_frames if watching else None,
         )  # fmt: skip
 
-    def _client_frames(self, frames: list[Frame]) -> None:
-        for observer in self.observers:
-            observer.client_frames(self, frames)  # a PgwardenError refuses: the relay stops
+    def _client_frames(self, frames: list[Frame]) -> Future[None] | None:
+        waits = [observer.client_frames(self, frames) for observer in self.observers]
+        # A PgwardenError above refuses the frames: the relay stops. A future: hold them.
+        pending = [future for future in waits if future is not None and not future.done()]
+        return pending[-1] if pending else None
 
     def _upstream_frames(self, frames: list[Frame]) -> None:
         for observer in self.observers:

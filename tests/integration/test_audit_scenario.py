@@ -1,0 +1,148 @@
+"""The audit log of a whole story, through the running pgwarden, and its failure mode.
+
+request → approve → credential → login → queries (simple and extended, with parameters) →
+expiry kill: the records come in order, `pgwarden audit verify` passes, /metrics matches, and no
+known secret appears in the audit log, the application log or /metrics. Then the log's disk
+"fills up": new sessions and queries are refused (fail closed) and the alert metric drops.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+
+import psycopg
+import pytest
+from prometheus_client import generate_latest
+
+from proxy.audit.fsio import FileSystem
+from proxy.policy.models import AccessLevelName, TargetName, UserName
+from proxy.policy.requests import IssuedCredential
+from tests.fixtures.clock import FakeClock
+from tests.fixtures.pgwarden import PgwardenDeployment, RunningPgwarden, running_pgwarden
+
+pytestmark = pytest.mark.integration
+
+GRANT = timedelta(minutes=10)
+
+
+def wait_for(condition: Callable[[], object], bound: float = 5.0) -> None:
+    deadline = time.monotonic() + bound
+    while not condition():
+        assert time.monotonic() < deadline, "not within the bound"
+        time.sleep(0.01)
+
+
+def records(path: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def grant_through_runtime(warden: RunningPgwarden) -> IssuedCredential:
+    """The runtime's own GrantService: the way the API changes the store, so it is audited."""
+    grants = warden.runtime.grants
+    request = grants.create_request(
+        UserName("alice"), TargetName("orders"), AccessLevelName("read-only"), GRANT, "ticket 9"
+    )
+    grants.approve(request.id, UserName("carol"), "looks fine")
+    return grants.issue_credential(request.id, UserName("alice"))
+
+
+def verify(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "proxy", "audit", "verify", str(path),
+         "--key-env", "PGWARDEN_TEST_AUDIT_KEY"],
+        capture_output=True, text=True, timeout=60, check=False, env=os.environ.copy(),
+    )  # fmt: skip
+
+
+def test_a_whole_story_is_recorded_in_order_verifies_and_leaks_no_secret(
+    deployment: PgwardenDeployment, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    clock = FakeClock()
+    config = deployment.write_files(tmp_path)
+    with running_pgwarden(config, clock=clock) as warden:
+        credential = grant_through_runtime(warden)
+        with psycopg.connect(warden.dsn(credential), autocommit=True) as conn:
+            conn.execute("SELECT count(*) FROM items").fetchone()
+            conn.execute("SELECT %s::text, %s::int", ("extended", 42)).fetchone()
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(f"CREATE ROLE sneaky LOGIN PASSWORD '{deployment.ro_password}'")
+            conn.execute(f"SELECT '{credential.password}' AS pasted")  # a careless paste
+            clock.advance(GRANT + timedelta(seconds=1))
+            wait_for(lambda: warden.runtime.server.ctx.registry.get_any() is None)
+        # The store records the expiry at its next sweep (once a second), and so does the log.
+        wait_for(lambda: "grant.expired" in (tmp_path / "audit.jsonl").read_text())
+        exposition = generate_latest(warden.runtime.metrics_registry).decode()
+    audit_log = tmp_path / "audit.jsonl"
+    kinds = [str(r["kind"]) for r in records(audit_log)]
+    story = ["request.created", "request.approved", "grant.activated", "credential.issued",
+             "session.started", "query.simple", "query.outcome", "query.parse", "query.bind",
+             "query.execute", "query.outcome", "query.simple", "query.outcome", "query.simple",
+             "query.outcome", "session.ended"]  # fmt: skip
+    story_seen = [kind for kind in kinds if kind in set(story)]
+    assert story_seen[: len(story)] == story
+    ended = next(r for r in records(audit_log) if r["kind"] == "session.ended")
+    assert ended["reason"] == "expired"
+    assert "grant.expired" in kinds
+    bind = next(r for r in records(audit_log) if r["kind"] == "query.bind")
+    assert len(bind["params"]) == 2  # type: ignore[arg-type]
+    result = verify(audit_log)
+    assert result.returncode == 0, result.stdout + result.stderr
+    text = audit_log.read_text()
+    for secret in (credential.password, deployment.ro_password, deployment.rw_password):
+        assert secret not in text
+        assert secret not in caplog.text
+        assert secret not in exposition
+    assert "***" in text
+    ended_metric = 'pgwarden_sessions_ended_total{access_level="read-only",reason="expired"'
+    assert f'{ended_metric},target="orders"}} 1.0' in exposition
+
+
+class FullDisk(FileSystem):
+    """Every write fails as on a full disk."""
+
+    def write(self, fd: int, data: bytes) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_full_audit_disk_refuses_new_sessions_and_queries(
+    deployment: PgwardenDeployment, tmp_path: Path
+) -> None:
+    with running_pgwarden(deployment.write_files(tmp_path)) as warden:
+        credential = grant_through_runtime(warden)
+        with psycopg.connect(warden.dsn(credential), autocommit=True) as conn:
+            conn.execute("SELECT 1")
+            warden.runtime.audit._s.fs = FullDisk()  # the disk fills up under a live session
+            with pytest.raises(psycopg.OperationalError, match="audit log cannot be written"):
+                conn.execute("SELECT 2")
+        with pytest.raises(psycopg.OperationalError, match="audit log cannot be written"):
+            psycopg.connect(warden.dsn(credential)).close()
+        registry = warden.runtime.metrics_registry
+        wait_for(lambda: registry.get_sample_value("pgwarden_audit_healthy") == 0)
+        assert (registry.get_sample_value("pgwarden_audit_write_errors_total") or 0) >= 1
+
+
+def test_with_fsync_always_each_query_waits_for_its_record_and_all_verify(
+    deployment: PgwardenDeployment, tmp_path: Path
+) -> None:
+    config = deployment.write_files(tmp_path, audit_fsync="always")
+    with running_pgwarden(config) as warden:
+        credential = grant_through_runtime(warden)
+        with psycopg.connect(warden.dsn(credential), autocommit=True) as conn:
+            for value in range(50):
+                assert conn.execute("SELECT %s::int", (value,)).fetchone() == (value,)
+            with conn.pipeline():
+                cursors = [conn.execute("SELECT %s::int", (v,)) for v in range(20)]
+            assert [c.fetchone() for c in cursors] == [(v,) for v in range(20)]
+        durable = warden.runtime.audit.durable_seq
+        assert durable >= 2 * 70  # every query and its outcome reached the disk
+    assert verify(tmp_path / "audit.jsonl").returncode == 0
