@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-dev
 # Branch coverage the sans-I/O core must keep (the issue tracker's bar for wire and auth).
 CORE_COVERAGE_MIN ?= 90
 
-.PHONY: test lint typecheck unit coverage clean bench deps
+.PHONY: test lint typecheck unit coverage clean bench deps demo
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -33,6 +33,10 @@ test: deps lint typecheck
 
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit tests/test_architecture.py
+
+# A throwaway Postgres + pgwarden + the guided walkthrough; PGWARDEN_DEMO_NONINTERACTIVE=1 exits after it.
+demo: deps $(STAMP)
+	$(BIN)/python -m proxy demo
 
 # pgwarden against direct Postgres and pgbouncer (bench/README.md); `make bench QUICK=1`: short runs.
 bench: $(STAMP)

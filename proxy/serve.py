@@ -41,7 +41,7 @@ from proxy.metrics import Metrics, MetricsObserver, policy_label
 from proxy.notify import Notifier, notification_failures
 from proxy.policy.lifecycle import GrantService
 from proxy.policy.reload import PolicyHolder
-from proxy.policy.requests import AccessRequest, RequestId
+from proxy.policy.requests import AccessRequest, Action, RequestId, RequestState, Transition
 from proxy.policy.store import SqliteStore
 from proxy.session.admission import Admission, AdmissionLimits
 from proxy.session.context import ClientTls, ProxyContext
@@ -132,7 +132,15 @@ class Runtime:
         def get(request_id: str) -> AccessRequest:
             return self.grants.get(RequestId(request_id))
 
-        self.store.on_commit = LifecycleAuditor(self.audit, get, approvals).committed
+        auditor = LifecycleAuditor(self.audit, get, approvals)
+
+        def committed(transitions: list[Transition]) -> None:
+            auditor.committed(transitions)
+            for t in transitions:
+                if t.action is Action.EXPIRE:  # the API fires the others; expiry has no caller
+                    self.notifier.grant_expired(get(t.request_id))
+
+        self.store.on_commit = committed
         self.grants.on_credential = lambda issued: self.redact.remember(issued, self.clock.now())
 
     def _long_session(self, session: Session) -> None:
@@ -169,8 +177,29 @@ class Runtime:
                 self._audit_health()
                 # SQLite writes may wait for the file lock: keep them off the event loop.
                 await loop.run_in_executor(None, self.grants.sweep)
+                counts = await loop.run_in_executor(None, self._request_counts)
+                self._publish_counts(counts)
             except Exception:
                 log.exception("housekeeping failed; retrying in %.0f s", HOUSEKEEPING_INTERVAL)
+
+    def _request_counts(self) -> tuple[tuple[str, str, str, int], ...]:
+        with self.store.read() as tx:
+            return tx.request_counts()
+
+    def _publish_counts(self, counts: tuple[tuple[str, str, str, int], ...]) -> None:
+        """Requests by state, active grants by target and level (policy names only)."""
+        by_state: dict[str, int] = dict.fromkeys((s.value for s in RequestState), 0)
+        active: dict[tuple[str, ...], int] = {}
+        for state, target, level, count in counts:
+            by_state[state] = by_state.get(state, 0) + count
+            if state == RequestState.ACTIVE.value:
+                labels = policy_label(self.policy.current, target, level)
+                active[labels] = active.get(labels, 0) + count
+        for state, count in by_state.items():
+            self.metrics.requests.labels(state).set(count)
+        self.metrics.grants_active.clear()
+        for labels, count in active.items():
+            self.metrics.grants_active.labels(*labels).set(count)
 
     def _audit_health(self) -> None:
         self.metrics.audit_healthy.set(1 if self.audit.healthy else 0)

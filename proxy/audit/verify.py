@@ -69,8 +69,9 @@ class VerifyReport:
         if self.problem is not None:
             return f"FAILED: {self.problem} ({self.records} records verified before it)"
         recovered = f", {self.recoveries} recoveries" if self.recoveries else ""
+        files = len(self.files)
         return (
-            f"ok: {self.records} records in {len(self.files)} files, "
+            f"ok: {self.records} records in {files} file{'s' if files != 1 else ''}, "
             f"head seq {self.head_seq}{recovered}"
         )
 

@@ -108,6 +108,10 @@ class StoreTx(Protocol):
         ...
 
     def list_requests(self, query: RequestQuery) -> tuple[AccessRequest, ...]: ...
+    def request_counts(self) -> tuple[tuple[str, str, str, int], ...]:
+        """(state, target, access level, count) for every combination present (for metrics)."""
+        ...
+
     def insert_request(self, request: AccessRequest) -> None: ...
     def update_request(self, request: AccessRequest) -> None:
         """Store the request's state, window and closing fields (the rest never changes)."""
@@ -223,6 +227,13 @@ class _SqliteTx:
         cutoff = to_us(now - pending_timeout)
         rows = self._conn.execute(sql, (to_us(now), cutoff))
         return tuple(request_from_row(row) for row in rows)
+
+    def request_counts(self) -> tuple[tuple[str, str, str, int], ...]:
+        rows = self._conn.execute(
+            "SELECT state, target, access_level, count(*) FROM requests "
+            "GROUP BY state, target, access_level"
+        )
+        return tuple((str(a), str(b), str(c), int(n)) for a, b, c, n in rows)
 
     def list_requests(self, query: RequestQuery) -> tuple[AccessRequest, ...]:
         where: list[str] = []

@@ -41,6 +41,7 @@ from proxy.session.peer import Peer, PeerClosed
 from proxy.session.session import Session, SessionInfo, UpstreamHandle
 from proxy.session.upstream import (
     UpstreamConnection,
+    UpstreamError,
     UpstreamLogin,
     allowed_startup_parameters,
     connect_upstream,
@@ -341,12 +342,22 @@ async def connect_for(login: Login, ctx: ProxyContext) -> UpstreamConnection:
         target.upstream, role=level.role, password=password, target=login.target,
         startup_parameters=_with_application_name(parameters, login),
     )  # fmt: skip
-    return await connect_upstream(
-        upstream_login,
-        scram_cache=ctx.scram_cache,
-        ssl_context=ctx.upstream_ssl_context(target.upstream),
-        connect_timeout=ctx.upstream_connect_timeout,
-    )
+    try:
+        return await connect_upstream(
+            upstream_login,
+            scram_cache=ctx.scram_cache,
+            ssl_context=ctx.upstream_ssl_context(target.upstream),
+            connect_timeout=ctx.upstream_connect_timeout,
+        )
+    except UpstreamError as exc:
+        if exc.sqlstate == sqlstate.INVALID_PASSWORD:
+            # A role may change its own password from inside a session (Postgres allows it):
+            # restrict the role to pgwarden's address in pg_hba.conf, and reset the password.
+            log.error(
+                "the database refused role %r of %r (%s): its password no longer matches %s",
+                level.role, login.target, level.name, level.password.describe(),
+            )  # fmt: skip
+        raise
 
 
 def _with_application_name(

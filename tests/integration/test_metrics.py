@@ -111,3 +111,16 @@ def test_no_secret_appears_in_the_metrics(warden: RunningPgwarden, clock: FakeCl
     text = exposition(warden)
     assert credential.password not in text
     assert credential.username not in text  # user names are never labels
+
+
+def test_requests_and_active_grants_are_published_from_the_store(
+    warden: RunningPgwarden, clock: FakeClock
+) -> None:
+    fresh_grant(warden, clock)
+    labels = {"target": "orders", "access_level": "read-only"}
+    wait_for(lambda: sample(warden, "pgwarden_grants_active", **labels) >= 1)
+    assert sample(warden, "pgwarden_requests", state="active") >= 1
+    assert (
+        warden.runtime.metrics_registry.get_sample_value("pgwarden_requests", {"state": "denied"})
+        is not None
+    )  # every state has a series, zero or not

@@ -1,0 +1,27 @@
+"""`make demo` runs to completion unattended, as a newcomer's first command would."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_make_demo_runs_the_whole_story_unattended() -> None:
+    env = {**os.environ, "PGWARDEN_DEMO_NONINTERACTIVE": "1"}
+    result = subprocess.run(
+        ["make", "--no-print-directory", "demo"], cwd=ROOT, env=env, capture_output=True,
+        text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    out = result.stdout
+    assert "permission denied for table orders" in out
+    assert 'pgwarden: access to "shop" (read-only) was revoked by carol: investigation done' in out
+    assert "ok:" in out  # pgwarden audit verify
+    assert "The demo ran to the end" in out
