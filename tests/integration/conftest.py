@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures.clock import FakeClock
 from tests.fixtures.pgwarden import PgwardenDeployment, RunningPgwarden, running_pgwarden
 from tests.fixtures.postgres import PostgresServer
 
@@ -26,4 +27,21 @@ def pgwarden(
     """pgwarden with the default test policy, shared by the tests of one module."""
     directory: Path = tmp_path_factory.mktemp("pgwarden")
     with running_pgwarden(deployment.write_files(directory)) as instance:
+        yield instance
+
+
+@pytest.fixture(scope="module")
+def clock() -> FakeClock:
+    """The fake clock a module's `warden` runs on: tests move time with `clock.advance(...)`."""
+    return FakeClock()
+
+
+@pytest.fixture(scope="module")
+def warden(
+    deployment: PgwardenDeployment, clock: FakeClock, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningPgwarden]:
+    """pgwarden on the module's fake clock, shared by the tests of one module."""
+    with running_pgwarden(
+        deployment.write_files(tmp_path_factory.mktemp("clocked")), clock=clock
+    ) as instance:
         yield instance

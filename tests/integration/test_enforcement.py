@@ -10,7 +10,7 @@ from __future__ import annotations
 import statistics
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -21,7 +21,7 @@ from psycopg import sql
 from proxy.policy.models import UserName
 from proxy.policy.requests import IssuedCredential, RequestId
 from tests.fixtures.clock import FakeClock
-from tests.fixtures.pgwarden import RW_ROLE, PgwardenDeployment, RunningPgwarden, running_pgwarden
+from tests.fixtures.pgwarden import RW_ROLE, RunningPgwarden
 from tests.fixtures.postgres import PostgresServer
 
 pytestmark = pytest.mark.integration
@@ -29,20 +29,6 @@ pytestmark = pytest.mark.integration
 GRANT = timedelta(minutes=10)
 KILL_BOUND = 2.0  # seconds: the promise of SECURITY.md row 27
 TRIALS = 20
-
-
-@pytest.fixture(scope="module")
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture(scope="module")
-def warden(
-    deployment: PgwardenDeployment, clock: FakeClock, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[RunningPgwarden]:
-    config = deployment.write_files(tmp_path_factory.mktemp("enforcement"))
-    with running_pgwarden(config, clock=clock) as instance:
-        yield instance
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Iterator
 from datetime import timedelta
 
 import psycopg
@@ -13,23 +12,9 @@ from prometheus_client import generate_latest
 
 from proxy.policy.requests import IssuedCredential
 from tests.fixtures.clock import FakeClock
-from tests.fixtures.pgwarden import PgwardenDeployment, RunningPgwarden, running_pgwarden
+from tests.fixtures.pgwarden import RunningPgwarden
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture(scope="module")
-def warden(
-    deployment: PgwardenDeployment, clock: FakeClock, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[RunningPgwarden]:
-    config = deployment.write_files(tmp_path_factory.mktemp("metrics"))
-    with running_pgwarden(config, clock=clock) as instance:
-        yield instance
 
 
 def fresh_grant(

@@ -24,6 +24,7 @@ from tests.fixtures.adversary import (
     INVALID_PASSWORD,
     PROTOCOL_VIOLATION,
     SSL_REQUEST,
+    Credential,
     UpstreamSpy,
     assert_clean_rejection,
     connect,
@@ -53,38 +54,7 @@ from tests.fixtures.rawpg import PROTOCOL_3_0, RawPg
 
 pytestmark = pytest.mark.integration
 
-Credential = tuple[str, str]
 ALICE = {"user": "alice", "database": "orders"}
-
-
-@pytest.fixture(scope="module")
-def pgwarden(
-    deployment: PgwardenDeployment, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[RunningPgwarden]:
-    """pgwarden with the default test policy and an unthrottled source (see `UNTHROTTLED`)."""
-    config = unthrottled_config(deployment, tmp_path_factory.mktemp("pgwarden"))
-    with running_pgwarden(config) as instance:
-        yield instance
-
-
-@pytest.fixture(scope="module")
-def credential(pgwarden: RunningPgwarden) -> Credential:
-    issued = pgwarden.grant()
-    return issued.username, issued.password
-
-
-@pytest.fixture
-def spy(monkeypatch: pytest.MonkeyPatch) -> UpstreamSpy:
-    return UpstreamSpy().install(monkeypatch)
-
-
-@pytest.fixture
-def clean(
-    pgwarden: RunningPgwarden, spy: UpstreamSpy, postgres: PostgresServer, credential: Credential
-) -> Callable[[], None]:
-    """Call at the end of a rejection test: no upstream login, no slot held, logins work."""
-    wait_for_quiet_database(postgres)
-    return lambda: assert_clean_rejection(pgwarden, spy, postgres, credential)
 
 
 def fail_scram(conn: RawPg, code: str) -> dict[str, str]:

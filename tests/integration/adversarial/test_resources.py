@@ -26,6 +26,7 @@ from tests.fixtures.adversary import (
     QUERY_CANCELED,
     SSL_REQUEST,
     TOO_MANY_CONNECTIONS,
+    Credential,
     LoggedIn,
     UpstreamSpy,
     active_query_backends,
@@ -55,30 +56,8 @@ from tests.fixtures.rawpg import RawPg, error_fields
 
 pytestmark = pytest.mark.integration
 
-Credential = tuple[str, str]
 SHORT_SLEEP = "SELECT pg_sleep(3)"
 LONG_SLEEP = "SELECT pg_sleep(30)"
-
-
-@pytest.fixture(scope="module")
-def pgwarden(
-    deployment: PgwardenDeployment, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[RunningPgwarden]:
-    """pgwarden with the default test policy and an unthrottled source (see `UNTHROTTLED`)."""
-    config = unthrottled_config(deployment, tmp_path_factory.mktemp("pgwarden"))
-    with running_pgwarden(config) as instance:
-        yield instance
-
-
-@pytest.fixture(scope="module")
-def credential(pgwarden: RunningPgwarden) -> Credential:
-    issued = pgwarden.grant()
-    return issued.username, issued.password
-
-
-@pytest.fixture
-def spy(monkeypatch: pytest.MonkeyPatch) -> UpstreamSpy:
-    return UpstreamSpy().install(monkeypatch)
 
 
 def log_in(pgwarden: RunningPgwarden, credential: Credential) -> LoggedIn:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import secrets
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
@@ -18,8 +18,8 @@ from proxy.auth import ScramClient
 from tests.fixtures.adversary import (
     INVALID_PASSWORD,
     PROTOCOL_VIOLATION,
+    Credential,
     UpstreamSpy,
-    assert_clean_rejection,
     connect,
     count_items,
     expect_closed,
@@ -33,55 +33,22 @@ from tests.fixtures.adversary import (
     simple_query,
     startup_packet,
     typed,
-    unthrottled_config,
-    wait_for_quiet_database,
 )
-from tests.fixtures.pgwarden import RW_ROLE, PgwardenDeployment, RunningPgwarden, running_pgwarden
+from tests.fixtures.pgwarden import RW_ROLE, RunningPgwarden
 from tests.fixtures.postgres import PostgresServer
 from tests.fixtures.rawpg import RawPg, cstring, error_fields
 
 pytestmark = pytest.mark.integration
 
-Credential = tuple[str, str]
 ALICE = {"user": "alice", "database": "orders"}
 BOB = {"user": "bob", "database": "orders"}
 CLIENT_FIRST = b"n,,n=,r=0123456789abcdefghijklmn"
 
 
 @pytest.fixture(scope="module")
-def pgwarden(
-    deployment: PgwardenDeployment, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[RunningPgwarden]:
-    """pgwarden with the default test policy and an unthrottled source (see `UNTHROTTLED`)."""
-    config = unthrottled_config(deployment, tmp_path_factory.mktemp("pgwarden"))
-    with running_pgwarden(config) as instance:
-        yield instance
-
-
-@pytest.fixture(scope="module")
-def credential(pgwarden: RunningPgwarden) -> Credential:
-    issued = pgwarden.grant()
-    return issued.username, issued.password
-
-
-@pytest.fixture(scope="module")
 def rw_credential(pgwarden: RunningPgwarden) -> Credential:
     issued = pgwarden.grant(user="bob", level="read-write")
     return issued.username, issued.password
-
-
-@pytest.fixture
-def spy(monkeypatch: pytest.MonkeyPatch) -> UpstreamSpy:
-    return UpstreamSpy().install(monkeypatch)
-
-
-@pytest.fixture
-def clean(
-    pgwarden: RunningPgwarden, spy: UpstreamSpy, postgres: PostgresServer, credential: Credential
-) -> Callable[[], None]:
-    """Call at the end of a rejection test: no upstream login, no slot held, logins work."""
-    wait_for_quiet_database(postgres)
-    return lambda: assert_clean_rejection(pgwarden, spy, postgres, credential)
 
 
 def start_sasl(pgwarden: RunningPgwarden, params: dict[str, str] = ALICE) -> RawPg:
