@@ -177,7 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         shutil.rmtree(workdir, ignore_errors=True)
     busy = {"before": busy_before, "after": cpu_busy_fraction()}
     rows = summarize(cases(plan), got.paths, got.results)
-    audit = "not yet implemented" if AUDIT_OFF_CONFIG is None else "pgwarden-noaudit = audit off"
+    audit = "off" if AUDIT_OFF_CONFIG is None else "pgwarden-noaudit = no per-query records"
     record: dict[str, Any] = {
         "plan": plan.__dict__, "machine": got.machine, "other_cpu_load": busy, "audit": audit,
         "problems": got.problems, "logs_of_dead_proxies": got.dead_proxy_logs,

@@ -63,18 +63,18 @@ paths:
   audit_log: audit.jsonl
 audit:
   hmac_key_env: PGWARDEN_TEST_AUDIT_KEY
+{extra}
 limits:
   max_sessions_per_source: 500
   max_preauth_connections: 500
   max_preauth_per_source: 500
 sessions:
   shutdown_grace: 2s
-{extra}"""
+"""
 
-# Hook for issue 8's "audit on/off" case. The audit log does not exist yet, so pgwarden runs with
-# its defaults only. Once it exists, put here the config lines that turn audit off: the bench then
-# starts a second pgwarden, "pgwarden-noaudit", and reports it beside "pgwarden" (audit on).
-AUDIT_OFF_CONFIG: str | None = None
+# Issue 8's "audit on/off": "pgwarden" runs with the default audit settings (every query
+# recorded); "pgwarden-noaudit" records sessions only (lines added to its config's audit section).
+AUDIT_OFF_CONFIG: str | None = "  record_queries: false"
 AUDIT_OFF_PATH = "pgwarden-noaudit"
 
 PGBOUNCER_INI = """\

@@ -84,8 +84,17 @@ class SessionAuditor(SessionObserver):
     UPSTREAM_MESSAGES = UPSTREAM_TYPES
 
     def __init__(
-        self, audit: AuditLog, redactor: Redactor, limits: QueryLimits, fsync: FsyncPolicy
+        self,
+        audit: AuditLog,
+        redactor: Redactor,
+        limits: QueryLimits,
+        fsync: FsyncPolicy,
+        *,
+        record_queries: bool = True,
     ) -> None:
+        if not record_queries:  # sessions only: the relay then copies no message for us
+            self.CLIENT_MESSAGES = self.UPSTREAM_MESSAGES = frozenset()
+        self._record_queries = record_queries
         self._audit = audit
         self._redactor = redactor
         self._limits = limits
@@ -101,9 +110,10 @@ class SessionAuditor(SessionObserver):
         ticket = self._audit.append(SessionStarted.of(session.info))  # raises: fail closed
         if self._wait_durable:
             self._audit.wait_durable(ticket, timeout=5.0)
-        self._recorders[session.session_id] = SessionRecorder(
-            session.session_id, self._redactor, session.monotonic, self._limits
-        )
+        if self._record_queries:
+            self._recorders[session.session_id] = SessionRecorder(
+                session.session_id, self._redactor, session.monotonic, self._limits
+            )
 
     def client_frames(self, session: Session, frames: list[Frame]) -> Future[None] | None:
         recorder = self._recorders.get(session.session_id)

@@ -106,6 +106,7 @@ class AuditSettings:
     max_file_bytes: int = 64 * 1024 * 1024
     max_query_bytes: int = 1024 * 1024
     max_param_bytes: int = 1024
+    record_queries: bool = True  # False: sessions and the lifecycle only, no per-query records
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,13 +296,14 @@ def _audit(f: Fields | None, base_dir: Path | None) -> AuditSettings | None:
     file_bytes = f.integer("max_file_bytes", default=64 * 1024 * 1024, low=4096, high=2**40)
     query_bytes = f.integer("max_query_bytes", default=1024 * 1024, low=64, high=2**30)
     param_bytes = f.integer("max_param_bytes", default=1024, low=16, high=2**30)
+    record_queries = f.boolean("record_queries", default=True)
     f.finish()
     if (
         not key or fsync is None or interval is None or file_bytes is None
-        or query_bytes is None or param_bytes is None
+        or query_bytes is None or param_bytes is None or record_queries is None
     ):  # fmt: skip
         return None
-    return AuditSettings(key, fsync, interval, file_bytes, query_bytes, param_bytes)
+    return AuditSettings(key, fsync, interval, file_bytes, query_bytes, param_bytes, record_queries)
 
 
 def _limits(f: Fields) -> Limits | None:

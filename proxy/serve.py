@@ -95,7 +95,7 @@ class Runtime:
         ctx = build_context(self.config, self.policy, self.grants, self.clock)
         self.auditor = SessionAuditor(
             self.audit, Redactor(self.redact), query_limits(self.config.audit),
-            self.config.audit.fsync,
+            self.config.audit.fsync, record_queries=self.config.audit.record_queries,
         )  # fmt: skip
         # The auditor first: when it refuses a session (fail closed), nothing else counts it.
         ctx.observers.extend(

@@ -146,3 +146,18 @@ def test_with_fsync_always_each_query_waits_for_its_record_and_all_verify(
         durable = warden.runtime.audit.durable_seq
         assert durable >= 2 * 70  # every query and its outcome reached the disk
     assert verify(tmp_path / "audit.jsonl").returncode == 0
+
+
+def test_record_queries_false_keeps_sessions_but_not_queries(
+    deployment: PgwardenDeployment, tmp_path: Path
+) -> None:
+    config = deployment.write_files(tmp_path, record_queries=False)
+    with running_pgwarden(config) as warden:
+        credential = grant_through_runtime(warden)
+        with psycopg.connect(warden.dsn(credential), autocommit=True) as conn:
+            conn.execute("SELECT 1")
+    kinds = [str(r["kind"]) for r in records(tmp_path / "audit.jsonl")]
+    assert "session.started" in kinds
+    assert "session.ended" in kinds
+    assert not [kind for kind in kinds if kind.startswith("query.")]
+    assert verify(tmp_path / "audit.jsonl").returncode == 0
