@@ -57,6 +57,8 @@ PGBOUNCER_OS_USER = "postgres"  # pgbouncer refuses to run as root
 PGWARDEN_CONFIG = """\
 proxy:
   listen: {host}:{port}
+api:
+  listen: {host}:0
 paths:
   policy: policy.yaml
   state: state.db
