@@ -40,6 +40,7 @@ from proxy.audit.events import (
     RequestDenied,
     RequestLapsed,
 )
+from proxy.audit.query_events import CopyDirection
 from proxy.audit.recorder import CLIENT_TYPES, UPSTREAM_TYPES, QueryLimits, SessionRecorder
 from proxy.audit.records import load_key
 from proxy.audit.redact import Redactor
@@ -48,6 +49,7 @@ from proxy.clock import Clock
 from proxy.config import AuditSettings
 from proxy.policy.requests import AccessRequest, Action, IssuedCredential, Transition
 from proxy.session.observer import LoginFailure, SessionObserver
+from proxy.session.relay import COPY_DATA
 from proxy.session.session import Ending, Session
 from proxy.wire import Frame, decode_backend, decode_frontend
 
@@ -80,8 +82,9 @@ class SecretsToRedact:
 class SessionAuditor(SessionObserver):
     """Records sessions and their queries (see the module docstring)."""
 
-    CLIENT_MESSAGES = CLIENT_TYPES
-    UPSTREAM_MESSAGES = UPSTREAM_TYPES
+    # CopyData is counted by the relay without copying (the rows of a COPY are not recorded).
+    CLIENT_MESSAGES = CLIENT_TYPES - {COPY_DATA}
+    UPSTREAM_MESSAGES = UPSTREAM_TYPES - {COPY_DATA}
 
     def __init__(
         self,
@@ -111,8 +114,15 @@ class SessionAuditor(SessionObserver):
         if self._wait_durable:
             self._audit.wait_durable(ticket, timeout=5.0)
         if self._record_queries:
+            relay = session.relay
+
+            def copy_bytes(direction: CopyDirection) -> int:
+                if direction is CopyDirection.IN:
+                    return relay.copy_bytes_from_client
+                return relay.copy_bytes_to_client
+
             self._recorders[session.session_id] = SessionRecorder(
-                session.session_id, self._redactor, session.monotonic, self._limits
+                session.session_id, self._redactor, session.monotonic, self._limits, copy_bytes
             )
 
     def client_frames(self, session: Session, frames: list[Frame]) -> Future[None] | None:

@@ -97,7 +97,11 @@ class SessionRecorder:
         redactor: Redactor,
         monotonic: Callable[[], float],
         limits: QueryLimits = QueryLimits(),
+        copy_bytes: Callable[[CopyDirection], int] | None = None,
     ) -> None:
+        """`copy_bytes(direction)`, when given, is a running total of CopyData payload bytes in
+        that direction, counted by the relay without copying the rows; the recorder then ignores
+        CopyData messages (so the relay need not hand them over)."""
         self.session_id = session_id
         self.queries = 0  # Query, Execute and FunctionCall messages seen
         self._redactor = redactor
@@ -107,6 +111,8 @@ class SessionRecorder:
         self._pending: deque[_Pending] = deque()
         self._secret_statements: set[str] = set()
         self._copy: tuple[int, CopyDirection, list[int]] | None = None
+        self._copy_bytes = copy_bytes
+        self._copy_seen: dict[CopyDirection, int] = {}
         self._skipping = False
 
     # -- what the client sends -----------------------------------------------------------------
@@ -181,7 +187,8 @@ class SessionRecorder:
         if isinstance(message, CopyInResponse | CopyOutResponse | CopyBothResponse):
             into = isinstance(message, CopyInResponse)
             if head.n is not None:
-                self._copy = (head.n, CopyDirection.IN if into else CopyDirection.OUT, [0])
+                direction = CopyDirection.IN if into else CopyDirection.OUT
+                self._copy = (head.n, direction, [0])
         elif isinstance(message, CopyData) and self._copy and self._copy[1] is CopyDirection.OUT:
             self._copy[2][0] += len(message.data)
         elif isinstance(message, ParseComplete | BindComplete | CloseComplete) or (
@@ -252,6 +259,13 @@ class SessionRecorder:
             return []
         n, direction, counted = self._copy
         self._copy = None
+        if self._copy_bytes is not None:
+            # CopyData flows only inside a COPY, so what the relay counted since the previous
+            # COPY ended is this COPY's data (the relay counts whole chunks, so the total at
+            # this COPY's start could already include some of its rows).
+            total = self._copy_bytes(direction)
+            counted[0] = total - self._copy_seen.get(direction, 0)
+            self._copy_seen[direction] = total
         return [CopyTransfer(self.session_id, n, direction, counted[0])]
 
     # -- shaping values ------------------------------------------------------------------------

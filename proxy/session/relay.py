@@ -32,7 +32,7 @@ from proxy.wire import Frame, FrameScanner, RemoteProtocolError
 from proxy.wire.limits import DEFAULT_MAX_MESSAGE_LENGTH
 
 QUERY, SYNC, FUNCTION_CALL, TERMINATE = b"Q"[0], b"S"[0], b"F"[0], b"X"[0]
-READY_FOR_QUERY, ERROR_RESPONSE = b"Z"[0], b"E"[0]
+READY_FOR_QUERY, ERROR_RESPONSE, COPY_DATA = b"Z"[0], b"E"[0], b"d"[0]
 # Each of these is answered by exactly one ReadyForQuery.
 ANSWERED_BY_READY = frozenset((QUERY, SYNC, FUNCTION_CALL))
 CLIENT_MESSAGES_OBSERVED = (*ANSWERED_BY_READY, TERMINATE)
@@ -90,9 +90,11 @@ class Relay:
         self._held: list[tuple[bytes, bool]] | None = None  # client data waiting for a record
         self._drained = 0
         self._to_upstream = FrameScanner(
-            {*CLIENT_MESSAGES_OBSERVED, *client_observed}, max_client_message
+            {*CLIENT_MESSAGES_OBSERVED, *client_observed}, max_client_message, COPY_DATA
         )
-        self._to_client = FrameScanner({*UPSTREAM_MESSAGES_OBSERVED, *upstream_observed})
+        self._to_client = FrameScanner(
+            {*UPSTREAM_MESSAGES_OBSERVED, *upstream_observed}, count_type=COPY_DATA
+        )
         self._on_client_frames = on_client_frames
         self._on_upstream_frames = on_upstream_frames
         self._awaiting_ready = 0
@@ -105,6 +107,15 @@ class Relay:
     def busy(self) -> bool:
         """Whether the backend is working on something the client sent (a query is running)."""
         return self._awaiting_ready > 0
+
+    @property
+    def copy_bytes_from_client(self) -> int:
+        """CopyData payload bytes the client sent so far (counted, never copied)."""
+        return self._to_upstream.counted_bytes
+
+    @property
+    def copy_bytes_to_client(self) -> int:
+        return self._to_client.counted_bytes
 
     @property
     def client_stream_at_boundary(self) -> bool:

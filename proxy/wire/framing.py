@@ -170,20 +170,29 @@ class FrameScanner:
         "_body",
         "_body_size",
         "_body_type",
+        "_count_type",
         "_error",
         "_header",
         "_interesting",
         "_max_length",
         "_skip",
         "_track_ready",
+        "counted_bytes",
         "last_ready_status",
         "messages_seen",
     )
 
     def __init__(
-        self, interesting: Iterable[int], max_length: int = DEFAULT_MAX_MESSAGE_LENGTH
+        self,
+        interesting: Iterable[int],
+        max_length: int = DEFAULT_MAX_MESSAGE_LENGTH,
+        count_type: int = -1,
     ) -> None:
+        """`count_type`: a message type whose payload bytes are summed in `counted_bytes`
+        without copying them (CopyData, for the audit log's COPY sizes); -1 for none."""
         self._interesting = frozenset(interesting)
+        self._count_type = count_type
+        self.counted_bytes = 0
         self._track_ready = READY_FOR_QUERY in self._interesting
         self._max_length = check_max_length(max_length)
         self._header = b""  # a header split across chunks (fewer than 5 bytes)
@@ -247,6 +256,7 @@ class FrameScanner:
         end = len(chunk)
         interesting = self._interesting
         limit = self._max_length + MIN_MESSAGE_LENGTH
+        count_type = self._count_type
         unpack = HEADER.unpack_from
         seen = 0
         while end - position >= HEADER_LENGTH:
@@ -255,6 +265,8 @@ class FrameScanner:
                 raise length_error(type_byte, length, self._max_length)
             start = position + HEADER_LENGTH
             position = start + length - MIN_MESSAGE_LENGTH
+            if type_byte == count_type:
+                self.counted_bytes += length - MIN_MESSAGE_LENGTH
             if position > end:
                 self._carry(type_byte, length - MIN_MESSAGE_LENGTH, chunk, start)
                 break
@@ -311,6 +323,8 @@ class FrameScanner:
         type_byte, length = HEADER.unpack(header)
         check_length(type_byte, length, self._max_length)
         size = length - MIN_MESSAGE_LENGTH
+        if type_byte == self._count_type:
+            self.counted_bytes += size
         if used + size > len(chunk):
             self._carry(type_byte, size, chunk, used)
             return -1

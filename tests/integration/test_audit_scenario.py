@@ -161,3 +161,21 @@ def test_record_queries_false_keeps_sessions_but_not_queries(
     assert "session.ended" in kinds
     assert not [kind for kind in kinds if kind.startswith("query.")]
     assert verify(tmp_path / "audit.jsonl").returncode == 0
+
+
+def test_a_copy_is_recorded_with_its_size_without_its_rows(
+    deployment: PgwardenDeployment, tmp_path: Path
+) -> None:
+    with running_pgwarden(deployment.write_files(tmp_path)) as warden:
+        credential = grant_through_runtime(warden)
+        received = 0
+        with psycopg.connect(warden.dsn(credential), autocommit=True) as conn:
+            sql = "COPY (SELECT g, repeat('r', 50) FROM generate_series(1, 20000) g) TO STDOUT"
+            with conn.cursor().copy(sql) as copy:
+                for data in copy:
+                    received += len(data)
+    copies = [r for r in records(tmp_path / "audit.jsonl") if r["kind"] == "query.copy"]
+    assert len(copies) == 1
+    assert copies[0]["direction"] == "out"
+    assert copies[0]["bytes"] == received > 1_000_000
+    assert "rrrrrrrrrr" not in (tmp_path / "audit.jsonl").read_text()

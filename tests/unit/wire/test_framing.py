@@ -283,3 +283,17 @@ def test_message_reader_shows_the_type_byte_before_the_body_arrives() -> None:
     reader.feed(b"\x00\x00\x00\x05x")
     assert reader.next_message() == w.Frame(ord("Q"), b"x")
     assert reader.peek_type() is None
+
+
+@pytest.mark.parametrize("chunk_size", [1, 3, 7, 64, 100_000])
+def test_frame_scanner_counts_one_type_s_payload_bytes_without_keeping_them(
+    chunk_size: int,
+) -> None:
+    rows = [w.CopyData(b"x" * size).encode() for size in (0, 1, 10, 5000)]
+    stream = b"".join(rows) + w.CopyDone().encode() + w.Sync().encode()
+    scanner = w.FrameScanner(b"", count_type=ord("d"))
+    for start in range(0, len(stream), chunk_size):
+        scanner.scan(stream[start : start + chunk_size])
+        assert scanner.buffered <= 5
+    assert scanner.counted_bytes == 5011
+    assert scanner.messages_seen == 6
