@@ -95,9 +95,8 @@ class SessionAuditor(SessionObserver):
         *,
         record_queries: bool = True,
     ) -> None:
-        if not record_queries:  # sessions only: the relay then copies no message for us
+        if not record_queries:  # sessions only: the relay then hands us no message at all
             self.CLIENT_MESSAGES = self.UPSTREAM_MESSAGES = frozenset()
-        self._record_queries = record_queries
         self._audit = audit
         self._redactor = redactor
         self._limits = limits
@@ -109,11 +108,15 @@ class SessionAuditor(SessionObserver):
     ) -> None:
         self._quietly(LoginFailed(user, target, source, reason.value, detail))
 
-    def session_started(self, session: Session) -> None:
+    def session_started(self, session: Session) -> Future[None] | None:
         ticket = self._audit.append(SessionStarted.of(session.info))  # raises: fail closed
-        if self._wait_durable:
-            self._audit.wait_durable(ticket, timeout=5.0)
-        if self._record_queries:
+        # With fsync `always` the client is told it is logged in only once this is on disk.
+        return self._audit.durable(ticket) if self._wait_durable else None
+
+    def _recorder(self, session: Session) -> SessionRecorder:
+        """The session's query recorder, made at its first message (a refused login has none)."""
+        recorder = self._recorders.get(session.session_id)
+        if recorder is None:
             relay = session.relay
 
             def copy_bytes(direction: CopyDirection) -> int:
@@ -121,14 +124,14 @@ class SessionAuditor(SessionObserver):
                     return relay.copy_bytes_from_client
                 return relay.copy_bytes_to_client
 
-            self._recorders[session.session_id] = SessionRecorder(
+            recorder = SessionRecorder(
                 session.session_id, self._redactor, session.monotonic, self._limits, copy_bytes
             )
+            self._recorders[session.session_id] = recorder
+        return recorder
 
     def client_frames(self, session: Session, frames: list[Frame]) -> Future[None] | None:
-        recorder = self._recorders.get(session.session_id)
-        if recorder is None:
-            return None
+        recorder = self._recorder(session)
         ticket = None
         for frame in frames:
             for event in recorder.client(decode_frontend(frame)):
@@ -138,11 +141,10 @@ class SessionAuditor(SessionObserver):
         return self._audit.durable(ticket)
 
     def upstream_frames(self, session: Session, frames: list[Frame]) -> None:
-        recorder = self._recorders.get(session.session_id)
-        if recorder is not None:
-            for frame in frames:
-                for event in recorder.upstream(decode_backend(frame)):
-                    self._quietly(event)
+        recorder = self._recorder(session)
+        for frame in frames:
+            for event in recorder.upstream(decode_backend(frame)):
+                self._quietly(event)
 
     def session_ended(self, session: Session, ending: Ending) -> None:
         recorder = self._recorders.pop(session.session_id, None)

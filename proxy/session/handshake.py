@@ -26,81 +26,43 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass, field
 
 from proxy.auth import AuthError, InvalidPasswordError, ScramServer
 from proxy.errors import PgwardenError
 from proxy.policy.decide import Allow
-from proxy.policy.models import AccessLevelName, SecretUnavailable, TargetName, UserName
+from proxy.policy.models import TargetName, UserName
 from proxy.policy.requests import ActiveGrant
 from proxy.session.admission import Stage
 from proxy.session.context import ProxyContext
-from proxy.session.control import terminate_backend
+from proxy.session.login import ClientConnection, Login
 from proxy.session.observer import LoginFailure
+from proxy.session.opening import connect_for, forward_cancel, make_ready
 from proxy.session.peer import Peer, PeerClosed
-from proxy.session.session import Session, SessionInfo, UpstreamHandle
-from proxy.session.upstream import (
-    UpstreamConnection,
-    UpstreamError,
-    UpstreamLogin,
-    allowed_startup_parameters,
-    connect_upstream,
-)
+from proxy.session.session import Session
 from proxy.wire import (
     NEED_DATA,
-    AuthenticationOk,
     AuthenticationSASL,
     AuthenticationSASLContinue,
     AuthenticationSASLFinal,
-    BackendKeyData,
     CancelRequest,
     ErrorResponse,
     GSSENCRequest,
     MalformedCancelRequest,
-    MessageReader,
-    ReadyForQuery,
     RemoteProtocolError,
     SSLRequest,
     StartupMessage,
-    StartupParser,
     decode_sasl_initial_response,
     decode_sasl_response,
     login_names,
     negotiate_protocol_version,
     sqlstate,
 )
-from proxy.wire.limits import MAX_PREAUTH_MESSAGE_LENGTH
 
 log = logging.getLogger(__name__)
 
 PASSWORD_MESSAGE = ord("p")
 # How long a TLS handshake may take: part of the login timeout, but bounded on its own too.
 TLS_HANDSHAKE_TIMEOUT = 10.0
-# application_name is cut by Postgres at NAMEDATALEN - 1 bytes.
-MAX_APPLICATION_NAME_BYTES = 63
-
-
-@dataclass(eq=False)
-class ClientConnection:
-    """A client connection during login."""
-
-    peer: Peer
-    source: str
-    tls: bool = False
-    parser: StartupParser = field(default_factory=StartupParser)
-    reader: MessageReader = field(
-        default_factory=lambda: MessageReader(max_length=MAX_PREAUTH_MESSAGE_LENGTH)
-    )
-
-
-@dataclass(frozen=True, slots=True)
-class Login:
-    """An authenticated client: who, for which grant, and what it asked of the session."""
-
-    user: UserName
-    target: TargetName
-    grant: ActiveGrant
-    startup: StartupMessage
 
 
 async def serve_connection(peer: Peer, source: str, ctx: ProxyContext) -> None:
@@ -129,7 +91,7 @@ async def _log_in(conn: ClientConnection, ctx: ProxyContext) -> Session | None:
                 return None
             login = await authenticate(conn, request, ctx)
             upstream = await connect_for(login, ctx)
-        return make_ready(conn, login, upstream, ctx)
+        return await make_ready(conn, login, upstream, ctx)
     finally:
         ctx.admission.release(Stage.PREAUTH, conn.source)
 
@@ -313,154 +275,6 @@ async def _password_message(conn: ClientConnection) -> bytes:
         if (frame := conn.reader.next_message()) is not NEED_DATA:
             return frame.payload
         conn.reader.feed(await conn.peer.read())
-
-
-# -- upstream and ready -----------------------------------------------------------------------
-
-
-async def connect_for(login: Login, ctx: ProxyContext) -> UpstreamConnection:
-    """Log in to the target's database as the role of the grant's access level."""
-    policy = ctx.policy()
-    target = policy.targets.get(login.target)
-    level = target.access_levels.get(login.grant.access_level) if target else None
-    if target is None or level is None:
-        raise PgwardenError(
-            f'pgwarden: access to "{login.target}" is no longer in the policy',
-            sqlstate=sqlstate.INVALID_AUTHORIZATION_SPECIFICATION,
-        )
-    try:
-        password = level.password.read()
-    except SecretUnavailable as exc:
-        log.error("target %r level %r: %s", login.target, level.name, exc)
-        raise PgwardenError(
-            f'pgwarden: the database credentials for "{login.target}" ({level.name}) are not '
-            "available; tell a pgwarden administrator",
-            sqlstate=sqlstate.SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION,
-        ) from exc
-    parameters = allowed_startup_parameters(login.startup.parameters)
-    upstream_login = UpstreamLogin.for_upstream(
-        target.upstream, role=level.role, password=password, target=login.target,
-        startup_parameters=_with_application_name(parameters, login),
-    )  # fmt: skip
-    try:
-        return await connect_upstream(
-            upstream_login,
-            scram_cache=ctx.scram_cache,
-            ssl_context=ctx.upstream_ssl_context(target.upstream),
-            connect_timeout=ctx.upstream_connect_timeout,
-        )
-    except UpstreamError as exc:
-        if exc.sqlstate == sqlstate.INVALID_PASSWORD:
-            # A role may change its own password from inside a session (Postgres allows it):
-            # restrict the role to pgwarden's address in pg_hba.conf, and reset the password.
-            log.error(
-                "the database refused role %r of %r (%s): its password no longer matches %s",
-                level.role, login.target, level.name, level.password.describe(),
-            )  # fmt: skip
-        raise
-
-
-def _with_application_name(
-    parameters: tuple[tuple[str, str], ...], login: Login
-) -> tuple[tuple[str, str], ...]:
-    """Name the pgwarden user and grant in pg_stat_activity, then what the client called itself."""
-    client_name = dict(parameters).get("application_name", "")
-    name = f"pgwarden:{login.user}:{login.grant.request_id}"
-    if client_name:
-        name = f"{name} {client_name}"
-    name = name.encode("utf-8")[:MAX_APPLICATION_NAME_BYTES].decode("utf-8", "ignore")
-    others = tuple(pair for pair in parameters if pair[0] != "application_name")
-    return (*others, ("application_name", name))
-
-
-def make_ready(
-    conn: ClientConnection, login: Login, upstream: UpstreamConnection, ctx: ProxyContext
-) -> Session:
-    """Register the session, tell the client it is logged in, and start relaying."""
-    if not ctx.admission.try_acquire(Stage.LIVE, conn.source):
-        upstream.peer.abort()
-        raise PgwardenError(
-            "pgwarden: too many sessions; try again later", sqlstate=sqlstate.TOO_MANY_CONNECTIONS
-        )
-    process_id, secret = ctx.registry.new_cancel_key()
-    now, started = ctx.clock.now(), ctx.clock.monotonic()
-    session = Session(
-        info=_session_info(conn, login, upstream, ctx),
-        client=conn.peer, upstream=upstream.peer,
-        upstream_handle=_upstream_handle(login, upstream, ctx),
-        cancel_process_id=process_id, cancel_secret=secret,
-        max_client_message=ctx.max_client_message, monotonic=ctx.clock.monotonic,
-        observers=ctx.observers,
-        # The window is agreed in wall-clock time; from here on it is timed on the monotonic
-        # clock, so a wall-clock jump can neither cut the session early nor let it run late.
-        deadline=started + (login.grant.ends_at - now).total_seconds(), started=started,
-    )  # fmt: skip
-    try:
-        for observer in ctx.observers:
-            observer.session_started(session)  # the audit log may refuse: fail closed
-    except PgwardenError:
-        upstream.peer.abort()
-        ctx.admission.release(Stage.LIVE, conn.source)
-        raise
-    ctx.registry.add(session)
-    session.end_listeners.append(lambda s, _e: _release(s, conn.source, ctx))
-    greeting = [AuthenticationOk().encode(), *upstream.greeting]
-    greeting.append(BackendKeyData(process_id, secret).encode())
-    greeting.append(ReadyForQuery(upstream.ready_status).encode())
-    conn.peer.write(b"".join(greeting))
-    session.start(conn.reader.take_pending_data(), upstream.pending)
-    return session
-
-
-def _session_info(
-    conn: ClientConnection, login: Login, upstream: UpstreamConnection, ctx: ProxyContext
-) -> SessionInfo:
-    return SessionInfo(
-        session_id=ctx.registry.new_session_id(), user=login.user, target=login.target,
-        access_level=AccessLevelName(login.grant.access_level), grant_id=login.grant.request_id,
-        upstream_role=upstream.role, client_address=conn.source, client_tls=conn.tls,
-        application_name=login.startup.params.get("application_name", ""),
-        started_at=ctx.clock.now(), grant_ends_at=login.grant.ends_at,
-        backend_process_id=upstream.backend_key.process_id,
-    )  # fmt: skip
-
-
-def _release(session: Session, source: str, ctx: ProxyContext) -> None:
-    ctx.registry.remove(session)
-    ctx.admission.release(Stage.LIVE, source)
-
-
-def _upstream_handle(
-    login: Login, upstream: UpstreamConnection, ctx: ProxyContext
-) -> UpstreamHandle:
-    async def reap() -> bool:
-        target = ctx.policy().targets.get(login.target)
-        if target is None:
-            log.error("backend %d outlived its session; its target is gone from the policy",
-                      upstream.backend_key.process_id)  # fmt: skip
-            return False
-        context = ctx.upstream_ssl_context(target.upstream)
-        return await terminate_backend(target, upstream.backend_key.process_id, context)
-
-    return UpstreamHandle(cancel=lambda: _cancel_upstream(upstream), terminate_backend=reap)
-
-
-def _cancel_upstream(upstream: UpstreamConnection) -> None:
-    """Send a CancelRequest to the backend on a fresh connection, in the background."""
-    task = asyncio.get_running_loop().create_task(upstream.cancel())
-    _BACKGROUND.add(task)
-    task.add_done_callback(_BACKGROUND.discard)
-
-
-# Fire-and-forget tasks need a strong reference until they finish (asyncio keeps only weak ones).
-_BACKGROUND: set[asyncio.Task[bool]] = set()
-
-
-def forward_cancel(request: CancelRequest, ctx: ProxyContext) -> None:
-    """A CancelRequest with one of our keys cancels that session's running query; no reply."""
-    session = ctx.registry.find_by_cancel_key(request.process_id, request.secret_key)
-    if session is not None:
-        session.cancel_running_query()
 
 
 # -- errors -----------------------------------------------------------------------------------

@@ -51,9 +51,10 @@ class SessionObserver:
     ) -> None:
         """A login was refused after the client named a user and a target."""
 
-    def session_started(self, session: Session) -> None:
+    def session_started(self, session: Session) -> Future[None] | None:
         """Both sides are logged in; the relay is about to start. May raise PgwardenError to
-        refuse the session (fail closed)."""
+        refuse the session (fail closed), or return a future the login waits for."""
+        return None
 
     def session_ended(self, session: Session, ending: Ending) -> None:
         """The session is over: both connections are closed."""

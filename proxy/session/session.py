@@ -122,29 +122,32 @@ class Session:
     warnings_sent: set[float] = field(default_factory=set)  # offsets (s) already announced
     reported_long: bool = False
     relay: Relay = field(init=False)
+    _readers: list[SessionObserver] = field(init=False, default_factory=list)  # client messages
+    _listeners: list[SessionObserver] = field(init=False, default_factory=list)  # upstream
     _done: asyncio.Event = field(init=False, default_factory=asyncio.Event)
     _finishing: asyncio.Task[None] | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
-        watching = [o for o in self.observers if o.CLIENT_MESSAGES or o.UPSTREAM_MESSAGES]
+        self._readers = [o for o in self.observers if o.CLIENT_MESSAGES]
+        self._listeners = [o for o in self.observers if o.UPSTREAM_MESSAGES]
         self.relay = Relay(
             self.client, self.upstream, self._relay_stopped,
             max_client_message=self.max_client_message,
             deadline_passed=lambda: self.monotonic() >= self.deadline,
-            client_observed={t for o in watching for t in o.CLIENT_MESSAGES},
-            upstream_observed={t for o in watching for t in o.UPSTREAM_MESSAGES},
-            on_client_frames=self._client_frames if watching else None,
-            on_upstream_frames=self._upstream_frames if watching else None,
+            client_observed={t for o in self._readers for t in o.CLIENT_MESSAGES},
+            upstream_observed={t for o in self._listeners for t in o.UPSTREAM_MESSAGES},
+            on_client_frames=self._client_frames if self._readers else None,
+            on_upstream_frames=self._upstream_frames if self._listeners else None,
         )  # fmt: skip
 
     def _client_frames(self, frames: list[Frame]) -> Future[None] | None:
-        waits = [observer.client_frames(self, frames) for observer in self.observers]
+        waits = [observer.client_frames(self, frames) for observer in self._readers]
         # A PgwardenError above refuses the frames: the relay stops. A future: hold them.
         pending = [future for future in waits if future is not None and not future.done()]
         return pending[-1] if pending else None
 
     def _upstream_frames(self, frames: list[Frame]) -> None:
-        for observer in self.observers:
+        for observer in self._listeners:
             try:
                 observer.upstream_frames(self, frames)
             except Exception:

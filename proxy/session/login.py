@@ -1,0 +1,34 @@
+"""A client connection while it logs in, and what a successful login established."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from proxy.policy.models import TargetName, UserName
+from proxy.policy.requests import ActiveGrant
+from proxy.session.peer import Peer
+from proxy.wire import MessageReader, StartupMessage, StartupParser
+from proxy.wire.limits import MAX_PREAUTH_MESSAGE_LENGTH
+
+
+@dataclass(eq=False)
+class ClientConnection:
+    """A client connection during login."""
+
+    peer: Peer
+    source: str
+    tls: bool = False
+    parser: StartupParser = field(default_factory=StartupParser)
+    reader: MessageReader = field(
+        default_factory=lambda: MessageReader(max_length=MAX_PREAUTH_MESSAGE_LENGTH)
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Login:
+    """An authenticated client: who, for which grant, and what it asked of the session."""
+
+    user: UserName
+    target: TargetName
+    grant: ActiveGrant
+    startup: StartupMessage
