@@ -165,6 +165,14 @@ class ScramClient:
             self._server_first = first
             return first
 
+    def cached_salted_password(self) -> bytes | None:
+        """The salted password from the cache, if it holds it: no PBKDF2, so a caller can skip
+        the thread hop of `compute_salted_password` on every login after the first."""
+        first = self._server_first
+        if first is None or self._cache is None:
+            return None
+        return self._cache.get(self._password, first.salt, first.iterations)
+
     def compute_salted_password(self) -> bytes:
         """PBKDF2 for the upstream's salt and count, through the cache. Blocking; thread-safe."""
         first = self._server_first

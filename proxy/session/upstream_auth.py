@@ -259,9 +259,11 @@ async def _scram(stream: MessageStream, params: AuthParams, offered: tuple[str, 
     mechanism = client.select_mechanism(offered)
     stream.send(encode(SASLInitialResponse(mechanism, client.client_first())))
     client.parse_server_first((await _expect(stream, AuthenticationSASLContinue)).data)
-    # PBKDF2 costs milliseconds to a second: off the event loop, through the cache.
-    loop = asyncio.get_running_loop()
-    salted = await loop.run_in_executor(None, client.compute_salted_password)
+    # PBKDF2 costs milliseconds to a second: off the event loop, unless the cache has it.
+    salted = client.cached_salted_password()
+    if salted is None:
+        loop = asyncio.get_running_loop()
+        salted = await loop.run_in_executor(None, client.compute_salted_password)
     stream.send(encode(SASLResponse(client.client_final(salted))))
     client.receive_server_final((await _expect(stream, AuthenticationSASLFinal)).data)
 

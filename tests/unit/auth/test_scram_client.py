@@ -258,3 +258,18 @@ def test_any_server_final_raises_only_upstream_errors(data: bytes) -> None:
     cli, _ = completed_until_server_final()
     with pytest.raises(UpstreamAuthError):
         cli.receive_server_final(data)
+
+
+def test_cached_salted_password_answers_only_from_the_cache() -> None:
+    cache = SaltedPasswordCache()
+    first = ScramClient(RFC_USER, RFC_PASSWORD, nonce_factory=lambda: RFC_CLIENT_NONCE, cache=cache)
+    assert first.cached_salted_password() is None  # before server-first
+    first.client_first()
+    first.parse_server_first(RFC_SERVER_FIRST)
+    assert first.cached_salted_password() is None  # nothing computed yet
+    salted = first.compute_salted_password()
+    again = ScramClient(RFC_USER, RFC_PASSWORD, nonce_factory=lambda: RFC_CLIENT_NONCE, cache=cache)
+    again.client_first()
+    again.parse_server_first(RFC_SERVER_FIRST)
+    assert again.cached_salted_password() == salted
+    assert ScramClient(RFC_USER, RFC_PASSWORD).cached_salted_password() is None  # no cache
