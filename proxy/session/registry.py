@@ -77,10 +77,6 @@ class SessionRegistry(Generic[S]):
         matches = hmac.compare_digest(expected, secret)
         return session if matches and session is not None else None
 
-    def get_any(self) -> S | None:
-        """Some live session, or None when there is none."""
-        return next(iter(self._by_id.values()), None)
-
     def __iter__(self) -> Iterator[S]:
         return iter(list(self._by_id.values()))
 

@@ -125,6 +125,7 @@ class Session:
     _readers: list[SessionObserver] = field(init=False, default_factory=list)  # client messages
     _listeners: list[SessionObserver] = field(init=False, default_factory=list)  # upstream
     _done: asyncio.Event = field(init=False, default_factory=asyncio.Event)
+    # The exit task is held here: asyncio keeps only weak references to running tasks.
     _finishing: asyncio.Task[None] | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:

@@ -78,7 +78,7 @@ def test_a_whole_story_is_recorded_in_order_verifies_and_leaks_no_secret(
                 conn.execute(f"CREATE ROLE sneaky LOGIN PASSWORD '{deployment.ro_password}'")
             conn.execute(f"SELECT '{credential.password}' AS pasted")  # a careless paste
             clock.advance(GRANT + timedelta(seconds=1))
-            wait_for(lambda: warden.runtime.server.ctx.registry.get_any() is None)
+            wait_for(lambda: len(warden.runtime.server.ctx.registry) == 0)
         # The store records the expiry at its next sweep (once a second), and so does the log.
         wait_for(lambda: "grant.expired" in (tmp_path / "audit.jsonl").read_text())
         exposition = generate_latest(warden.runtime.metrics_registry).decode()
