@@ -2,7 +2,8 @@
 
 - `SessionAuditor` is a `SessionObserver`: a session-start record before the client is told it
   is logged in (the log refuses → the session is refused: fail closed), each query's records
-  before the chunk holding it is forwarded, outcomes as answers come back, a session-end record.
+  before the chunk holding it is forwarded, outcomes as answers come back (written with the next
+  query's records, or within `OUTCOME_DELAY`, so that they share writes), a session-end record.
   With `fsync: always` it returns the durability future of the last record, and the relay holds
   the client's data until that record is on disk.
 - `LifecycleAuditor` turns the state store's transitions into request/grant/credential records,
@@ -17,6 +18,8 @@ already happened, it is logged and counted.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import threading
 from collections import OrderedDict
@@ -51,12 +54,15 @@ from proxy.policy.requests import AccessRequest, Action, IssuedCredential, Trans
 from proxy.session.observer import LoginFailure, SessionObserver
 from proxy.session.relay import COPY_DATA
 from proxy.session.session import Ending, Session
-from proxy.wire import Frame, decode_backend, decode_frontend
+from proxy.wire import Frame, decode_frontend
 
 log = logging.getLogger(__name__)
 
 # Temporary passwords remembered for redaction; far more than are live at once on any server.
 MAX_REMEMBERED_SECRETS = 10_000
+# How long a query's outcome may wait in memory for the next query's write (see `_later`): the
+# most that a crash of pgwarden itself could take from the log (queries are written at once).
+OUTCOME_DELAY = 0.005
 
 
 class SecretsToRedact:
@@ -102,6 +108,8 @@ class SessionAuditor(SessionObserver):
         self._limits = limits
         self._wait_durable = fsync is FsyncPolicy.ALWAYS
         self._recorders: dict[str, SessionRecorder] = {}
+        self._waiting: list[AuditEvent] = []  # outcomes not yet written (see `_later`)
+        self._flush_scheduled = False
 
     def login_failed(
         self, user: str, target: str, source: str, reason: LoginFailure, detail: str
@@ -132,25 +140,24 @@ class SessionAuditor(SessionObserver):
 
     def client_frames(self, session: Session, frames: list[Frame]) -> Future[None] | None:
         recorder = self._recorder(session)
-        ticket = None
+        events: list[AuditEvent] = []
         for frame in frames:
-            for event in recorder.client(decode_frontend(frame)):
-                ticket = self._audit.append(event)  # raises AuditUnavailable: query refused
-        if ticket is None or not self._wait_durable:
+            events += recorder.client(decode_frontend(frame))
+        if not events:
             return None
-        return self._audit.durable(ticket)
+        ticket = self._write([*self._take_later(), *events])  # raises: the query is refused
+        return self._audit.durable(ticket) if self._wait_durable else None
 
     def upstream_frames(self, session: Session, frames: list[Frame]) -> None:
         recorder = self._recorder(session)
         for frame in frames:
-            for event in recorder.upstream(decode_backend(frame)):
-                self._quietly(event)
+            if events := recorder.upstream_frame(frame):
+                self._later(events)
 
     def session_ended(self, session: Session, ending: Ending) -> None:
         recorder = self._recorders.pop(session.session_id, None)
-        for event in recorder.finish() if recorder is not None else []:
-            self._quietly(event)
-        self._quietly(
+        events = [*self._take_later(), *(recorder.finish() if recorder is not None else [])]
+        events.append(
             SessionEnded(
                 session.session_id, ending.reason.value, ending.detail,
                 timedelta(seconds=session.monotonic() - session.started),
@@ -158,6 +165,37 @@ class SessionAuditor(SessionObserver):
                 recorder.queries if recorder is not None else 0,
             )
         )  # fmt: skip
+        self._quietly(events)
+
+    def flush(self) -> None:
+        """Write the outcomes still waiting (the server calls this before closing the log)."""
+        self._flush_scheduled = False
+        self._quietly(self._take_later())
+
+    def _later(self, events: list[AuditEvent]) -> None:
+        """Outcomes describe what already happened: they need not hold up the relay. They wait
+        for the next query's write (of any session), or OUTCOME_DELAY, whichever comes first,
+        so that a busy server writes a query's outcome with the next query, in one write."""
+        self._waiting += events
+        if self._flush_scheduled:
+            return
+        try:
+            asyncio.get_running_loop().call_later(OUTCOME_DELAY, self.flush)
+        except RuntimeError:  # no event loop (a tool or a test driving the auditor directly)
+            self.flush()
+        else:
+            self._flush_scheduled = True
+
+    def _take_later(self) -> list[AuditEvent]:
+        waiting, self._waiting = self._waiting, []
+        return waiting
+
+    def _write(self, events: list[AuditEvent]) -> int:
+        try:
+            return self._audit.append_many(events)
+        except AuditUnavailable as exc:
+            log.error("audit records lost: %s", ", ".join(e.kind for e in events[:10]))
+            raise exc from None
 
     def long_session(self, session: Session, threshold: float) -> None:
         info = session.info
@@ -165,12 +203,13 @@ class SessionAuditor(SessionObserver):
         self._quietly(LongSession(info.session_id, info.user, info.target, open_for,
                                   timedelta(seconds=threshold)))  # fmt: skip
 
-    def _quietly(self, event: AuditEvent) -> None:
+    def _quietly(self, events: AuditEvent | list[AuditEvent]) -> None:
         """Records of what already happened: a failure is logged (and counted by the sink)."""
-        try:
-            self._audit.append(event)
-        except AuditUnavailable as exc:
-            log.error("audit record %s lost: %s", event.kind, exc)
+        if isinstance(events, AuditEvent):
+            events = [events]
+        if events:
+            with contextlib.suppress(AuditUnavailable):  # _write has logged it
+                self._write(events)
 
 
 class LifecycleAuditor:

@@ -52,6 +52,7 @@ from proxy.wire import (
     EmptyQueryResponse,
     ErrorResponse,
     Execute,
+    Frame,
     FunctionCall,
     NoData,
     Parse,
@@ -61,6 +62,7 @@ from proxy.wire import (
     ReadyForQuery,
     RowDescription,
     Sync,
+    decode_backend,
 )
 
 DEFAULT_MAX_TEXT_BYTES = 1024 * 1024  # query text kept whole up to here (a very large query)
@@ -70,6 +72,7 @@ _REDACT_MARGIN = 1024  # a value is redacted over this much beyond the cut, then
 # The message types the recorder needs to see (for the relay's frame scanners).
 CLIENT_TYPES = frozenset(b"QPBEFSDCdcf")
 UPSTREAM_TYPES = frozenset(b"123CIEZnsTGHWdc")
+_READY_FOR_QUERY, _ROW_DESCRIPTION = ord("Z"), ord("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +163,18 @@ class SessionRecorder:
         return self._n
 
     # -- what the database answers -------------------------------------------------------------
+
+    def upstream_frame(self, frame: Frame) -> list[AuditEvent]:
+        """`upstream` for an undecoded message: decodes only the messages whose content matters
+        here (every query is answered with a ReadyForQuery, most with a RowDescription)."""
+        if frame.type == _READY_FOR_QUERY:
+            return self._ready()
+        if frame.type == _ROW_DESCRIPTION and not self._describing():
+            return []
+        return self.upstream(decode_backend(frame))
+
+    def _describing(self) -> bool:
+        return bool(self._pending) and self._pending[0].what == "describe" and not self._skipping
 
     def upstream(self, message: object) -> list[AuditEvent]:
         if isinstance(message, ReadyForQuery):

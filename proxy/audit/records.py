@@ -78,6 +78,8 @@ def load_key(ref: SecretRef) -> bytes:
 
 def format_ts(when: datetime) -> str:
     """`2026-01-05T09:00:00.000000Z`: UTC, always with microseconds."""
+    if when.tzinfo is UTC:  # the clock's own times: skip the conversion (one per record)
+        return when.isoformat(timespec="microseconds")[:-6] + "Z"
     return when.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
@@ -87,18 +89,22 @@ def dump_fields(fields: Fields) -> str:
 
 
 class Signer:
-    """Makes record lines; keeps one HMAC state to copy (cheaper than re-keying per record)."""
+    """Makes and checks record lines and heads under one key."""
 
     def __init__(self, key: bytes) -> None:
-        self._records = hmac.new(check_key(key), MAC_DOMAIN, hashlib.sha256)
+        self._key = check_key(key)
+        self._records = hmac.new(key, MAC_DOMAIN, hashlib.sha256)
         self._heads = hmac.new(key, HEAD_DOMAIN, hashlib.sha256)
 
     def line(self, seq: int, ts: str, kind: str, body: str, prev: str) -> tuple[bytes, str]:
-        """The record's line (with its newline) and its mac; `body` comes from `dump_fields`."""
-        head = f'{{"seq":{seq},"ts":{_quoted(ts)},"kind":{_quoted(kind)}'
-        unsigned = f'{head}{"," if body else ""}{body},"prev":"{prev}"}}'.encode("ascii")
-        mac = self._mac(self._records, unsigned)
-        return unsigned[:-1] + b',"mac":"' + mac.encode("ascii") + b'"}\n', mac
+        """The record's line (with its newline) and its mac; `body` comes from `dump_fields`
+        (or `encode.event_members`), `ts` from `format_ts`."""
+        quoted_ts = f'"{ts}"' if _TS.fullmatch(ts) else json.dumps(ts)
+        head = f'{{"seq":{seq},"ts":{quoted_ts},"kind":{_quoted_kind(kind)}'
+        unsigned = f'{head}{"," if body else ""}{body},"prev":"{prev}"'.encode("ascii")
+        # One-shot HMAC (in C): the domain is a prefix of the message, as in `_mac`.
+        mac = hmac.digest(self._key, MAC_DOMAIN + unsigned + b"}", "sha256").hex()
+        return unsigned + b',"mac":"' + mac.encode("ascii") + b'"}\n', mac
 
     def parse(self, line: bytes) -> Record:
         """Check one line (with its newline) and return the record; raises BadRecord."""
@@ -157,13 +163,8 @@ class Head:
 
 
 @functools.lru_cache(maxsize=256)
-def _quoted_cached(text: str) -> str:
-    return json.dumps(text)
-
-
-def _quoted(text: str) -> str:
-    # Kinds repeat (cache them); timestamps are already plain ASCII digits and punctuation.
-    return f'"{text}"' if _TS.fullmatch(text) else _quoted_cached(text)
+def _quoted_kind(kind: str) -> str:
+    return json.dumps(kind)  # a handful of constants: worked out once each
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

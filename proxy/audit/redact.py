@@ -28,7 +28,9 @@ from proxy.audit.records import Fields, JSONValue
 
 MASK: Final = "***"
 MIN_KNOWN_SECRET = 8  # shorter "secrets" would redact ordinary words
-MIN_SECRET_TEXT = MIN_KNOWN_SECRET  # no pattern below matches anything shorter (`password'x'`)
+MIN_SECRET_TEXT = 6  # no pattern below matches anything shorter (`a://:x@` is 7)
+MEMO_MAX_TEXT = 64  # redactions of strings up to this long are remembered ...
+MEMO_ENTRIES = 4096  # ... this many at a time
 
 _SCRAM = re.compile(r"SCRAM-SHA-256\$[^\s'\"]*", re.IGNORECASE)
 _MD5 = re.compile(r"(?<![0-9A-Za-z])md5[0-9a-f]{32}(?![0-9a-f])", re.IGNORECASE)
@@ -44,6 +46,8 @@ _CONNINFO = re.compile(
 # The scheme's length is bounded so that a long run like `a.a.a.a...` cannot make this quadratic.
 _URI = re.compile(r"(?P<user>\b[a-z][a-z0-9+.-]{0,31}://[^\s/:@'\"]*):[^\s@/]*@", re.IGNORECASE)
 _JSON_PASSWORD = re.compile(r'(?P<key>"password"\s*:\s*)"(?:[^"\\]|\\.)*"?', re.IGNORECASE)
+# Every pattern above needs one of these in the text: most text has none, and one search says so.
+_MAYBE_SECRET = re.compile(r"password|scram-sha-256\$|md5[0-9a-f]{32}|://", re.IGNORECASE)
 
 # -- the SQL scanner ---------------------------------------------------------------------------
 
@@ -159,15 +163,44 @@ class Redactor:
     """Replaces secrets with `***` in text, and in every string of a record.
 
     `known_secrets` returns pgwarden's own live temporary passwords; it is called once per
-    redaction, so it should be cheap (return a kept set).
+    redaction, so it should be cheap: return a kept tuple or frozenset, and a new one when the
+    secrets change (results for short strings are remembered per such snapshot; a mutable
+    collection is read afresh every time).
     """
 
     def __init__(self, known_secrets: Callable[[], Iterable[str]] = tuple) -> None:
         self._known_secrets = known_secrets
+        # Short strings repeat in every record (session ids, command tags): their results are
+        # kept, per value of `known_secrets()` (a new set of secrets starts a new memo; a thread
+        # still redacting under the old set writes only to the old memo).
+        self._memo: tuple[object, dict[str, str]] = ((), {})
 
     def redact(self, text: str) -> str:
         if len(text) < MIN_SECRET_TEXT:
             return text
+        secrets = self._known_secrets()
+        if len(text) > MEMO_MAX_TEXT or not isinstance(secrets, tuple | frozenset):
+            return self._redact(text, secrets)
+        memo_secrets, memo = self._memo
+        if memo_secrets is not secrets:
+            memo = {}
+            self._memo = (secrets, memo)
+        elif (known := memo.get(text)) is not None:
+            return known
+        if len(memo) >= MEMO_ENTRIES:
+            memo.clear()
+        redacted = memo[text] = self._redact(text, secrets)
+        return redacted
+
+    def _redact(self, text: str, secrets: Iterable[str]) -> str:
+        if _MAYBE_SECRET.search(text) is not None:
+            text = self._redact_patterns(text)
+        for secret in secrets:
+            if len(secret) >= MIN_KNOWN_SECRET and secret in text:
+                text = text.replace(secret, MASK)
+        return text
+
+    def _redact_patterns(self, text: str) -> str:
         if spans := _password_literals(text):
             text = _mask_spans(text, spans)
         text = _SCRAM.sub(MASK, text)
@@ -177,9 +210,6 @@ class Redactor:
             text = _JSON_PASSWORD.sub(rf'\g<key>"{MASK}"', text)
         if "://" in text:
             text = _URI.sub(rf"\g<user>:{MASK}@", text)
-        for secret in self._known_secrets():
-            if len(secret) >= MIN_KNOWN_SECRET and secret in text:
-                text = text.replace(secret, MASK)
         return text
 
     def contains_known_secret(self, data: bytes) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -132,17 +133,29 @@ class SinkState:
 
     def emit(self, kind: str, body: str) -> int:
         """Write one record; raises OSError (after cutting off any partial line)."""
+        return self.emit_many(((kind, body),))
+
+    def emit_many(self, records: Iterable[tuple[str, str]]) -> int:
+        """Write (kind, members) records with one write; returns the last seq. Raises OSError
+        (after cutting off any partial line: then none of them is written)."""
         assert self.fd is not None
-        seq = self.seq + 1
-        line, mac = self.signer.line(seq, _ts(self.clock.now()), kind, body, self.prev)
+        seq, prev, ts = self.seq, self.prev, _ts(self.clock.now())
+        lines: list[bytes] = []
+        for kind, body in records:
+            seq += 1
+            line, prev = self.signer.line(seq, ts, kind, body, prev)
+            lines.append(line)
+        if not lines:
+            return self.seq
+        data = b"".join(lines)
         try:
-            self.fs.write_all(self.fd, line)
+            self.fs.write_all(self.fd, data)
         except OSError:
             with contextlib.suppress(OSError):  # else the next open cuts it and says so
                 self.fs.truncate(self.path, self.size)
             raise
-        self.seq, self.prev = seq, mac
-        self.size += len(line)
+        self.seq, self.prev = seq, prev
+        self.size += len(data)
         if self.size >= self.max_file_bytes:
             self.rotate_pending = True
         return seq
