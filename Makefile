@@ -41,7 +41,7 @@ demo: deps $(STAMP)
 # pgwarden against direct Postgres and pgbouncer (bench/README.md); `make bench QUICK=1`: short runs.
 bench: $(STAMP)
 	bash scripts/ensure-deps.sh --pgbouncer
-	PATH="$$PATH:/usr/sbin" $(BIN)/python -m bench.run $(if $(filter 1,$(QUICK)),--quick)
+	PATH="$$PATH:/usr/sbin" $(BIN)/python -m bench.run $(if $(filter 1,$(QUICK)),--quick) $(if $(CASES),--cases "$(CASES)")
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage

@@ -48,7 +48,8 @@ def summarize(
     for case in cases:
         mine = [m for m in results if m.case == case.name]
         rates = {path: _median(m.rate for m in mine if m.path == path and m.ok) for path in paths}
-        rows.extend(_row(case, path, mine, rates) for path in paths)
+        ran = [path for path in paths if any(m.path == path for m in mine)]
+        rows.extend(_row(case, path, mine, rates) for path in ran)
     return rows
 
 

@@ -1,6 +1,7 @@
 """`make bench`: pgbench through direct Postgres, pgbouncer and pgwarden, interleaved; medians.
 
     .venv/bin/python -m bench.run [--quick] [--reps N] [--duration S] [--copy-mb MB]
+                                  [--cases "-S -c8,prepared"]
 
 Brings up the stack (bench/stack.py), warms each path up, then for every case runs each
 repetition through every path in turn (direct, pgbouncer, pgwarden, direct, ...), so machine drift
@@ -27,7 +28,7 @@ from typing import Any
 
 from bench.measure import Case, Measurement, measure, process_alive
 from bench.report import Row, cpu_busy_fraction, machine_info, summarize, table, write_json
-from bench.stack import AUDIT_OFF_CONFIG, BenchError, Endpoint, bench_stack, make_workdir, tail
+from bench.stack import BenchError, Endpoint, bench_stack, make_workdir, tail
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MAX_LOG_PROBLEMS = 30  # lines of pgwarden's log kept in the report
@@ -41,6 +42,7 @@ class Plan:
     warmup: int  # seconds of `-S -c8` per path before measuring
     copy_mb: int  # size of the bulk COPY
     scale: int  # pgbench -i -s
+    only: tuple[str, ...] = ()  # run only the cases whose names contain one of these
 
 
 FULL = Plan(reps=3, duration=10, warmup=3, copy_mb=500, scale=10)
@@ -49,7 +51,7 @@ QUICK = Plan(reps=1, duration=3, warmup=1, copy_mb=100, scale=10)
 
 def cases(plan: Plan) -> tuple[Case, ...]:
     """Select-only everywhere: the proxy's cost, not the database's, is what varies."""
-    return (
+    every = (
         Case("-S -c1", ("-S", "-c", "1", "-j", "1")),
         Case("-S -c8", ("-S", "-c", "8", "-j", "2")),
         Case("-S -c32", ("-S", "-c", "32", "-j", "2")),
@@ -58,6 +60,7 @@ def cases(plan: Plan) -> tuple[Case, ...]:
         Case("-S -C -c8", ("-S", "-C", "-c", "8", "-j", "2")),
         Case(f"COPY {plan.copy_mb} MB", copy_mb=plan.copy_mb),
     )
+    return tuple(c for c in every if not plan.only or any(part in c.name for part in plan.only))
 
 
 def run_cases(plan: Plan, endpoints: Sequence[Endpoint], problems: list[str]) -> list[Measurement]:
@@ -66,7 +69,7 @@ def run_cases(plan: Plan, endpoints: Sequence[Endpoint], problems: list[str]) ->
     results: list[Measurement] = []
     for case in cases(plan):
         for rep in range(plan.reps):
-            for endpoint in list(live):
+            for endpoint in [e for e in live if not e.cases or case.name in e.cases]:
                 result = measure(case, endpoint, rep, plan.duration)
                 results.append(result)
                 print(progress(result), flush=True)
@@ -123,9 +126,15 @@ def parse_args(argv: Sequence[str] | None) -> Plan:
     parser.add_argument("--reps", type=int, help="repetitions of each case through each path")
     parser.add_argument("--duration", type=int, help="seconds per pgbench run")
     parser.add_argument("--copy-mb", type=int, help="size of the bulk COPY in MB")
+    parser.add_argument(
+        "--cases", help="only the cases whose names contain one of these (comma-separated)"
+    )
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL
-    overrides = {"reps": args.reps, "duration": args.duration, "copy_mb": args.copy_mb}
+    only = tuple(part.strip() for part in args.cases.split(",")) if args.cases else None
+    overrides = {
+        "reps": args.reps, "duration": args.duration, "copy_mb": args.copy_mb, "only": only,
+    }  # fmt: skip
     return replace(plan, **{k: v for k, v in overrides.items() if v is not None})
 
 
@@ -177,7 +186,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         shutil.rmtree(workdir, ignore_errors=True)
     busy = {"before": busy_before, "after": cpu_busy_fraction()}
     rows = summarize(cases(plan), got.paths, got.results)
-    audit = "off" if AUDIT_OFF_CONFIG is None else "pgwarden-noaudit = no per-query records"
+    audit = (
+        "pgwarden-noaudit = no per-query records; "
+        "pgwarden-pool = upstream_pool on (new-connection case only)"
+    )
     record: dict[str, Any] = {
         "plan": plan.__dict__, "machine": got.machine, "other_cpu_load": busy, "audit": audit,
         "problems": got.problems, "logs_of_dead_proxies": got.dead_proxy_logs,

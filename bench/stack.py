@@ -65,7 +65,8 @@ paths:
   audit_log: audit.jsonl
 audit:
   hmac_key_env: PGWARDEN_TEST_AUDIT_KEY
-{extra}
+{audit_extra}
+{sections}
 limits:
   max_sessions_per_source: 500
   max_preauth_connections: 500
@@ -74,10 +75,30 @@ sessions:
   shutdown_grace: 2s
 """
 
-# Issue 8's "audit on/off": "pgwarden" runs with the default audit settings (every query
-# recorded); "pgwarden-noaudit" records sessions only (lines added to its config's audit section).
-AUDIT_OFF_CONFIG: str | None = "  record_queries: false"
+
+@dataclass(frozen=True)
+class Variant:
+    """A pgwarden configuration under test: lines added to its audit section, whole sections
+    added to its config, and the cases it runs (empty: all)."""
+
+    audit_extra: str = ""
+    sections: str = ""
+    cases: tuple[str, ...] = ()
+
+
+# "pgwarden" runs with the default settings (every query recorded, no upstream pool);
+# "pgwarden-noaudit" records sessions only; "pgwarden-pool" keeps upstream backends between
+# sessions (`upstream_pool`, off by default), which only changes connection setup, so it runs
+# only the new-connection-per-transaction case.
 AUDIT_OFF_PATH = "pgwarden-noaudit"
+POOL_PATH = "pgwarden-pool"
+VARIANTS = {
+    "pgwarden": Variant(),
+    AUDIT_OFF_PATH: Variant(audit_extra="  record_queries: false"),
+    POOL_PATH: Variant(
+        sections="upstream_pool:\n  enabled: true\n  max_idle: 16", cases=("-S -C -c8",)
+    ),
+}
 
 PGBOUNCER_INI = """\
 [databases]
@@ -111,6 +132,7 @@ class Endpoint:
     log: Path | None = None
     host: str = HOST
     dbname: str = TARGET_DB
+    cases: tuple[str, ...] = ()  # the only cases to run through this path (empty: all)
 
     def env(self) -> dict[str, str]:
         """libpq environment for pgbench and psql; the password never appears in an argv."""
@@ -144,11 +166,8 @@ def bench_stack(workdir: Path, scale: int) -> Iterator[Stack]:
         endpoints.append(
             stack.enter_context(running_pgbouncer(pg, password, workdir / "pgbouncer"))
         )
-        variants = {"pgwarden": ""}
-        if AUDIT_OFF_CONFIG is not None:
-            variants[AUDIT_OFF_PATH] = AUDIT_OFF_CONFIG
-        for name, extra in variants.items():
-            proxy = running_pgwarden(deployment, workdir / name, name, extra)
+        for name, variant in VARIANTS.items():
+            proxy = running_pgwarden(deployment, workdir / name, name, variant)
             endpoints.append(stack.enter_context(proxy))
         yield Stack(pg, tuple(endpoints))
 
@@ -176,19 +195,26 @@ def init_pgbench(pg: PostgresServer, scale: int) -> None:
 
 @contextlib.contextmanager
 def running_pgwarden(
-    deployment: PgwardenDeployment, directory: Path, name: str, extra_config: str
+    deployment: PgwardenDeployment, directory: Path, name: str, variant: Variant
 ) -> Iterator[Endpoint]:
     """`python -m proxy serve` in its own directory, with a credential for an active grant."""
     directory.mkdir(mode=0o700, parents=True)
     config = deployment.write_files(directory)  # policy.yaml, and the env vars it names
     port = free_loopback_port()
-    config.write_text(PGWARDEN_CONFIG.format(host=HOST, port=port, extra=extra_config))
+    config.write_text(
+        PGWARDEN_CONFIG.format(
+            host=HOST, port=port, audit_extra=variant.audit_extra, sections=variant.sections
+        )
+    )
     log = directory / "pgwarden.log"
     argv = [sys.executable, "-m", "proxy", "serve", "--config", str(config)]
     with child_process(argv, log) as proc:
         wait_until_listening(port, proc, log)
         credential = issue_credential(directory / "state.db", directory / "policy.yaml")
-        yield Endpoint(name, port, credential.username, credential.password, proc.pid, log)
+        yield Endpoint(
+            name, port, credential.username, credential.password, proc.pid, log,
+            cases=variant.cases,
+        )  # fmt: skip
 
 
 def issue_credential(state: Path, policy: Path) -> IssuedCredential:

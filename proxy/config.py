@@ -44,6 +44,7 @@ DEFAULT_WARN_BEFORE = (timedelta(minutes=5), timedelta(minutes=1))
 MAX_WARNINGS = 10
 # Sessions open longer than this are flagged (metric and audit) even inside a longer grant.
 DEFAULT_LONG_SESSION_THRESHOLD = timedelta(hours=8)
+MAX_POOL_IDLE = 1000  # idle upstream backends kept per role (each is a Postgres process)
 # Failed-login throttling: a token bucket per user name and per source address (proxy/throttle.py).
 DEFAULT_THROTTLE_PER_USER = (10, timedelta(seconds=6))  # burst 10, one more every 6 s
 DEFAULT_THROTTLE_PER_SOURCE = (30, timedelta(seconds=2))
@@ -136,6 +137,16 @@ class SessionSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class PoolSettings:
+    """`upstream_pool:` reuse of upstream backends between sessions (proxy/session/pool.py)."""
+
+    enabled: bool = False
+    max_idle: int = 8  # idle backends kept per (endpoint, role)
+    idle_timeout: float = 60.0  # seconds
+    max_lifetime: float = 1800.0  # seconds from login
+
+
+@dataclass(frozen=True, slots=True)
 class ServerConfig:
     proxy: ProxySettings
     api: ApiSettings
@@ -144,6 +155,7 @@ class ServerConfig:
     limits: Limits
     sessions: SessionSettings
     source: str = ""
+    upstream_pool: PoolSettings = PoolSettings()
 
 
 def load_config(path: Path) -> ServerConfig:
@@ -215,14 +227,15 @@ def _config(
     audit = _audit(root.section("audit", required=True), base_dir)
     limits = _limits(root.section_or_empty("limits"))
     sessions = _sessions(root.section_or_empty("sessions"))
+    pool = _upstream_pool(root.section_or_empty("upstream_pool"))
     root.finish()
     if proxy and api and proxy.listen == api.listen and proxy.listen.port != 0:
         root.problem("api", f"api.listen and proxy.listen are the same address ({api.listen})")
     if proxy is None or api is None or paths is None or audit is None:
         return None
-    if limits is None or sessions is None:
+    if limits is None or sessions is None or pool is None:
         return None
-    return ServerConfig(proxy, api, paths, audit, limits, sessions, source)
+    return ServerConfig(proxy, api, paths, audit, limits, sessions, source, pool)
 
 
 def _listen(f: Fields, default: str) -> ListenAddress | None:
@@ -371,3 +384,15 @@ def _sessions(f: Fields) -> SessionSettings | None:
     if threshold is None or grace is None:
         return None
     return SessionSettings(tuple(sorted(warn_before, reverse=True)), threshold, grace)
+
+
+def _upstream_pool(f: Fields) -> PoolSettings | None:
+    default = PoolSettings()
+    enabled = f.boolean("enabled", default=default.enabled)
+    max_idle = f.integer("max_idle", default=default.max_idle, low=1, high=MAX_POOL_IDLE)
+    idle = f.duration("idle_timeout", default=timedelta(seconds=default.idle_timeout))
+    lifetime = f.duration("max_lifetime", default=timedelta(seconds=default.max_lifetime))
+    f.finish()
+    if enabled is None or max_idle is None or idle is None or lifetime is None:
+        return None
+    return PoolSettings(enabled, max_idle, idle.total_seconds(), lifetime.total_seconds())

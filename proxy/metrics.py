@@ -94,6 +94,14 @@ class Metrics:
             "sessions are refused", registry=registry,
         )  # fmt: skip
         self.audit_healthy.set(1)
+        self.upstream_pool_idle = Gauge(
+            "pgwarden_upstream_pool_idle", "Database backends kept idle for reuse (upstream_pool)",
+            registry=registry,
+        )  # fmt: skip
+        self.upstream_pool_reuses = Counter(
+            "pgwarden_upstream_pool_reuses_total", "Sessions served by a kept database backend",
+            registry=registry,
+        )  # fmt: skip
 
 
 def policy_label(policy: Policy, target: str, level: str | None = None) -> tuple[str, ...]:

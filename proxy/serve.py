@@ -40,11 +40,12 @@ from proxy.errors import PgwardenError
 from proxy.metrics import Metrics, MetricsObserver, policy_label
 from proxy.notify import Notifier, notification_failures
 from proxy.policy.lifecycle import GrantService
-from proxy.policy.reload import PolicyHolder
+from proxy.policy.reload import PolicyHolder, ReloadOutcome, ReloadResult
 from proxy.policy.requests import AccessRequest, Action, RequestId, RequestState, Transition
 from proxy.policy.store import SqliteStore
 from proxy.session.admission import Admission, AdmissionLimits
 from proxy.session.context import ClientTls, ProxyContext
+from proxy.session.pool import UpstreamPool
 from proxy.session.server import ProxyServer
 from proxy.session.session import Session
 from proxy.session.tls import server_channel_binding, server_ssl_context
@@ -74,6 +75,7 @@ class Runtime:
     api: ApiServer = field(init=False)  # api.context.readiness_checks: the /readyz hook
     auditor: SessionAuditor = field(init=False)
     _audit_errors_seen: int = field(init=False, default=0)
+    _reuses_seen: int = field(init=False, default=0)
     _tasks: list[asyncio.Task[None]] = field(init=False, default_factory=list)
 
     def __post_init__(self) -> None:
@@ -81,10 +83,9 @@ class Runtime:
         self.metrics_registry = CollectorRegistry()
         ProcessCollector(registry=self.metrics_registry)
         self.metrics = Metrics(self.metrics_registry)
-        self.policy = PolicyHolder.open(
-            self.config.paths.policy,
-            on_reload=lambda result: self.metrics.policy_reloads.labels(result.outcome.value).inc(),
-        )
+        pool = self.config.upstream_pool
+        self.pool = UpstreamPool(pool, self.clock.monotonic) if pool.enabled else None
+        self.policy = PolicyHolder.open(self.config.paths.policy, on_reload=self._policy_reloaded)
         self.redact = SecretsToRedact()
         self.audit = open_audit_log(
             self.config.audit, self.config.paths.audit_log, self.clock, self.redact
@@ -93,6 +94,7 @@ class Runtime:
         self.grants = GrantService(self.store, self.clock, lambda: self.policy.current)
         self._audit_lifecycle()
         ctx = build_context(self.config, self.policy, self.grants, self.clock)
+        ctx.upstream_pool = self.pool
         self.auditor = SessionAuditor(
             self.audit, Redactor(self.redact), query_limits(self.config.audit),
             self.config.audit.fsync, record_queries=self.config.audit.record_queries,
@@ -121,6 +123,11 @@ class Runtime:
         self.api.context.readiness_checks.append(
             lambda: None if self.audit.healthy else "the audit log cannot be written"
         )
+
+    def _policy_reloaded(self, result: ReloadResult) -> None:
+        self.metrics.policy_reloads.labels(result.outcome.value).inc()
+        if result.outcome is ReloadOutcome.APPLIED and self.pool is not None:
+            self.pool.clear()  # kept backends may belong to roles or servers no longer named
 
     def _audit_lifecycle(self) -> None:
         def approvals(request_id: str) -> tuple[int, int]:
@@ -164,8 +171,11 @@ class Runtime:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.server.shutdown(self.config.sessions.shutdown_grace.total_seconds())
+        if self.pool is not None:
+            self.pool.clear()
         await self.notifier.close()
         self.store.close()
+        self.auditor.flush()
         self.audit.close()
 
     async def _housekeep(self) -> None:
@@ -175,6 +185,7 @@ class Runtime:
             try:
                 self.policy.check_for_changes()
                 self._audit_health()
+                self._prune_pool()
                 # SQLite writes may wait for the file lock: keep them off the event loop.
                 await loop.run_in_executor(None, self.grants.sweep)
                 counts = await loop.run_in_executor(None, self._request_counts)
@@ -200,6 +211,14 @@ class Runtime:
         self.metrics.grants_active.clear()
         for labels, count in active.items():
             self.metrics.grants_active.labels(*labels).set(count)
+
+    def _prune_pool(self) -> None:
+        if self.pool is None:
+            return
+        self.pool.prune()
+        self.metrics.upstream_pool_idle.set(self.pool.idle_count)
+        self.metrics.upstream_pool_reuses.inc(self.pool.reused - self._reuses_seen)
+        self._reuses_seen = self.pool.reused
 
     def _audit_health(self) -> None:
         self.metrics.audit_healthy.set(1 if self.audit.healthy else 0)

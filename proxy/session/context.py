@@ -19,6 +19,7 @@ from proxy.policy.lifecycle import GrantService
 from proxy.policy.models import Policy, Upstream, UpstreamTlsMode
 from proxy.session.admission import Admission, AdmissionLimits
 from proxy.session.observer import SessionObserver
+from proxy.session.pool import UpstreamPool
 from proxy.session.registry import SessionRegistry
 from proxy.session.session import Session
 from proxy.session.tls import upstream_ssl_context
@@ -54,6 +55,7 @@ class ProxyContext:
     observers: list[SessionObserver] = field(default_factory=list)
     mock_secret: bytes = field(default_factory=lambda: secrets.token_bytes(MOCK_SECRET_BYTES))
     scram_cache: SaltedPasswordCache = field(default_factory=SaltedPasswordCache)
+    upstream_pool: UpstreamPool | None = None  # None: every session logs in upstream anew
     _upstream_contexts: dict[tuple[UpstreamTlsMode, Path | None], ssl.SSLContext | None] = field(
         default_factory=dict
     )

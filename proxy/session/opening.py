@@ -1,7 +1,8 @@
 """From an authenticated login to a relayed session: the upstream login and the greeting.
 
 `connect_for` logs in to the target's database as the role of the grant's access level (the
-host, port, database and role come only from the policy; startup parameters from an allowlist).
+host, port, database and role come only from the policy; startup parameters from an allowlist),
+or takes a kept backend of that role from the upstream pool when it is on (pool.py).
 `make_ready` registers the session, lets the observers (the audit log first) accept it — a log
 that cannot record the login refuses it — then sends the client AuthenticationOk, the database's
 ParameterStatus messages, pgwarden's own BackendKeyData and ReadyForQuery, and starts the relay.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable
 
 from proxy.errors import PgwardenError
 from proxy.policy.models import AccessLevelName, SecretUnavailable
@@ -67,12 +69,20 @@ async def connect_for(login: Login, ctx: ProxyContext) -> UpstreamConnection:
         target.upstream, role=level.role, password=password, target=login.target,
         startup_parameters=_with_application_name(parameters, login),
     )  # fmt: skip
-    try:
-        return await connect_upstream(
-            upstream_login,
+
+    def connect(login: UpstreamLogin) -> Awaitable[UpstreamConnection]:
+        return connect_upstream(
+            login,
             scram_cache=ctx.scram_cache,
             ssl_context=ctx.upstream_ssl_context(target.upstream),
             connect_timeout=ctx.upstream_connect_timeout,
+        )
+
+    try:
+        if ctx.upstream_pool is None:
+            return await connect(upstream_login)
+        return await ctx.upstream_pool.connect(
+            upstream_login, connect, timeout=ctx.upstream_connect_timeout
         )
     except UpstreamError as exc:
         if exc.sqlstate == sqlstate.INVALID_PASSWORD:
@@ -181,7 +191,11 @@ def _upstream_handle(
         context = ctx.upstream_ssl_context(target.upstream)
         return await terminate_backend(target, upstream.backend_key.process_id, context)
 
-    return UpstreamHandle(cancel=lambda: _cancel_upstream(upstream), terminate_backend=reap)
+    pool = ctx.upstream_pool
+    give_back = (lambda: pool.give_back(upstream)) if pool is not None else None
+    return UpstreamHandle(
+        cancel=lambda: _cancel_upstream(upstream), terminate_backend=reap, give_back=give_back
+    )
 
 
 def _cancel_upstream(upstream: UpstreamConnection) -> None:

@@ -141,6 +141,14 @@ class Peer(asyncio.Protocol):
             self._reading_paused = False
             self.transport.resume_reading()
 
+    def detach(self) -> None:
+        """Back to handshake mode, tied to no session: what arrives waits in the inbox (a kept
+        upstream backend between sessions, see pool.py)."""
+        self._on_data = None
+        self.on_pause_writing = self.on_resume_writing = _nothing
+        self.on_connection_lost = _nothing_with_peer
+        self.resume_reading()
+
     @property
     def is_closed(self) -> bool:
         return self._closed.done()

@@ -28,10 +28,11 @@ from enum import StrEnum
 
 from proxy.errors import PgwardenError
 from proxy.session.peer import Peer
-from proxy.wire import Frame, FrameScanner, RemoteProtocolError
+from proxy.wire import Frame, FrameScanner, RemoteProtocolError, TransactionStatus
 from proxy.wire.limits import DEFAULT_MAX_MESSAGE_LENGTH
 
 QUERY, SYNC, FUNCTION_CALL, TERMINATE = b"Q"[0], b"S"[0], b"F"[0], b"X"[0]
+TERMINATE_MESSAGE = b"X\0\0\0\4"
 READY_FOR_QUERY, ERROR_RESPONSE, COPY_DATA = b"Z"[0], b"E"[0], b"d"[0]
 # Each of these is answered by exactly one ReadyForQuery.
 ANSWERED_BY_READY = frozenset((QUERY, SYNC, FUNCTION_CALL))
@@ -99,6 +100,7 @@ class Relay:
         self._on_upstream_frames = on_upstream_frames
         self._awaiting_ready = 0
         self.upstream_sent_fatal = False
+        self.clean_exit = False  # the client left alone with the backend idle (see _leave)
         self.stopped = False
         self.bytes_from_client = 0
         self.bytes_from_upstream = 0
@@ -186,7 +188,23 @@ class Relay:
         if self._held is not None or wait is not None:
             self._hold(data, terminate, wait)
             return
+        if data == TERMINATE_MESSAGE:
+            self._leave()
+            return
         self._forward(data, terminate)
+
+    def _leave(self) -> None:
+        """The client's Terminate, alone: not forwarded, since the session's exit sends the
+        backend its own — or, if the backend is idle (nothing in flight, the last ReadyForQuery
+        said I, the stream at a boundary), may keep it for the next session (pool.py). From here
+        what the backend sends waits in its peer's inbox instead of being dropped."""
+        self.bytes_from_client += len(TERMINATE_MESSAGE)
+        scanner = self._to_client
+        idle = scanner.last_ready_status in (None, TransactionStatus.IDLE)
+        self.clean_exit = self._awaiting_ready == 0 and scanner.at_boundary and idle
+        if self.clean_exit:
+            self.upstream.detach()
+        self._stop(RelayStop.CLIENT_TERMINATED)
 
     def _forward(self, data: bytes, terminate: bool) -> None:
         self.bytes_from_client += len(data)

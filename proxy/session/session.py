@@ -12,7 +12,8 @@ once and in this order:
    ReadyForQuery follows a FATAL — then closes the client connection;
 3. ends the upstream backend: Terminate, then waits for the backend to close its side; one that
    does not within `UPSTREAM_EXIT_GRACE` is aborted and, for endings that enforce access,
-   terminated with `pg_terminate_backend` over the control connection;
+   terminated with `pg_terminate_backend` over the control connection. (With the upstream pool
+   on, a backend the client left idle with its own Terminate is offered to the pool instead.)
 4. tells the listeners (slot release, audit, metrics).
 
 This mirrors pgbouncer's `disconnect_client_sqlstate` and Teleport's `disconnectClient`.
@@ -96,6 +97,8 @@ class UpstreamHandle:
 
     cancel: Callable[[], object]  # schedules a CancelRequest; best effort
     terminate_backend: Callable[[], Awaitable[bool]]  # pg_terminate_backend over the control role
+    # Offers the idle backend of a cleanly ended session to the pool: True if kept (pool.py).
+    give_back: Callable[[], Awaitable[bool]] | None = None
 
 
 EndListener = Callable[["Session", Ending], None]
@@ -121,6 +124,8 @@ class Session:
     end_requested_at: float = 0.0  # on the `monotonic` clock, when terminate() was first called
     warnings_sent: set[float] = field(default_factory=set)  # offsets (s) already announced
     reported_long: bool = False
+    cancel_sent: bool = False  # a CancelRequest went upstream: the backend is never reused
+    upstream_kept: bool = False  # the pool kept the backend: the session must not close it
     relay: Relay = field(init=False)
     _readers: list[SessionObserver] = field(init=False, default_factory=list)  # client messages
     _listeners: list[SessionObserver] = field(init=False, default_factory=list)  # upstream
@@ -169,6 +174,7 @@ class Session:
     def cancel_running_query(self) -> None:
         """Forward a client's CancelRequest: cancel what the backend runs now, if anything."""
         if self.ending is None and self.relay.busy:
+            self.cancel_sent = True
             self.upstream_handle.cancel()
 
     def notify(self, message: str) -> bool:
@@ -185,6 +191,7 @@ class Session:
         self.ending = ending
         self.end_requested_at = self.monotonic()
         if self.relay.busy and not self.upstream.is_closed:
+            self.cancel_sent = True
             self.upstream_handle.cancel()
         drained = self.relay.drain_to_boundary()
         self._finishing = asyncio.get_running_loop().create_task(self._finish(ending, drained))
@@ -196,7 +203,8 @@ class Session:
         finally:
             self.relay.stop()
             self.client.close()
-            self.upstream.abort()
+            if not self.upstream_kept:
+                self.upstream.abort()
             self._announce(ending)
 
     async def _tell_client(self, ending: Ending, drained: asyncio.Future[bool]) -> None:
@@ -215,6 +223,8 @@ class Session:
     async def _end_upstream(self, ending: Ending) -> None:
         if self.upstream.is_closed:
             return
+        if await self._give_back(ending):
+            return
         self.upstream.write(Terminate().encode())
         try:
             await asyncio.wait_for(self.upstream.wait_closed(), UPSTREAM_EXIT_GRACE)
@@ -228,6 +238,16 @@ class Session:
                 "session %s: backend %d did not exit within %.1f s of Terminate",
                 self.session_id, self.info.backend_process_id, UPSTREAM_EXIT_GRACE,
             )  # fmt: skip
+
+    async def _give_back(self, ending: Ending) -> bool:
+        """Let the pool keep the backend, if the client left it idle and it is clean."""
+        offer = self.upstream_handle.give_back
+        if offer is None or ending.reason is not EndReason.CLIENT_LEFT:
+            return False
+        if not self.relay.clean_exit or self.cancel_sent:
+            return False
+        self.upstream_kept = await offer()
+        return self.upstream_kept
 
     def _announce(self, ending: Ending) -> None:
         log.info(

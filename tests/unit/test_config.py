@@ -12,6 +12,7 @@ from proxy.config import (
     ConfigError,
     ConfigUnreadable,
     ListenAddress,
+    PoolSettings,
     ServerConfig,
     load_config,
     parse_config,
@@ -42,7 +43,7 @@ def test_the_example_config_is_valid_and_uses_the_documented_values() -> None:
 def test_the_example_says_what_the_defaults_are() -> None:
     example = load_config(REPO / "config" / "pgwarden.example.yaml")
     defaults = parse_config(MINIMAL)
-    for section in ("proxy", "api", "limits", "sessions"):
+    for section in ("proxy", "api", "limits", "sessions", "upstream_pool"):
         assert getattr(example, section) == getattr(defaults, section), section
 
 
@@ -150,7 +151,7 @@ def test_every_problem_is_reported_at_once_with_its_path() -> None:
         "sessions.warn_before: lists the same time twice (line 10)",
         "sessions.shutdown_grace: must be longer than zero (line 10)",
         "notifications: unknown key (expected one of: api, audit, limits, paths, proxy, "
-        "sessions) (line 11)",
+        "sessions, upstream_pool) (line 11)",
     ]
 
 
@@ -191,3 +192,21 @@ def test_the_config_is_immutable() -> None:
     config: ServerConfig = parse_config(MINIMAL)
     with pytest.raises(AttributeError):
         config.limits.max_sessions = 5  # type: ignore[misc]
+
+
+def test_the_upstream_pool_is_off_unless_enabled() -> None:
+    assert parse_config(MINIMAL).upstream_pool == PoolSettings(enabled=False)
+    text = "upstream_pool: {enabled: true, max_idle: 3, idle_timeout: 30s, max_lifetime: 10m}\n"
+    assert parse_config(MINIMAL + text).upstream_pool == PoolSettings(True, 3, 30.0, 600.0)
+
+
+def test_upstream_pool_settings_are_checked() -> None:
+    text = "upstream_pool: {enabled: yes, max_idle: 0, idle_timeout: 5, size: 3}\n"
+    assert problems_of(MINIMAL + text) == [
+        "upstream_pool.enabled: must be true or false, got the text 'yes' (line 3)",
+        "upstream_pool.max_idle: must be from 1 to 1000, got 0 (line 3)",
+        "upstream_pool.idle_timeout: must be a duration, got a number (a bare number has no unit:"
+        " write 90s, 30m, 2h or 1d) (line 3)",
+        "upstream_pool.size: unknown key (expected one of: enabled, idle_timeout, max_idle,"
+        " max_lifetime) (line 3)",
+    ]

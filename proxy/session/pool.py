@@ -1,0 +1,300 @@
+"""Reusing upstream connections: a session's backend, reset, serves the next session of its role.
+
+Opt-in (`upstream_pool: {enabled: true}`), like pgbouncer's session mode with
+`server_reset_query = DISCARD ALL`. It saves the database a new backend (fork, authentication,
+cache warm-up) and pgwarden an upstream login for every session.
+
+While the pool is on, every upstream login starts *neutral* — only `user`, `database` and
+`application_name=pgwarden` — and the client's allow-listed settings (application_name naming
+the pgwarden user and grant, client_encoding, DateStyle, ...) are applied afterwards with
+`pg_catalog.set_config()`, the values sent as Bind parameters, never as SQL text. `DISCARD ALL`
+(whose RESET ALL returns every setting to its *startup* value) therefore leaves a backend as a
+fresh neutral login would: no client's settings reach the next client.
+
+A backend is given back only if its session ended with the client's own Terminate, sent alone
+while the backend was idle (ReadyForQuery status I, nothing in flight, the stream at a message
+boundary), no CancelRequest was ever sent for it (a late cancel must never hit the next session's
+query), and `DISCARD ALL` answers exactly CommandComplete then ReadyForQuery I within
+`RESET_TIMEOUT`. Anything else, and every ending that enforces access (expiry, revocation, kill),
+ends the backend as before. Idle backends are kept per (endpoint, role), at most `max_idle` each,
+for at most `idle_timeout` idle and `max_lifetime` in all; a policy reload drops them all.
+
+The trade-off (README, "Connection reuse"): DISCARD ALL resets what a session can see of its own
+state (settings, role, prepared statements, portals, temporary tables, advisory locks, LISTEN,
+sequence state, cached plans), but not what the backend keeps for itself: libraries loaded with
+LOAD, the names (not values) of custom settings, postgres_fdw/dblink connections it cached, its
+process id and statistics. Two people sharing an access level share a database role anyway; the
+pool lets one of them run in a backend the other used before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import weakref
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+
+from proxy.config import PoolSettings
+from proxy.policy.models import UpstreamTlsMode
+from proxy.session.peer import Peer
+from proxy.session.upstream import StartupParameters, UpstreamConnection, UpstreamLogin
+from proxy.session.upstream_auth import (
+    LoginFailure,
+    MessageStream,
+    UpstreamError,
+    refusal,
+    upstream_error,
+)
+from proxy.wire import (
+    Bind,
+    ErrorResponse,
+    Execute,
+    Frame,
+    ParameterStatus,
+    Parse,
+    Query,
+    ReadyForQuery,
+    Sync,
+    TransactionStatus,
+)
+
+log = logging.getLogger(__name__)
+
+RESET_TIMEOUT = 2.0  # seconds for DISCARD ALL to answer; a backend that takes longer is ended
+NEUTRAL_APPLICATION_NAME = "pgwarden"
+# Messages the server may send at any time: skipped while reading an answer (NoticeResponse,
+# ParameterStatus is tracked, NotificationResponse cannot remain after DISCARD ALL's UNLISTEN *).
+_ASYNC_TYPES = frozenset(b"NA")
+_PARAMETER_STATUS = ord("S")
+_SET_CONFIG_ANSWER = tuple(b"12DC")  # ParseComplete, BindComplete, DataRow, CommandComplete
+_RESET_ANSWER = tuple(b"C")
+_RESET_TAG = b"DISCARD ALL\0"
+
+Connect = Callable[[UpstreamLogin], Awaitable[UpstreamConnection]]
+
+
+@dataclass(frozen=True, slots=True)
+class PoolKey:
+    """Which backends are interchangeable: same server, database, role and TLS settings."""
+
+    host: str
+    port: int
+    database: str
+    role: str
+    tls_mode: UpstreamTlsMode
+    server_hostname: str | None
+
+    @classmethod
+    def of(cls, login: UpstreamLogin) -> PoolKey:
+        return cls(login.host, login.port, login.database, login.role, login.tls_mode,
+                   login.server_hostname)  # fmt: skip
+
+
+@dataclass(slots=True)
+class _Idle:
+    conn: UpstreamConnection
+    born: float  # monotonic time of its login
+    since: float  # monotonic time it became idle
+
+
+class UpstreamPool:
+    """Idle, reset backends per `PoolKey` (see the module docstring)."""
+
+    def __init__(self, settings: PoolSettings, monotonic: Callable[[], float]) -> None:
+        self.settings = settings
+        self._monotonic = monotonic
+        self._idle: dict[PoolKey, deque[_Idle]] = {}
+        # Backends in use → their key and login time; an entry goes with its connection.
+        self._in_use: weakref.WeakKeyDictionary[Peer, tuple[PoolKey, float]] = (
+            weakref.WeakKeyDictionary()
+        )
+        self.reused = 0  # sessions served by a kept backend
+
+    @property
+    def idle_count(self) -> int:
+        return sum(len(idle) for idle in self._idle.values())
+
+    async def connect(
+        self, login: UpstreamLogin, connect: Connect, *, timeout: float
+    ) -> UpstreamConnection:
+        """A backend for `login`: a kept one if one is usable, else a new neutral login; then
+        the client's settings. Raises UpstreamError as `connect_upstream` does."""
+        key = PoolKey.of(login)
+        while (idle := self._take(key)) is not None:
+            try:
+                conn = await _apply(idle.conn, login, timeout)
+            except UpstreamError:
+                idle.conn.peer.abort()  # its answer was wrong: a new login will say why
+                continue
+            self._in_use[conn.peer] = (key, idle.born)
+            self.reused += 1
+            return conn
+        neutral = (("application_name", NEUTRAL_APPLICATION_NAME),)
+        fresh = await connect(replace(login, startup_parameters=neutral))
+        born = self._monotonic()
+        try:
+            conn = await _apply(fresh, login, timeout)
+        except UpstreamError:
+            fresh.peer.abort()
+            raise
+        self._in_use[conn.peer] = (key, born)
+        return conn
+
+    async def give_back(self, conn: UpstreamConnection) -> bool:
+        """Reset the backend of an ended session and keep it; False if it was ended instead
+        (the caller then closes it). The caller has checked that the session ended cleanly."""
+        key, born = self._in_use.pop(conn.peer, (None, 0.0))
+        now = self._monotonic()
+        if (
+            key is None
+            or not self.settings.enabled
+            or now - born >= self.settings.max_lifetime
+            or len(self._idle.get(key, ())) >= self.settings.max_idle
+        ):
+            return False
+        try:
+            reset = await _reset(conn)
+        except (UpstreamError, LoginFailure, OSError, TimeoutError) as exc:
+            log.info("backend %d not kept: %s", conn.backend_key.process_id, exc)
+            return False
+        self._idle.setdefault(key, deque()).append(_Idle(reset, born, now))
+        return True
+
+    def prune(self) -> None:
+        """End idle backends past their idle time or lifetime, or closed by the server."""
+        now, settings = self._monotonic(), self.settings
+        for key, idle in list(self._idle.items()):
+            keep = deque(
+                entry for entry in idle
+                if now - entry.since < settings.idle_timeout
+                and now - entry.born < settings.max_lifetime
+                and _usable(entry.conn)
+            )  # fmt: skip
+            for entry in idle:
+                if entry not in keep:
+                    _end(entry.conn)
+            if keep:
+                self._idle[key] = keep
+            else:
+                del self._idle[key]
+
+    def clear(self) -> None:
+        """End every idle backend (on a policy reload and at shutdown)."""
+        idle, self._idle = self._idle, {}
+        for entries in idle.values():
+            for entry in entries:
+                _end(entry.conn)
+
+    def _take(self, key: PoolKey) -> _Idle | None:
+        idle = self._idle.get(key)
+        now = self._monotonic()
+        while idle:
+            entry = idle.pop()  # the most recently used: its caches are the warmest
+            if _usable(entry.conn) and now - entry.born < self.settings.max_lifetime:
+                return entry
+            _end(entry.conn)
+        return None
+
+
+def _usable(conn: UpstreamConnection) -> bool:
+    # Anything an idle backend sends (a FATAL before it exits, say) makes it unusable.
+    return not conn.peer.is_closed and not conn.peer.has_buffered_data()
+
+
+def _end(conn: UpstreamConnection) -> None:
+    conn.peer.write(b"X\0\0\0\4")  # Terminate: the backend exits at once
+    conn.peer.close()
+
+
+async def _apply(
+    conn: UpstreamConnection, login: UpstreamLogin, timeout: float
+) -> UpstreamConnection:
+    """Apply the client's settings with set_config; the greeting then reports them."""
+    parameters = login.startup_parameters
+    calls = ", ".join(
+        f"pg_catalog.set_config(${2 * i + 1}, ${2 * i + 2}, false)" for i in range(len(parameters))
+    )
+    values = tuple(part.encode("utf-8") for pair in parameters for part in pair)
+    request = [Parse("", f"SELECT {calls}").encode(), Bind("", "", (), values).encode(),
+               Execute("").encode(), Sync().encode()]  # fmt: skip
+    stream = MessageStream(conn.peer)
+    try:
+        async with asyncio.timeout(timeout):
+            if parameters:
+                stream.send(b"".join(request))
+                statuses = await _answer(stream, _SET_CONFIG_ANSWER)
+            else:
+                statuses = {}
+    except Exception as exc:
+        raise upstream_error(exc, login.display_name, login.role, timeout) from exc
+    return _with_statuses(conn, statuses, stream.take_unconsumed())
+
+
+async def _reset(conn: UpstreamConnection) -> UpstreamConnection:
+    stream = MessageStream(conn.peer)
+    async with asyncio.timeout(RESET_TIMEOUT):
+        stream.send(Query("DISCARD ALL").encode())
+        statuses = await _answer(stream, _RESET_ANSWER, tag=_RESET_TAG)
+    if stream.take_unconsumed():
+        raise LoginFailure("the server sent more after DISCARD ALL")
+    return _with_statuses(conn, statuses, b"")
+
+
+async def _answer(
+    stream: MessageStream, expected: tuple[int, ...], *, tag: bytes = b""
+) -> dict[str, str]:
+    """Read up to ReadyForQuery; the other messages must be exactly `expected` (async ones
+    aside). Returns the ParameterStatus reports seen. Raises LoginRefused / LoginFailure."""
+    seen: list[int] = []
+    statuses: dict[str, str] = {}
+    while True:
+        frame = await stream.receive_frame()
+        if frame.type == _PARAMETER_STATUS:
+            status = ParameterStatus.decode(frame.payload)
+            statuses[status.name] = status.value
+        elif frame.type in _ASYNC_TYPES:
+            continue
+        elif frame.type == ReadyForQuery.TYPE:
+            return _checked(frame, seen, expected, statuses)
+        elif frame.type == ErrorResponse.TYPE:
+            raise refusal(ErrorResponse.decode(frame.payload))
+        else:
+            if tag and frame.type == ord("C") and frame.payload != tag:
+                raise LoginFailure("the server's answer to the reset was not DISCARD ALL")
+            seen.append(frame.type)
+
+
+def _checked(
+    frame: Frame, seen: list[int], expected: tuple[int, ...], statuses: dict[str, str]
+) -> dict[str, str]:
+    if tuple(seen) != expected:
+        raise LoginFailure("the server's answer had unexpected messages")
+    if ReadyForQuery.decode(frame.payload).status is not TransactionStatus.IDLE:
+        raise LoginFailure("the server is not idle after the exchange")
+    return statuses
+
+
+def _with_statuses(
+    conn: UpstreamConnection, statuses: dict[str, str], pending: bytes
+) -> UpstreamConnection:
+    """The connection with its greeting updated by the reported settings (ParameterStatus only;
+    notices from the original login are not repeated)."""
+    parameters = {**conn.parameters, **statuses}
+    reports = [_report(name, value) for name, value in parameters.items()]
+    messages = tuple(message for message, _ in reports)
+    greeting = tuple(frame for _, frame in reports)
+    return replace(conn, greeting=greeting, messages=messages,
+                   ready_status=TransactionStatus.IDLE, pending=pending)  # fmt: skip
+
+
+@functools.lru_cache(maxsize=1024)
+def _report(name: str, value: str) -> tuple[ParameterStatus, bytes]:
+    # The same dozen settings are reported to every session: encode each value once.
+    message = ParameterStatus(name, value)
+    return message, message.encode()
+
+
+__all__ = ["PoolKey", "PoolSettings", "StartupParameters", "UpstreamPool"]
