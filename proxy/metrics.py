@@ -9,10 +9,13 @@ user name, a secret or a query.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from proxy import __version__
 from proxy.policy.models import Policy
@@ -54,14 +57,7 @@ class Metrics:
             "pgwarden_login_failures_total", "Refused logins, by internal reason",
             ["target", "reason"], registry=registry,
         )  # fmt: skip
-        self.queries = Counter(
-            "pgwarden_queries_total", "Queries relayed (Query, Sync, FunctionCall)", ["target"],
-            registry=registry,
-        )  # fmt: skip
-        self.query_duration = Histogram(
-            "pgwarden_query_duration_seconds", "From a query to its ReadyForQuery", ["target"],
-            buckets=QUERY_BUCKETS, registry=registry,
-        )  # fmt: skip
+        self.queries = QueryStats(registry)
         self.bytes_relayed = Counter(
             "pgwarden_bytes_relayed_total", "Bytes relayed, by direction",
             ["target", "direction"], registry=registry,
@@ -155,12 +151,13 @@ class MetricsObserver(SessionObserver):
     def client_frames(self, session: Session, frames: list[Frame]) -> None:
         timer = self._queries.get(session.session_id)
         if timer is not None:
-            timer.started(sum(1 for frame in frames if frame.type in self.CLIENT_MESSAGES))
+            queries = self.CLIENT_MESSAGES
+            timer.started(sum([frame.type in queries for frame in frames]))
 
     def upstream_frames(self, session: Session, frames: list[Frame]) -> None:
         timer = self._queries.get(session.session_id)
         if timer is not None:
-            timer.finished(sum(1 for frame in frames if frame.type == READY))
+            timer.finished(sum([frame.type == READY for frame in frames]))
 
 
 READY = ord("Z")
@@ -169,15 +166,13 @@ READY = ord("Z")
 class _QueryTimer:
     """Per session: when each query in flight started (queries are answered in order)."""
 
-    __slots__ = ("_count", "_duration", "_in_flight", "_monotonic", "labels")
+    __slots__ = ("_in_flight", "_monotonic", "_tally", "labels")
 
     def __init__(
         self, metrics: Metrics, labels: tuple[str, ...], monotonic: Callable[[], float]
     ) -> None:
         self.labels = labels
-        # The children are looked up once per session, not once per query.
-        self._count = metrics.queries.labels(labels[0])
-        self._duration = metrics.query_duration.labels(labels[0])
+        self._tally = metrics.queries.tally(labels[0])  # looked up once per session
         self._monotonic = monotonic
         self._in_flight: deque[float] = deque(maxlen=MAX_QUERIES_IN_FLIGHT)
 
@@ -185,12 +180,65 @@ class _QueryTimer:
         if count:
             now = self._monotonic()
             self._in_flight.extend([now] * count)
-            self._count.inc(count)
+            self._tally.started += count
 
     def finished(self, count: int) -> None:
         now = self._monotonic()
         for _ in range(min(count, len(self._in_flight))):
-            self._duration.observe(now - self._in_flight.popleft())
+            self._tally.observe(now - self._in_flight.popleft())
+
+
+class _Tally:
+    """One target's queries: how many started, and a histogram of how long they took."""
+
+    __slots__ = ("buckets", "started", "total")
+
+    def __init__(self) -> None:
+        self.started = 0
+        self.buckets = [0] * (len(QUERY_BUCKETS) + 1)  # the last one is +Inf
+        self.total = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.buckets[bisect_left(QUERY_BUCKETS, seconds)] += 1  # le: the first bound >= it
+        self.total += seconds
+
+
+class QueryStats(Collector):
+    """`pgwarden_queries_total` and `pgwarden_query_duration_seconds{target}`, counted in plain
+    numbers on the relay's path and turned into samples when Prometheus scrapes: a Counter.inc
+    and a Histogram.observe per query cost more (locks, checks) than the rest of the relay's
+    bookkeeping together. A scrape from another thread may see one query more in the count than
+    in the histogram; each is exact on its own."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._tallies: dict[str, _Tally] = {}
+        registry.register(self)
+
+    def tally(self, target: str) -> _Tally:
+        return self._tallies.setdefault(target, _Tally())
+
+    def collect(self) -> Iterator[Metric]:
+        count = CounterMetricFamily(
+            "pgwarden_queries", "Queries relayed (Query, Sync, FunctionCall)", labels=["target"]
+        )
+        duration = HistogramMetricFamily(
+            "pgwarden_query_duration_seconds", "From a query to its ReadyForQuery",
+            labels=["target"],
+        )  # fmt: skip
+        for target, tally in list(self._tallies.items()):
+            count.add_metric([target], tally.started)
+            cumulative, buckets = 0, []
+            bounds = (*QUERY_BUCKETS, float("inf"))
+            for bound, observed in zip(bounds, list(tally.buckets), strict=True):
+                cumulative += observed
+                buckets.append((_bound(bound), cumulative))
+            duration.add_metric([target], buckets, tally.total)
+        yield count
+        yield duration
+
+
+def _bound(bound: float) -> str:
+    return "+Inf" if bound == float("inf") else repr(float(bound))
 
 
 # A client may pipeline many queries; beyond this many unanswered ones, the oldest are forgotten.

@@ -147,10 +147,14 @@ class Session:
         )  # fmt: skip
 
     def _client_frames(self, frames: list[Frame]) -> Future[None] | None:
-        waits = [observer.client_frames(self, frames) for observer in self._readers]
-        # A PgwardenError above refuses the frames: the relay stops. A future: hold them.
-        pending = [future for future in waits if future is not None and not future.done()]
-        return pending[-1] if pending else None
+        # A PgwardenError here refuses the frames: the relay stops. A future: hold them until
+        # the last one pending completes.
+        wait = None
+        for observer in self._readers:
+            future = observer.client_frames(self, frames)
+            if future is not None and not future.done():
+                wait = future
+        return wait
 
     def _upstream_frames(self, frames: list[Frame]) -> None:
         for observer in self._listeners:

@@ -88,11 +88,15 @@ def length_error(type_byte: int, length: int, max_length: int) -> RemoteProtocol
     )
 
 
+_READY_STATUSES: Final = {status.value.encode("ascii"): status for status in TransactionStatus}
+
+
 def ready_status(payload: bytes) -> TransactionStatus:
     """The status carried by a ReadyForQuery payload."""
-    if len(payload) != 1 or payload not in b"ITE":
+    status = _READY_STATUSES.get(payload)
+    if status is None:
         raise RemoteProtocolError(f"invalid ReadyForQuery message: status {payload!r}")
-    return TransactionStatus(payload.decode("ascii"))
+    return status
 
 
 class MessageReader:
@@ -240,7 +244,9 @@ class FrameScanner:
             raise self._error
         frames: list[Frame] = []
         try:
-            position = self._resume(chunk, frames)
+            # Most chunks start at a message boundary: no call to finish an earlier message.
+            pending = self._skip or self._body is not None or self._header
+            position = self._resume(chunk, frames) if pending else 0
             if position >= 0:
                 self._walk(chunk, position, frames)
             if self._track_ready:
@@ -294,9 +300,7 @@ class FrameScanner:
             return -1 if self._skip else self._completed(used)
         if self._body is not None:
             return self._resume_body(chunk, frames)
-        if self._header:
-            return self._resume_header(chunk, frames)
-        return 0
+        return self._resume_header(chunk, frames)  # called only with something left open
 
     def _completed(self, position: int) -> int:
         self.messages_seen += 1
