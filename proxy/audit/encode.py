@@ -32,6 +32,8 @@ Redact = Callable[[str], str]
 
 _quote: Callable[[str], str] = encode_basestring_ascii  # the C encoder json.dumps itself uses
 _PREFIXES: dict[type[AuditEvent], tuple[tuple[str, str], ...]] = {}
+_NUMBERS = (float, timedelta)
+_SEQUENCES = (tuple, list)
 
 
 def event_members(event: AuditEvent, redact: Redact) -> str:
@@ -60,7 +62,7 @@ def encode_value(value: object, redact: Redact) -> str:
         return "null" if value is None else "true" if value else "false"
     if isinstance(value, int):
         return int.__repr__(value)
-    if isinstance(value, float | timedelta):
+    if isinstance(value, _NUMBERS):
         number = value.total_seconds() if isinstance(value, timedelta) else value
         if not math.isfinite(number):
             raise ValueError("the audit log cannot record NaN or infinity")
@@ -71,7 +73,7 @@ def encode_value(value: object, redact: Redact) -> str:
 
 
 def _encode_compound(value: object, redact: Redact) -> str:
-    if isinstance(value, tuple | list):
+    if isinstance(value, _SEQUENCES):
         return "[" + ",".join([encode_value(item, redact) for item in value]) + "]"
     if isinstance(value, Mapping):
         items = [_quote(str(k)) + ":" + encode_value(v, redact) for k, v in value.items()]
@@ -130,7 +132,7 @@ def _outcome(e: QueryOutcome, r: Redact) -> str:
     return (
         f'"session_id":{_quote(r(e.session_id))},"n":{e.n:d},"status":{_quote(r(e.status))},'
         f'"tags":[{tags}],"rows":{rows},"sqlstate":{_optional(e.sqlstate, r)},'
-        f'"error":{_optional(e.error, r)},"duration":{encode_value(e.duration, r)}'
+        f'"error":{_optional(e.error, r)},"duration":{float.__repr__(e.duration.total_seconds())}'
     )
 
 

@@ -31,6 +31,7 @@ MIN_KNOWN_SECRET = 8  # shorter "secrets" would redact ordinary words
 MIN_SECRET_TEXT = 6  # no pattern below matches anything shorter (`a://:x@` is 7)
 MEMO_MAX_TEXT = 64  # redactions of strings up to this long are remembered ...
 MEMO_ENTRIES = 4096  # ... this many at a time
+_SNAPSHOTS = (tuple, frozenset)  # immutable collections of known secrets: safe to memoize by
 
 _SCRAM = re.compile(r"SCRAM-SHA-256\$[^\s'\"]*", re.IGNORECASE)
 _MD5 = re.compile(r"(?<![0-9A-Za-z])md5[0-9a-f]{32}(?![0-9a-f])", re.IGNORECASE)
@@ -179,17 +180,20 @@ class Redactor:
         if len(text) < MIN_SECRET_TEXT:
             return text
         secrets = self._known_secrets()
-        if len(text) > MEMO_MAX_TEXT or not isinstance(secrets, tuple | frozenset):
-            return self._redact(text, secrets)
         memo_secrets, memo = self._memo
+        short = len(text) <= MEMO_MAX_TEXT
         if memo_secrets is not secrets:
+            if not isinstance(secrets, _SNAPSHOTS):
+                return self._redact(text, secrets)
             memo = {}
             self._memo = (secrets, memo)
-        elif (known := memo.get(text)) is not None:
+        elif short and (known := memo.get(text)) is not None:
             return known
-        if len(memo) >= MEMO_ENTRIES:
-            memo.clear()
-        redacted = memo[text] = self._redact(text, secrets)
+        redacted = self._redact(text, secrets)
+        if short:
+            if len(memo) >= MEMO_ENTRIES:
+                memo.clear()
+            memo[text] = redacted
         return redacted
 
     def _redact(self, text: str, secrets: Iterable[str]) -> str:
