@@ -31,6 +31,8 @@ from cryptography.hazmat.primitives import hashes
 
 from proxy.errors import PgwardenError
 
+_PRINTABLE = re.compile(r"[!-+\--~]*")  # 0x21-0x7E but 0x2C, the comma
+
 MECHANISM = "SCRAM-SHA-256"
 MECHANISM_PLUS = "SCRAM-SHA-256-PLUS"
 CB_TLS_SERVER_END_POINT = "tls-server-end-point"  # the only channel binding type Postgres uses
@@ -134,8 +136,8 @@ def new_nonce() -> str:
 
 
 def is_printable(nonce: str) -> bool:
-    """RFC 5802 `printable`: ASCII 0x21-0x7E except the comma."""
-    return all("!" <= char <= "~" and char != "," for char in nonce)
+    """RFC 5802 `printable`: ASCII 0x21-0x7E except the comma (every character; "" is)."""
+    return _PRINTABLE.fullmatch(nonce) is not None
 
 
 def escape_saslname(name: str) -> str:
