@@ -16,11 +16,13 @@ import asyncio
 import os
 import sys
 from collections.abc import Iterator, Mapping, Sequence
+from datetime import timedelta
 from pathlib import Path
 
 from proxy.config import (
     ConfigError,
     ConfigUnreadable,
+    PoolSettings,
     ServerConfig,
     ThrottleSettings,
     is_loopback,
@@ -228,7 +230,18 @@ def describe_config(config: ServerConfig) -> list[str]:
         f"sessions: warned {_list([fmt(w) for w in sessions.warn_before])} before the end; "
         f"long after {fmt(sessions.long_session_threshold)}; "
         f"shutdown grace {fmt(sessions.shutdown_grace)}",
+        _pool(config.upstream_pool),
     ]
+
+
+def _pool(pool: PoolSettings) -> str:
+    if not pool.enabled:
+        return "upstream pool: off (every session logs in to the database anew)"
+    return (
+        f"upstream pool: on, up to {pool.max_idle} idle backends per target and level, "
+        f"idle for {fmt(timedelta(seconds=pool.idle_timeout))}, "
+        f"at most {fmt(timedelta(seconds=pool.max_lifetime))} old"
+    )
 
 
 def _size(count: int) -> str:

@@ -59,7 +59,25 @@ def test_the_example_config_passes_with_a_summary() -> None:
     assert result.returncode == EXIT_OK, result.stderr
     assert "proxy: listening on 127.0.0.1:6432, no client TLS, login timeout 10s" in result.stdout
     assert "messages up to 64 MiB" in result.stdout
+    assert "upstream pool: off (every session logs in to the database anew)" in result.stdout
     assert "PGWARDEN_AUDIT_HMAC_KEY" not in result.stderr  # set: no warning
+
+
+def test_the_config_summary_describes_an_enabled_upstream_pool(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "pgwarden.yaml"
+    path.write_text(
+        "paths: {policy: p.yaml, state: s.db, audit_log: a.log}\n"
+        "audit: {hmac_key_env: PGWARDEN_TEST_UNSET_KEY}\n"
+        "upstream_pool: {enabled: true, max_idle: 3, idle_timeout: 90s}\n",
+        encoding="utf-8",
+    )
+    assert main(["config", "check", str(path)]) == EXIT_OK
+    assert (
+        "upstream pool: on, up to 3 idle backends per target and level, idle for 1m30s, "
+        "at most 30m old" in capsys.readouterr().out
+    )
 
 
 def test_version() -> None:
