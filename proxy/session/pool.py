@@ -43,6 +43,7 @@ from proxy.session.peer import Peer
 from proxy.session.upstream import StartupParameters, UpstreamConnection, UpstreamLogin
 from proxy.session.upstream_auth import (
     LoginFailure,
+    LoginRefused,
     MessageStream,
     UpstreamError,
     refusal,
@@ -57,7 +58,9 @@ from proxy.wire import (
     Parse,
     Query,
     ReadyForQuery,
+    RemoteProtocolError,
     Sync,
+    Terminate,
     TransactionStatus,
 )
 
@@ -74,6 +77,8 @@ _RESET_ANSWER = tuple(b"C")
 _RESET_TAG = b"DISCARD ALL\0"
 
 Connect = Callable[[UpstreamLogin], Awaitable[UpstreamConnection]]
+# What a reset can end with (PeerClosed is an OSError): the backend is then not kept.
+_RESET_FAILURES = (LoginRefused, LoginFailure, RemoteProtocolError, OSError, TimeoutError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,9 +131,11 @@ class UpstreamPool:
         while (idle := self._take(key)) is not None:
             try:
                 conn = await _apply(idle.conn, login, timeout)
-            except UpstreamError:
-                idle.conn.peer.abort()  # its answer was wrong: a new login will say why
-                continue
+            except UpstreamError as exc:
+                idle.conn.peer.abort()
+                if exc.refused:  # the database refused the client's setting: any backend would
+                    raise
+                continue  # this backend answered wrongly: try another, or a new login
             self._in_use[conn.peer] = (key, idle.born)
             self.reused += 1
             return conn
@@ -157,8 +164,8 @@ class UpstreamPool:
             return False
         try:
             reset = await _reset(conn)
-        except (UpstreamError, LoginFailure, OSError, TimeoutError) as exc:
-            log.info("backend %d not kept: %s", conn.backend_key.process_id, exc)
+        except _RESET_FAILURES as exc:
+            log.info("backend %d not kept: %r", conn.backend_key.process_id, exc)
             return False
         self._idle.setdefault(key, deque()).append(_Idle(reset, born, now))
         return True
@@ -167,14 +174,13 @@ class UpstreamPool:
         """End idle backends past their idle time or lifetime, or closed by the server."""
         now, settings = self._monotonic(), self.settings
         for key, idle in list(self._idle.items()):
-            keep = deque(
-                entry for entry in idle
-                if now - entry.since < settings.idle_timeout
-                and now - entry.born < settings.max_lifetime
-                and _usable(entry.conn)
-            )  # fmt: skip
+            keep: deque[_Idle] = deque()
             for entry in idle:
-                if entry not in keep:
+                fresh = now - entry.since < settings.idle_timeout
+                young = now - entry.born < settings.max_lifetime
+                if fresh and young and _usable(entry.conn):
+                    keep.append(entry)
+                else:
                     _end(entry.conn)
             if keep:
                 self._idle[key] = keep
@@ -205,7 +211,7 @@ def _usable(conn: UpstreamConnection) -> bool:
 
 
 def _end(conn: UpstreamConnection) -> None:
-    conn.peer.write(b"X\0\0\0\4")  # Terminate: the backend exits at once
+    conn.peer.write(Terminate().encode())  # the backend exits at once
     conn.peer.close()
 
 
