@@ -40,7 +40,12 @@ from dataclasses import dataclass, replace
 from proxy.config import PoolSettings
 from proxy.policy.models import UpstreamTlsMode
 from proxy.session.peer import Peer
-from proxy.session.upstream import StartupParameters, UpstreamConnection, UpstreamLogin
+from proxy.session.upstream import (
+    StartupParameters,
+    UpstreamConnection,
+    UpstreamLogin,
+    allowed_startup_parameters,
+)
 from proxy.session.upstream_auth import (
     LoginFailure,
     LoginRefused,
@@ -101,8 +106,16 @@ class PoolKey:
 @dataclass(slots=True)
 class _Idle:
     conn: UpstreamConnection
+    neutral: dict[str, str]  # the settings its neutral login reported: what a reset returns to
     born: float  # monotonic time of its login
     since: float  # monotonic time it became idle
+
+
+@dataclass(frozen=True, slots=True)
+class _InUse:
+    key: PoolKey
+    neutral: dict[str, str]
+    born: float
 
 
 class UpstreamPool:
@@ -112,10 +125,8 @@ class UpstreamPool:
         self.settings = settings
         self._monotonic = monotonic
         self._idle: dict[PoolKey, deque[_Idle]] = {}
-        # Backends in use → their key and login time; an entry goes with its connection.
-        self._in_use: weakref.WeakKeyDictionary[Peer, tuple[PoolKey, float]] = (
-            weakref.WeakKeyDictionary()
-        )
+        # Backends in use, by connection; an entry goes away with its connection.
+        self._in_use: weakref.WeakKeyDictionary[Peer, _InUse] = weakref.WeakKeyDictionary()
         self.reused = 0  # sessions served by a kept backend
 
     @property
@@ -126,48 +137,53 @@ class UpstreamPool:
         self, login: UpstreamLogin, connect: Connect, *, timeout: float
     ) -> UpstreamConnection:
         """A backend for `login`: a kept one if one is usable, else a new neutral login; then
-        the client's settings. Raises UpstreamError as `connect_upstream` does."""
+        the client's settings. Raises UpstreamError as `connect_upstream` does.
+
+        At most one kept backend is tried: if it fails, a new login decides (a setting the
+        database refuses is then refused with its reason, and costs the pool one backend)."""
         key = PoolKey.of(login)
-        while (idle := self._take(key)) is not None:
+        if (idle := self._take(key)) is not None:
             try:
                 conn = await _apply(idle.conn, login, timeout)
-            except UpstreamError as exc:
+            except BaseException as exc:
                 idle.conn.peer.abort()
-                if exc.refused:  # the database refused the client's setting: any backend would
-                    raise
-                continue  # this backend answered wrongly: try another, or a new login
-            self._in_use[conn.peer] = (key, idle.born)
-            self.reused += 1
-            return conn
+                if not isinstance(exc, UpstreamError):
+                    raise  # cancelled: the caller is going away
+            else:
+                self._in_use[conn.peer] = _InUse(key, idle.neutral, idle.born)
+                self.reused += 1
+                return conn
         neutral = (("application_name", NEUTRAL_APPLICATION_NAME),)
         fresh = await connect(replace(login, startup_parameters=neutral))
         born = self._monotonic()
         try:
             conn = await _apply(fresh, login, timeout)
-        except UpstreamError:
+        except BaseException:
             fresh.peer.abort()
             raise
-        self._in_use[conn.peer] = (key, born)
+        self._in_use[conn.peer] = _InUse(key, fresh.parameters, born)
         return conn
 
     async def give_back(self, conn: UpstreamConnection) -> bool:
         """Reset the backend of an ended session and keep it; False if it was ended instead
         (the caller then closes it). The caller has checked that the session ended cleanly."""
-        key, born = self._in_use.pop(conn.peer, (None, 0.0))
+        use = self._in_use.pop(conn.peer, None)
         now = self._monotonic()
         if (
-            key is None
+            use is None
             or not self.settings.enabled
-            or now - born >= self.settings.max_lifetime
-            or len(self._idle.get(key, ())) >= self.settings.max_idle
+            or now - use.born >= self.settings.max_lifetime
+            or len(self._idle.get(use.key, ())) >= self.settings.max_idle
         ):
             return False
         try:
-            reset = await _reset(conn)
+            statuses = await _reset(conn)
         except _RESET_FAILURES as exc:
             log.info("backend %d not kept: %r", conn.backend_key.process_id, exc)
             return False
-        self._idle.setdefault(key, deque()).append(_Idle(reset, born, now))
+        # Back to the neutral login's settings, whatever the server chose to report.
+        reset = _with_statuses(conn, {**use.neutral, **statuses}, b"")
+        self._idle.setdefault(use.key, deque()).append(_Idle(reset, use.neutral, use.born, now))
         return True
 
     def prune(self) -> None:
@@ -219,34 +235,35 @@ async def _apply(
     conn: UpstreamConnection, login: UpstreamLogin, timeout: float
 ) -> UpstreamConnection:
     """Apply the client's settings with set_config; the greeting then reports them."""
-    parameters = login.startup_parameters
+    parameters = allowed_startup_parameters(login.startup_parameters)  # filtered again (row 22)
     calls = ", ".join(
         f"pg_catalog.set_config(${2 * i + 1}, ${2 * i + 2}, false)" for i in range(len(parameters))
     )
     values = tuple(part.encode("utf-8") for pair in parameters for part in pair)
     request = [Parse("", f"SELECT {calls}").encode(), Bind("", "", (), values).encode(),
                Execute("").encode(), Sync().encode()]  # fmt: skip
-    stream = MessageStream(conn.peer)
+    stream = MessageStream(conn.peer, conn.pending)
+    statuses: dict[str, str] = {}
     try:
         async with asyncio.timeout(timeout):
             if parameters:
                 stream.send(b"".join(request))
                 statuses = await _answer(stream, _SET_CONFIG_ANSWER)
-            else:
-                statuses = {}
     except Exception as exc:
         raise upstream_error(exc, login.display_name, login.role, timeout) from exc
-    return _with_statuses(conn, statuses, stream.take_unconsumed())
+    return _with_statuses(conn, {**conn.parameters, **statuses}, stream.take_unconsumed())
 
 
-async def _reset(conn: UpstreamConnection) -> UpstreamConnection:
+async def _reset(conn: UpstreamConnection) -> dict[str, str]:
+    """DISCARD ALL; the settings the server reported changing. Raises if the answer is not
+    exactly as expected or more follows it."""
     stream = MessageStream(conn.peer)
     async with asyncio.timeout(RESET_TIMEOUT):
         stream.send(Query("DISCARD ALL").encode())
         statuses = await _answer(stream, _RESET_ANSWER, tag=_RESET_TAG)
     if stream.take_unconsumed():
         raise LoginFailure("the server sent more after DISCARD ALL")
-    return _with_statuses(conn, statuses, b"")
+    return statuses
 
 
 async def _answer(
@@ -284,11 +301,10 @@ def _checked(
 
 
 def _with_statuses(
-    conn: UpstreamConnection, statuses: dict[str, str], pending: bytes
+    conn: UpstreamConnection, parameters: dict[str, str], pending: bytes
 ) -> UpstreamConnection:
-    """The connection with its greeting updated by the reported settings (ParameterStatus only;
-    notices from the original login are not repeated)."""
-    parameters = {**conn.parameters, **statuses}
+    """The connection with a greeting of these settings (ParameterStatus only; notices from the
+    original login are not repeated)."""
     reports = [_report(name, value) for name, value in parameters.items()]
     messages = tuple(message for message, _ in reports)
     greeting = tuple(frame for _, frame in reports)

@@ -185,9 +185,11 @@ def unexpected(message: BackendMessage, during: str) -> LoginFailure:
 class MessageStream:
     """The upstream's messages during login, each size-checked before its body is buffered."""
 
-    def __init__(self, peer: Peer) -> None:
+    def __init__(self, peer: Peer, received: bytes = b"") -> None:
+        """`received`: bytes of this stream already taken from the peer (read first)."""
         self._peer = peer
         self._reader = MessageReader(MAX_PREAUTH_MESSAGE_LENGTH)
+        self._reader.feed(received)
         self.consumed = 0  # bytes of whole messages returned so far
 
     async def receive(self) -> BackendMessage:
