@@ -194,7 +194,8 @@ class SessionAuditor(SessionObserver):
         try:
             return self._audit.append_many(events)
         except AuditUnavailable as exc:
-            log.error("audit records lost: %s", ", ".join(e.kind for e in events[:10]))
+            kinds = ", ".join(event.kind for event in events[:10])
+            log.error("audit records not written (%s): %s", exc.detail or exc.message, kinds)
             raise exc from None
 
     def long_session(self, session: Session, threshold: float) -> None:
