@@ -74,6 +74,7 @@ class Runtime:
     redact: SecretsToRedact = field(init=False)
     api: ApiServer = field(init=False)  # api.context.readiness_checks: the /readyz hook
     auditor: SessionAuditor = field(init=False)
+    pool: UpstreamPool | None = field(init=False, default=None)  # upstream_pool, when enabled
     _audit_errors_seen: int = field(init=False, default=0)
     _reuses_seen: int = field(init=False, default=0)
     _tasks: list[asyncio.Task[None]] = field(init=False, default_factory=list)
