@@ -181,9 +181,12 @@ class UpstreamPool:
         except _RESET_FAILURES as exc:
             log.info("backend %d not kept: %r", conn.backend_key.process_id, exc)
             return False
+        idle = self._idle.setdefault(use.key, deque())
+        if len(idle) >= self.settings.max_idle:  # others were given back during the reset
+            return False
         # Back to the neutral login's settings, whatever the server chose to report.
         reset = _with_statuses(conn, {**use.neutral, **statuses}, b"")
-        self._idle.setdefault(use.key, deque()).append(_Idle(reset, use.neutral, use.born, now))
+        idle.append(_Idle(reset, use.neutral, use.born, now))
         return True
 
     def prune(self) -> None:

@@ -351,6 +351,18 @@ def test_correct_reset_answer_is_kept(answer: list[Step]) -> None:
 TERMINATED: list[Step] = [Expect(b"X")]  # a script ending so fails if anything but Terminate comes
 
 
+def test_max_idle_holds_when_two_resets_run_at_once() -> None:
+    async def main() -> None:
+        async with harness([*APPLIED, *RESET], [*APPLIED, *RESET], max_idle=1) as h:
+            first, second = await h.checkout(), await h.checkout()
+            kept = await asyncio.gather(h.pool.give_back(first), h.pool.give_back(second))
+            assert sorted(kept) == [False, True]
+            assert h.pool.idle_count == 1
+            hang_up(second if kept[0] else first)
+
+    run(main())
+
+
 def test_max_idle_ends_the_extra_backend_without_a_reset() -> None:
     async def main() -> None:
         async with harness([*APPLIED, *RESET], [*APPLIED, *TERMINATED], max_idle=1) as h:
