@@ -114,7 +114,7 @@ class SessionAuditor(SessionObserver):
     def login_failed(
         self, user: str, target: str, source: str, reason: LoginFailure, detail: str
     ) -> None:
-        self._quietly(LoginFailed(user, target, source, reason.value, detail))
+        self._quietly([LoginFailed(user, target, source, reason.value, detail)])
 
     def session_started(self, session: Session) -> Future[None] | None:
         ticket = self._audit.append(SessionStarted.of(session.info))  # raises: fail closed
@@ -201,13 +201,11 @@ class SessionAuditor(SessionObserver):
     def long_session(self, session: Session, threshold: float) -> None:
         info = session.info
         open_for = timedelta(seconds=session.monotonic() - session.started)
-        self._quietly(LongSession(info.session_id, info.user, info.target, open_for,
-                                  timedelta(seconds=threshold)))  # fmt: skip
+        self._quietly([LongSession(info.session_id, info.user, info.target, open_for,
+                                   timedelta(seconds=threshold))])  # fmt: skip
 
-    def _quietly(self, events: AuditEvent | list[AuditEvent]) -> None:
+    def _quietly(self, events: list[AuditEvent]) -> None:
         """Records of what already happened: a failure is logged (and counted by the sink)."""
-        if isinstance(events, AuditEvent):
-            events = [events]
         if events:
             with contextlib.suppress(AuditUnavailable):  # _write has logged it
                 self._write(events)

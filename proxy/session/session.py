@@ -125,7 +125,6 @@ class Session:
     warnings_sent: set[float] = field(default_factory=set)  # offsets (s) already announced
     reported_long: bool = False
     cancel_sent: bool = False  # a CancelRequest went upstream: the backend is never reused
-    upstream_kept: bool = False  # the pool kept the backend: the session must not close it
     relay: Relay = field(init=False)
     _readers: list[SessionObserver] = field(init=False, default_factory=list)  # client messages
     _listeners: list[SessionObserver] = field(init=False, default_factory=list)  # upstream
@@ -201,13 +200,14 @@ class Session:
         self._finishing = asyncio.get_running_loop().create_task(self._finish(ending, drained))
 
     async def _finish(self, ending: Ending, drained: asyncio.Future[bool]) -> None:
+        kept = False  # by the pool: then the backend is no longer this session's to close
         try:
             await self._tell_client(ending, drained)
-            await self._end_upstream(ending)
+            kept = await self._end_upstream(ending)
         finally:
             self.relay.stop()
             self.client.close()
-            if not self.upstream_kept:
+            if not kept:
                 self.upstream.abort()
             self._announce(ending)
 
@@ -224,15 +224,16 @@ class Session:
         self.relay.stop()
         self.client.close()
 
-    async def _end_upstream(self, ending: Ending) -> None:
+    async def _end_upstream(self, ending: Ending) -> bool:
+        """End the backend, or give it to the pool: True if the pool kept it."""
         if self.upstream.is_closed:
-            return
+            return False
         if await self._give_back(ending):
-            return
+            return True
         self.upstream.write(Terminate().encode())
         try:
             await asyncio.wait_for(self.upstream.wait_closed(), UPSTREAM_EXIT_GRACE)
-            return
+            return False
         except TimeoutError:
             self.upstream.abort()
         if ending.reason.enforces_access:
@@ -242,6 +243,7 @@ class Session:
                 "session %s: backend %d did not exit within %.1f s of Terminate",
                 self.session_id, self.info.backend_process_id, UPSTREAM_EXIT_GRACE,
             )  # fmt: skip
+        return False
 
     async def _give_back(self, ending: Ending) -> bool:
         """Let the pool keep the backend, if the client left it idle and it is clean."""
@@ -250,8 +252,7 @@ class Session:
             return False
         if not self.relay.clean_exit or self.cancel_sent:
             return False
-        self.upstream_kept = await offer()
-        return self.upstream_kept
+        return await offer()
 
     def _announce(self, ending: Ending) -> None:
         log.info(

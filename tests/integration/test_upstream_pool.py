@@ -19,6 +19,7 @@ import psycopg
 import pytest
 
 from proxy.policy.requests import IssuedCredential
+from tests.fixtures.clients import wait_until
 from tests.fixtures.clock import FakeClock
 from tests.fixtures.pgwarden import PgwardenDeployment, RunningPgwarden, running_pgwarden
 from tests.fixtures.postgres import PostgresServer
@@ -64,16 +65,20 @@ def connect(
 
 
 def one(conn: psycopg.Connection[tuple[object, ...]], query: str) -> object:
-    row = conn.execute(query).fetchone()  # type: ignore[arg-type]
+    row = conn.execute(query).fetchone()
     assert row is not None
     return row[0]
 
 
-def backend_pid(warden: RunningPgwarden, credential: IssuedCredential) -> int:
-    with connect(warden, credential) as conn:
-        pid = one(conn, "SELECT pg_backend_pid()")
+def pid_of(conn: psycopg.Connection[tuple[object, ...]]) -> int:
+    pid = one(conn, "SELECT pg_backend_pid()")
     assert isinstance(pid, int)
     return pid
+
+
+def backend_pid(warden: RunningPgwarden, credential: IssuedCredential) -> int:
+    with connect(warden, credential) as conn:
+        return pid_of(conn)
 
 
 def first_error(conn: psycopg.Connection[tuple[object, ...]]) -> str:
@@ -92,15 +97,7 @@ def backend_alive(postgres: PostgresServer, pid: int) -> bool:
     with postgres.connect() as conn:
         row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (pid,))
         result = row.fetchone()
-    return result is not None and result[0] > 0
-
-
-def wait_until(condition: Callable[[], bool]) -> None:
-    start = time.monotonic()
-    while not condition():
-        if time.monotonic() - start > BOUND:
-            raise AssertionError(f"not within {BOUND} s")
-        time.sleep(0.02)
+    return bool(result and result[0])
 
 
 def test_next_session_reuses_the_backend_with_nothing_left_of_the_last(
@@ -109,7 +106,7 @@ def test_next_session_reuses_the_backend_with_nothing_left_of_the_last(
 ) -> None:
     alice = grant("alice")
     with connect(pooled, alice) as conn:
-        first = one(conn, "SELECT pg_backend_pid()")
+        first = pid_of(conn)
         for statement in (
             "SET work_mem = '77MB'",
             "CREATE TEMP TABLE alice_scratch (x int)",
@@ -121,7 +118,7 @@ def test_next_session_reuses_the_backend_with_nothing_left_of_the_last(
             "DECLARE alice_cursor CURSOR WITH HOLD FOR SELECT 1",
             "COMMIT",
         ):
-            conn.execute(statement)  # type: ignore[arg-type]
+            conn.execute(statement)
     bob = grant("bob")
     with connect(pooled, bob, application_name="bobapp", client_encoding="LATIN1") as conn:
         assert one(conn, "SELECT pg_backend_pid()") == first
@@ -143,7 +140,7 @@ def test_next_session_reuses_the_backend_with_nothing_left_of_the_last(
         )
     registry = pooled.runtime.metrics_registry
     reuses = "pgwarden_upstream_pool_reuses_total"
-    wait_until(lambda: (registry.get_sample_value(reuses) or 0) >= 1)  # housekeeping: each 1 s
+    wait_until(lambda: (registry.get_sample_value(reuses) or 0) >= 1, BOUND, "the reuse counted")
     assert registry.get_sample_value("pgwarden_upstream_pool_idle") == 1
 
 
@@ -153,7 +150,7 @@ def test_client_settings_of_one_session_do_not_reach_the_next(
     alice = grant("alice")
     monkeypatch.setenv("PGDATESTYLE", "SQL, DMY")  # libpq sends it as a startup parameter
     with connect(pooled, alice) as conn:
-        first = one(conn, "SELECT pg_backend_pid()")
+        first = pid_of(conn)
         assert one(conn, "SHOW DateStyle") == "SQL, DMY"
     monkeypatch.delenv("PGDATESTYLE")
     with connect(pooled, alice) as conn:
@@ -166,10 +163,10 @@ def test_a_backend_left_in_a_transaction_is_ended(
 ) -> None:
     alice = grant("alice")
     conn = connect(pooled, alice)
-    first = one(conn, "SELECT pg_backend_pid()")
+    first = pid_of(conn)
     conn.execute("BEGIN")
     conn.close()  # Terminate inside the transaction
-    wait_until(lambda: not backend_alive(postgres, first))  # type: ignore[arg-type]
+    wait_until(lambda: not backend_alive(postgres, first), BOUND, "the backend gone")
     assert backend_pid(pooled, alice) != first
 
 
@@ -178,14 +175,13 @@ def test_a_backend_that_was_sent_a_cancel_is_never_reused(
 ) -> None:
     alice = grant("alice")
     with connect(pooled, alice) as conn:
-        first = one(conn, "SELECT pg_backend_pid()")
-        assert isinstance(first, int)
+        first = pid_of(conn)
         running = threading.Thread(target=cancel_when_sleeping, args=(conn, postgres, first))
         running.start()
         with pytest.raises(psycopg.errors.QueryCanceled):
             conn.execute("SELECT pg_sleep(30)")
         running.join()
-    wait_until(lambda: not backend_alive(postgres, first))
+    wait_until(lambda: not backend_alive(postgres, first), BOUND, "the backend gone")
     assert backend_pid(pooled, alice) != first
 
 
@@ -198,7 +194,7 @@ def cancel_when_sleeping(
             state = row.fetchone()
         return state is not None and state[0] == "active"
 
-    wait_until(sleeping)
+    wait_until(sleeping, BOUND, "the query running")
     conn.cancel_safe(timeout=BOUND)
 
 
@@ -210,11 +206,11 @@ def test_an_expired_session_s_backend_is_ended_not_kept(
 ) -> None:
     alice = grant("alice", timedelta(minutes=5))
     conn = connect(pooled, alice)
-    first = one(conn, "SELECT pg_backend_pid()")
+    first = pid_of(conn)
     pool_clock.advance(timedelta(minutes=6))
     assert "expired" in first_error(conn)
     conn.close()
-    wait_until(lambda: not backend_alive(postgres, first))  # type: ignore[arg-type]
+    wait_until(lambda: not backend_alive(postgres, first), BOUND, "the backend gone")
     later = grant("alice")
     assert backend_pid(pooled, later) != first
 
@@ -229,7 +225,7 @@ def test_idle_backends_are_ended_after_the_idle_timeout(
     kept = backend_pid(pooled, alice)
     assert backend_alive(postgres, kept)  # idle in the pool
     pool_clock.advance(timedelta(seconds=61))  # the housekeeping (each second) prunes it
-    wait_until(lambda: not backend_alive(postgres, kept))
+    wait_until(lambda: not backend_alive(postgres, kept), BOUND, "the backend gone")
     assert backend_pid(pooled, alice) != kept
 
 
