@@ -77,12 +77,17 @@ def measure(case: Case, endpoint: Endpoint, rep: int, duration: int) -> Measurem
 
 
 def cpu_seconds(pid: int | None) -> float | None:
-    """utime + stime of a live process, in seconds; None without a process (or once it is gone)."""
+    """utime + stime of a live process and its live children (pgwarden's worker processes), in
+    seconds; None without a process (or once it is gone)."""
     fields = _stat(pid)
-    if fields is None or fields[0] == "Z":
+    if pid is None or fields is None or fields[0] == "Z":
         return None
-    utime, stime = int(fields[11]), int(fields[12])  # fields 14 and 15 of proc(5)
-    return (utime + stime) / CLOCK_TICKS
+    total = int(fields[11]) + int(fields[12])  # fields 14 and 15 of proc(5)
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        child = _stat(int(stat.parent.name))
+        if child is not None and child[1] == str(pid) and child[0] != "Z":  # field 4: ppid
+            total += int(child[11]) + int(child[12])
+    return total / CLOCK_TICKS
 
 
 def process_alive(pid: int) -> bool:

@@ -188,7 +188,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = summarize(cases(plan), got.paths, got.results)
     audit = (
         "pgwarden-noaudit = no per-query records; "
-        "pgwarden-pool = upstream_pool on (new-connection case only)"
+        "pgwarden-pool = upstream_pool on (new-connection case only); "
+        "-w2 = two worker processes (proxy.workers: 2; CPU counts both)"
     )
     record: dict[str, Any] = {
         "plan": plan.__dict__, "machine": got.machine, "other_cpu_load": busy, "audit": audit,

@@ -57,6 +57,7 @@ PGBOUNCER_OS_USER = "postgres"  # pgbouncer refuses to run as root
 PGWARDEN_CONFIG = """\
 proxy:
   listen: {host}:{port}
+  workers: {workers}
 api:
   listen: {host}:0
 paths:
@@ -84,19 +85,26 @@ class Variant:
     audit_extra: str = ""
     sections: str = ""
     cases: tuple[str, ...] = ()
+    workers: int = 1
 
 
 # "pgwarden" runs with the default settings (every query recorded, no upstream pool);
 # "pgwarden-noaudit" records sessions only; "pgwarden-pool" keeps upstream backends between
 # sessions (`upstream_pool`, off by default), which only changes connection setup, so it runs
-# only the new-connection-per-transaction case.
+# only the new-connection-per-transaction case. The "-w2" paths run two worker processes
+# (`proxy.workers: 2`) on the cases where one event loop is the limit.
 AUDIT_OFF_PATH = "pgwarden-noaudit"
 POOL_PATH = "pgwarden-pool"
+SCALING_CASES = ("-S -c8", "-S -c32", "-S -M prepared -c8")
 VARIANTS = {
     "pgwarden": Variant(),
     AUDIT_OFF_PATH: Variant(audit_extra="  record_queries: false"),
     POOL_PATH: Variant(
         sections="upstream_pool:\n  enabled: true\n  max_idle: 16", cases=("-S -C -c8",)
+    ),
+    "pgwarden-w2": Variant(workers=2, cases=SCALING_CASES),
+    "pgwarden-noaudit-w2": Variant(
+        audit_extra="  record_queries: false", workers=2, cases=SCALING_CASES
     ),
 }
 
@@ -203,7 +211,11 @@ def running_pgwarden(
     port = free_loopback_port()
     config.write_text(
         PGWARDEN_CONFIG.format(
-            host=HOST, port=port, audit_extra=variant.audit_extra, sections=variant.sections
+            host=HOST,
+            port=port,
+            audit_extra=variant.audit_extra,
+            sections=variant.sections,
+            workers=variant.workers,
         )
     )
     log = directory / "pgwarden.log"

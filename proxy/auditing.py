@@ -74,8 +74,13 @@ class SecretsToRedact:
         self._snapshot: tuple[str, ...] = ()
 
     def remember(self, credential: IssuedCredential, now: datetime) -> None:
+        self.remember_password(credential.password, credential.expires_at, now)
+
+    def remember_password(self, password: str, expires_at: datetime, now: datetime) -> None:
+        if expires_at.tzinfo is None:  # refused before it is stored: it would break every prune
+            raise ValueError("a secret's expiry needs its UTC offset")
         with self._lock:
-            self._secrets[credential.password] = credential.expires_at
+            self._secrets[password] = expires_at
             for secret, expires in list(self._secrets.items()):
                 if expires <= now or len(self._secrets) > MAX_REMEMBERED_SECRETS:
                     del self._secrets[secret]
@@ -83,6 +88,11 @@ class SecretsToRedact:
 
     def __call__(self) -> Iterable[str]:
         return self._snapshot
+
+    def entries(self) -> list[tuple[str, datetime]]:
+        """(password, expires at) of every remembered secret (handed to a starting worker)."""
+        with self._lock:
+            return list(self._secrets.items())
 
 
 class SessionAuditor(SessionObserver):

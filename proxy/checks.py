@@ -216,7 +216,8 @@ def describe_config(config: ServerConfig) -> list[str]:
     tls = f"client TLS from {proxy.tls.cert_file}" if proxy.tls else "no client TLS"
     return [
         f"{config.source}: valid server config",
-        f"proxy: listening on {proxy.listen}, {tls}, login timeout {fmt(proxy.login_timeout)}",
+        f"proxy: listening on {proxy.listen}{_workers(proxy.workers)}, {tls}, "
+        f"login timeout {fmt(proxy.login_timeout)}",
         f"api: listening on {config.api.listen}",
         f"policy: {config.paths.policy}",
         f"state: {config.paths.state}",
@@ -232,6 +233,12 @@ def describe_config(config: ServerConfig) -> list[str]:
         f"shutdown grace {fmt(sessions.shutdown_grace)}",
         _pool(config.upstream_pool),
     ]
+
+
+def _workers(count: int) -> str:
+    if count == 1:
+        return ""
+    return f" with {count} worker processes (limits below are split between them)"
 
 
 def _pool(pool: PoolSettings) -> str:

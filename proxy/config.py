@@ -44,6 +44,9 @@ DEFAULT_WARN_BEFORE = (timedelta(minutes=5), timedelta(minutes=1))
 MAX_WARNINGS = 10
 # Sessions open longer than this are flagged (metric and audit) even inside a longer grant.
 DEFAULT_LONG_SESSION_THRESHOLD = timedelta(hours=8)
+# Worker processes sharing the Postgres port (SO_REUSEPORT). The cancel key carries the worker's
+# index in its low bits (proxy/session/registry.py), which caps the count.
+MAX_WORKERS = 64
 MAX_POOL_IDLE = 1000  # idle upstream backends kept per role (each is a Postgres process)
 # Failed-login throttling: a token bucket per user name and per source address (proxy/throttle.py).
 DEFAULT_THROTTLE_PER_USER = (10, timedelta(seconds=6))  # burst 10, one more every 6 s
@@ -82,6 +85,7 @@ class ProxySettings:
     listen: ListenAddress
     tls: TlsFiles | None
     login_timeout: timedelta
+    workers: int = 1  # processes accepting on `listen` (proxy/session/workers.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,10 +262,11 @@ def _proxy(f: Fields, base_dir: Path | None) -> ProxySettings | None:
     login_timeout = f.duration(
         "login_timeout", default=DEFAULT_LOGIN_TIMEOUT, maximum=MAX_LOGIN_TIMEOUT
     )
+    workers = f.integer("workers", default=1, low=1, high=MAX_WORKERS)
     f.finish()
-    if listen is None or login_timeout is None or (tls_fields and tls is None):
+    if listen is None or login_timeout is None or workers is None or (tls_fields and tls is None):
         return None
-    return ProxySettings(listen, tls, login_timeout)
+    return ProxySettings(listen, tls, login_timeout, workers)
 
 
 def _tls(f: Fields, base_dir: Path | None) -> TlsFiles | None:

@@ -21,10 +21,11 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, ProcessCollector
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 
 from proxy.api.server import ApiServer, api_server
 from proxy.audit import AuditLog
+from proxy.audit.records import worker_audit_path
 from proxy.audit.redact import Redactor
 from proxy.auditing import (
     LifecycleAuditor,
@@ -46,10 +47,15 @@ from proxy.policy.store import SqliteStore
 from proxy.session.admission import Admission, AdmissionLimits
 from proxy.session.context import ClientTls, ProxyContext
 from proxy.session.pool import UpstreamPool
+from proxy.session.primary_link import PrimaryLink
+from proxy.session.registry import SessionRegistry
 from proxy.session.server import ProxyServer
 from proxy.session.session import Session
 from proxy.session.tls import server_channel_binding, server_ssl_context
+from proxy.session.workers import WorkerSet
 from proxy.throttle import LoginThrottle, ThrottleRule
+from proxy.worker_runtime import link_to_primary, start_workers, worker_config
+from proxy.workers import share_limits
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +68,8 @@ class Runtime:
 
     config: ServerConfig
     clock: Clock = SYSTEM_CLOCK
+    worker: int = 0  # 0: the primary (API, sweep, other workers); k > 0: a worker process
+    config_path: Path | None = None  # what worker processes are started with
     policy: PolicyHolder = field(init=False)
     store: SqliteStore = field(init=False)
     grants: GrantService = field(init=False)
@@ -75,6 +83,8 @@ class Runtime:
     api: ApiServer = field(init=False)  # api.context.readiness_checks: the /readyz hook
     auditor: SessionAuditor = field(init=False)
     pool: UpstreamPool | None = field(init=False, default=None)  # upstream_pool, when enabled
+    workers: WorkerSet | None = field(init=False, default=None)  # the primary's, when workers > 1
+    link: PrimaryLink | None = field(init=False, default=None)  # a worker's channel to the primary
     _audit_errors_seen: int = field(init=False, default=0)
     _reuses_seen: int = field(init=False, default=0)
     _tasks: list[asyncio.Task[None]] = field(init=False, default_factory=list)
@@ -88,13 +98,12 @@ class Runtime:
         self.pool = UpstreamPool(pool, self.clock.monotonic) if pool.enabled else None
         self.policy = PolicyHolder.open(self.config.paths.policy, on_reload=self._policy_reloaded)
         self.redact = SecretsToRedact()
-        self.audit = open_audit_log(
-            self.config.audit, self.config.paths.audit_log, self.clock, self.redact
-        )
+        audit_path = worker_audit_path(self.config.paths.audit_log, self.worker)
+        self.audit = open_audit_log(self.config.audit, audit_path, self.clock, self.redact)
         self.store = SqliteStore(self.config.paths.state)
         self.grants = GrantService(self.store, self.clock, lambda: self.policy.current)
         self._audit_lifecycle()
-        ctx = build_context(self.config, self.policy, self.grants, self.clock)
+        ctx = build_context(self.config, self.policy, self.grants, self.clock, self.worker)
         ctx.upstream_pool = self.pool
         self.auditor = SessionAuditor(
             self.audit, Redactor(self.redact), query_limits(self.config.audit),
@@ -104,7 +113,9 @@ class Runtime:
         ctx.observers.extend(
             [self.auditor, MetricsObserver(self.metrics, lambda: self.policy.current)]
         )
-        self.server = ProxyServer(ctx, self.config.proxy.listen.host, self.config.proxy.listen.port)
+        listen = self.config.proxy.listen
+        many = self.config.proxy.workers > 1
+        self.server = ProxyServer(ctx, listen.host, listen.port, reuse_port=many)
         sessions = self.config.sessions
         self.enforcer = Enforcer(
             ctx.registry, self.grants, lambda: self.policy.current, self.clock,
@@ -124,6 +135,12 @@ class Runtime:
         self.api.context.readiness_checks.append(
             lambda: None if self.audit.healthy else "the audit log cannot be written"
         )
+
+    def reload_policy(self) -> None:
+        """SIGHUP: re-read the policy here and in every worker."""
+        self.policy.reload()
+        if self.workers is not None:
+            self.workers.broadcast("reload")
 
     def _policy_reloaded(self, result: ReloadResult) -> None:
         self.metrics.policy_reloads.labels(result.outcome.value).inc()
@@ -159,11 +176,28 @@ class Runtime:
         )
 
     async def start(self) -> None:
-        await self.server.start()
-        self.notifier.bind(asyncio.get_running_loop())
-        await self.api.start()
         loop = asyncio.get_running_loop()
+        if self.worker == 0:
+            await self.server.start()
+            self.notifier.bind(loop)
+            await self.api.start()
+            if self.config.proxy.workers > 1:
+                await self._start_workers()
+        else:
+            await self._join_primary()
         self._tasks = [loop.create_task(self._housekeep()), loop.create_task(self.enforcer.run())]
+
+    async def _start_workers(self) -> None:
+        if self.config_path is None:
+            raise PgwardenError("proxy.workers > 1 needs the config file's path to start workers")
+        self.workers = workers = start_workers(self, self.config_path, self.server.port)
+        await workers.start()
+
+    async def _join_primary(self) -> None:
+        """A worker: take the primary's secrets, then listen, then say so."""
+        assert self.link is not None, "a worker runtime needs link_to_primary() first"
+        await self.server.start()
+        self.link.notify("ready")
 
     async def stop(self) -> None:
         await self.api.stop()  # first: no API call may start work on a closing store
@@ -171,7 +205,13 @@ class Runtime:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await self.server.shutdown(self.config.sessions.shutdown_grace.total_seconds())
+        grace = self.config.sessions.shutdown_grace.total_seconds()
+        if self.workers is not None:
+            await asyncio.gather(self.workers.stop(grace), self.server.shutdown(grace))
+        else:
+            await self.server.shutdown(grace)
+        if self.link is not None:
+            self.link.close()
         if self.pool is not None:
             self.pool.clear()
         await self.notifier.close()
@@ -187,6 +227,10 @@ class Runtime:
                 self.policy.check_for_changes()
                 self._audit_health()
                 self._prune_pool()
+                if self.link is not None:  # a worker: the primary sweeps and counts
+                    text = generate_latest(self.metrics_registry).decode()
+                    self.link.notify("metrics", text=text)
+                    continue
                 # SQLite writes may wait for the file lock: keep them off the event loop.
                 await loop.run_in_executor(None, self.grants.sweep)
                 counts = await loop.run_in_executor(None, self._request_counts)
@@ -230,9 +274,9 @@ class Runtime:
 
 
 def build_context(
-    config: ServerConfig, policy: PolicyHolder, grants: GrantService, clock: Clock
+    config: ServerConfig, policy: PolicyHolder, grants: GrantService, clock: Clock, worker: int = 0
 ) -> ProxyContext:
-    limits = config.limits
+    limits = share_limits(config.limits, config.proxy.workers)
     return ProxyContext(
         policy=lambda: policy.current,
         grants=grants,
@@ -251,6 +295,7 @@ def build_context(
             )
         ),
         client_tls=_client_tls(config),
+        registry=SessionRegistry(worker),
         login_timeout=config.proxy.login_timeout.total_seconds(),
         max_client_message=limits.max_message_bytes,
     )
@@ -270,15 +315,34 @@ def _client_tls(config: ServerConfig) -> ClientTls | None:
     )
 
 
-async def serve(config: ServerConfig) -> None:
-    """Run until SIGTERM or SIGINT; SIGHUP reloads the policy."""
-    runtime = Runtime(config)
-    await runtime.start()
+@dataclass(frozen=True, slots=True)
+class WorkerArgs:
+    """How the primary started this process as worker `index` (hidden `serve` options)."""
+
+    index: int
+    channel_fd: int
+    port: int
+
+
+async def serve(
+    config: ServerConfig, config_path: Path | None = None, worker: WorkerArgs | None = None
+) -> None:
+    """Run until SIGTERM or SIGINT; SIGHUP reloads the policy (in every worker)."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+    if worker is None:
+        runtime = Runtime(config, config_path=config_path)
+    else:
+        runtime = Runtime(worker_config(config, worker.port), worker=worker.index)
+        await link_to_primary(runtime, worker.channel_fd, stop.set)
+    try:
+        await runtime.start()
+    except BaseException:
+        await runtime.stop()  # what did start (listener, API, workers) ends cleanly
+        raise
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, runtime.policy.reload)
+    loop.add_signal_handler(signal.SIGHUP, runtime.reload_policy)
     await stop.wait()
     log.info("stopping: ending sessions (grace %s)", config.sessions.shutdown_grace)
     await runtime.stop()
@@ -297,15 +361,22 @@ def run_event_loop(main: Coroutine[object, object, None]) -> None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, required=True, help="the server config file")
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    # Set by the primary when it starts worker processes (proxy.workers > 1); not for people.
+    parser.add_argument("--worker", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--channel-fd", type=int, default=-1, help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
 
 
 def run(args: argparse.Namespace) -> int:
+    who = f"[worker {args.worker}] " if args.worker else ""
     logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=args.log_level.upper(),
+        format=f"%(asctime)s %(levelname)s {who}%(name)s: %(message)s",
     )
+    worker = WorkerArgs(args.worker, args.channel_fd, args.port) if args.worker else None
     try:
         config = load_config(args.config)
-        run_event_loop(serve(config))
+        run_event_loop(serve(config, args.config, worker))
     except PgwardenError as exc:
         print(f"pgwarden: {exc}", file=sys.stderr)
         return 1

@@ -20,7 +20,7 @@ import functools
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import ParamSpec, TypeVar
+from typing import ParamSpec, Protocol, TypeVar
 
 from aiohttp import web
 from prometheus_client import REGISTRY, CollectorRegistry
@@ -32,7 +32,7 @@ from proxy.policy.lifecycle import GrantService
 from proxy.policy.models import Policy, UserName
 from proxy.policy.store import Store
 from proxy.session.registry import SessionRegistry
-from proxy.session.session import Session
+from proxy.session.session import Ending, Session, SessionInfo
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -42,6 +42,14 @@ ReadinessCheck = Callable[[], str | None]
 # four keep a burst of people responsive without taking more than a slice of the machine.
 API_THREADS = 4
 WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", ""})  # noqa: S104 - names them to avoid them
+
+
+class OtherWorkers(Protocol):
+    """The sessions of the other worker processes (proxy/session/workers.py WorkerSet)."""
+
+    async def sessions(self) -> list[SessionInfo]: ...
+    async def find(self, session_id: str) -> tuple[int, SessionInfo] | None: ...
+    async def end(self, worker: int, session_id: str, ending: Ending) -> bool: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +73,7 @@ class ApiContext:
     proxy: ProxyAddress
     readiness_checks: list[ReadinessCheck] = field(default_factory=list)
     metrics: CollectorRegistry = REGISTRY  # what /metrics serves
+    workers: OtherWorkers | None = None  # the other worker processes' sessions (proxy.workers)
     executor: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(API_THREADS, thread_name_prefix="pgwarden-api")
     )

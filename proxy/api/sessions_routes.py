@@ -1,9 +1,10 @@
 """`/api/v1/sessions...`: list the live sessions the caller may see, and end one.
 
-Sessions live in the proxy's registry on this event loop, so these handlers touch no store and
-run on the loop. Ending a session goes through its one exit (`Session.terminate`) with reason
-`killed`: the client is told why (FATAL 57P01), its backend is ended, and the listeners (audit,
-metrics) hear of it as of any other ending. The answer waits for the session to be gone, up to
+Sessions live in the proxy's registry on this event loop (and, with several worker processes, in
+theirs: `ApiContext.workers` asks them), so these handlers touch no store and run on the loop.
+Ending a session goes through its one exit (`Session.terminate`) with reason `killed`: the client
+is told why (FATAL 57P01), its backend is ended, and the listeners (audit, metrics) hear of it as
+of any other ending. The answer waits for the session to be gone, up to
 `KILL_WAIT` seconds, and says whether it is.
 """
 
@@ -15,11 +16,11 @@ import re
 from aiohttp import web
 
 from proxy.api.access import may_end_session, may_see_session
-from proxy.api.context import CONTEXT, USER
+from proxy.api.context import CONTEXT, USER, ApiContext
 from proxy.api.errors import ApiError, not_found
 from proxy.api.schemas import BodySpec, read_body, read_query
 from proxy.api.views import session_view
-from proxy.session.session import Ending, EndReason
+from proxy.session.session import Ending, EndReason, Session, SessionInfo
 
 KILL = BodySpec.of(optional="reason")
 KILL_WAIT = 5.0  # seconds; a session's exit normally takes milliseconds (UPSTREAM_EXIT_GRACE: 1 s)
@@ -38,11 +39,10 @@ async def list_sessions(request: web.Request) -> web.Response:
     ctx, user = request.app[CONTEXT], request[USER]
     read_query(request, frozenset())
     policy = ctx.policy()
-    live = [
-        session.info
-        for session in ctx.registry
-        if session.ending is None and may_see_session(policy, session.info, user)
-    ]
+    everywhere = [session.info for session in ctx.registry if session.ending is None]
+    if ctx.workers is not None:
+        everywhere += await ctx.workers.sessions()
+    live = [info for info in everywhere if may_see_session(policy, info, user)]
     live.sort(key=lambda info: (info.started_at, info.session_id))
     return web.json_response({"sessions": [session_view(info) for info in live]})
 
@@ -52,12 +52,10 @@ async def kill_session(request: web.Request) -> web.Response:
     session_id = request.match_info["id"]
     reason = (await read_body(request, KILL)).get("reason", "")
     policy = ctx.policy()
-    session = ctx.registry.get(session_id) if SESSION_ID.fullmatch(session_id) else None
-    if session is None or session.ending is not None:
+    found = await _find(ctx, session_id) if SESSION_ID.fullmatch(session_id) else None
+    if found is None or not may_see_session(policy, found[1], user):
         raise not_found(f"live session {session_id[:64]!r}")
-    info = session.info
-    if not may_see_session(policy, info, user):
-        raise not_found(f"live session {session_id[:64]!r}")
+    worker, info = found
     if not may_end_session(policy, info, user):
         raise ApiError(
             403, "not_permitted",
@@ -66,11 +64,30 @@ async def kill_session(request: web.Request) -> web.Response:
         )  # fmt: skip
     message = f"{KILLED_MESSAGE}: {reason}" if reason else KILLED_MESSAGE
     detail = f"killed by {user}" + (f": {reason}" if reason else "")
-    session.terminate(Ending(EndReason.KILLED, message, detail=detail))
-    try:
-        await asyncio.wait_for(session.wait_ended(), KILL_WAIT)
-        ended = True
-    except TimeoutError:
-        ended = False
+    ending = Ending(EndReason.KILLED, message, detail=detail)
+    if worker == 0:
+        ended = await _end_here(ctx.registry.get(session_id), ending)
+    else:
+        assert ctx.workers is not None
+        ended = await ctx.workers.end(worker, session_id, ending)
     ctx.notifier.session_killed(info, user, reason)
     return web.json_response({"session": session_view(info), "ended": ended})
+
+
+async def _find(ctx: ApiContext, session_id: str) -> tuple[int, SessionInfo] | None:
+    """(worker, info) of a live session here (worker 0) or in another worker process."""
+    session = ctx.registry.get(session_id)
+    if session is not None and session.ending is None:
+        return 0, session.info
+    return await ctx.workers.find(session_id) if ctx.workers is not None else None
+
+
+async def _end_here(session: Session | None, ending: Ending) -> bool:
+    if session is None:
+        return True  # it ended while we looked
+    session.terminate(ending)
+    try:
+        await asyncio.wait_for(session.wait_ended(), KILL_WAIT)
+    except TimeoutError:
+        return False
+    return True

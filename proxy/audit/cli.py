@@ -3,7 +3,8 @@
 Checks every file of the audit log and its head (`verify.py`). The key is read the way the
 server reads it (a `SecretRef`: the variable's value, or the file's text without its final
 newline); with `--config` it comes from the server config's `audit.hmac_key_*`, and PATH may be
-left out to verify the configured `paths.audit_log`.
+left out to verify the configured `paths.audit_log` and every worker's chain beside it
+(`audit.worker1.jsonl`, ...; one line per chain, and all must verify).
 
 Prints `ok: N records in F files, head seq S` on stdout and exits 0 when everything verifies;
 prints `FAILED: FILE:LINE: seq N: what is wrong` on stderr and exits 1 when the log does not
@@ -16,9 +17,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from proxy.audit.records import load_key
+from proxy.audit.records import load_key, worker_audit_paths
 from proxy.audit.verify import VerifyUnreadable, verify
-from proxy.config import ConfigError, load_config
+from proxy.config import MAX_WORKERS, ConfigError, load_config
 from proxy.policy.models import SecretRef, SecretUnavailable
 
 EXIT_OK = 0
@@ -42,22 +43,23 @@ def run(args: argparse.Namespace) -> int:
         if args.config is not None:
             config = load_config(args.config)
             ref = config.audit.hmac_key
-            path = path or config.paths.audit_log
+            # Every worker process keeps its own chain beside the primary's (proxy/workers.py).
+            paths = [path] if path else worker_audit_paths(config.paths.audit_log, MAX_WORKERS)
         else:
             ref = SecretRef(env=args.key_env, file=args.key_file)
-        if path is None:
+            paths = [path] if path else []
+        if not paths:
             return _unreadable("give the audit log's PATH (or --config)")
         key = load_key(ref)
-        report = verify(path, key)
+        reports = [verify(each, key) for each in paths]
     except ConfigError as exc:
         return _unreadable("; ".join(str(p) for p in exc.problems) or str(exc))
     except (SecretUnavailable, ValueError, VerifyUnreadable) as exc:
         return _unreadable(str(exc))
-    if report.ok:
-        print(report.summary())
-        return EXIT_OK
-    print(report.summary(), file=sys.stderr)
-    return EXIT_TAMPERED
+    for each, report in zip(paths, reports, strict=True):
+        named = f"{each}: " if len(paths) > 1 else ""
+        print(named + report.summary(), file=sys.stdout if report.ok else sys.stderr)
+    return EXIT_OK if all(report.ok for report in reports) else EXIT_TAMPERED
 
 
 def _unreadable(message: str) -> int:

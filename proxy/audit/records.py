@@ -178,6 +178,20 @@ def head_path(active: Path) -> Path:
     return active.with_name(active.name + HEAD_SUFFIX)
 
 
+def worker_audit_path(audit_log: Path, worker: int) -> Path:
+    """Worker 0 (the primary) writes `audit_log`; worker k its own chain, `<stem>.worker<k><suffix>`
+    (`proxy.workers`: one chain per process, since each appends on its own)."""
+    if worker == 0:
+        return audit_log
+    return audit_log.with_name(f"{audit_log.stem}.worker{worker}{audit_log.suffix}")
+
+
+def worker_audit_paths(audit_log: Path, max_workers: int) -> list[Path]:
+    """The primary's audit log and every worker's that exists beside it, in worker order."""
+    workers = (worker_audit_path(audit_log, k) for k in range(1, max_workers))
+    return [audit_log, *(path for path in workers if path.exists())]
+
+
 def archive_path(active: Path, first_seq: int) -> Path:
     return active.with_name(f"{active.name}.{first_seq:0{ARCHIVE_DIGITS}d}")
 

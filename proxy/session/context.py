@@ -26,7 +26,8 @@ from proxy.session.tls import upstream_ssl_context
 from proxy.throttle import LoginThrottle
 from proxy.wire.limits import DEFAULT_MAX_MESSAGE_LENGTH
 
-# The mock SCRAM secret only has to be unguessable and stable for the life of the process.
+# The mock SCRAM secret only has to be unguessable and stable for the life of the process (and
+# the same in every worker process: the primary hands its own down, see proxy/workers.py).
 MOCK_SECRET_BYTES = 32
 
 
@@ -56,6 +57,9 @@ class ProxyContext:
     mock_secret: bytes = field(default_factory=lambda: secrets.token_bytes(MOCK_SECRET_BYTES))
     scram_cache: SaltedPasswordCache = field(default_factory=SaltedPasswordCache)
     upstream_pool: UpstreamPool | None = None  # None: every session logs in upstream anew
+    # With several workers: hand a CancelRequest to the worker that issued its key (worker,
+    # process id, secret); see registry.owner.
+    cancel_elsewhere: Callable[[int, int, bytes], None] | None = None
     _upstream_contexts: dict[tuple[UpstreamTlsMode, Path | None], ssl.SSLContext | None] = field(
         default_factory=dict
     )

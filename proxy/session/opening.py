@@ -210,7 +210,14 @@ _BACKGROUND: set[asyncio.Task[bool]] = set()
 
 
 def forward_cancel(request: CancelRequest, ctx: ProxyContext) -> None:
-    """A CancelRequest with one of our keys cancels that session's running query; no reply."""
+    """A CancelRequest with one of our keys cancels that session's running query; no reply.
+
+    A key another worker issued goes to that worker, which checks it the same way."""
+    owner = ctx.registry.owner(request.process_id)
+    if owner != ctx.registry.worker:
+        if ctx.cancel_elsewhere is not None:
+            ctx.cancel_elsewhere(owner, request.process_id, request.secret_key)
+        return
     session = ctx.registry.find_by_cancel_key(request.process_id, request.secret_key)
     if session is not None:
         session.cancel_running_query()

@@ -5,6 +5,10 @@ pgwarden's own (process id + secret, as `BackendKeyData` carries). Clients never
 key: a CancelRequest is looked up here, and only a key that matches a live session's — secret
 compared in constant time — is turned into a cancel of that session's upstream backend
 (SECURITY.md row 26). A session's key dies with the session.
+
+With several worker processes (`proxy.workers`), a CancelRequest arrives on a new connection that
+the kernel may hand to any worker; the low `WORKER_BITS` of every process id name the worker that
+issued it, so the one that receives the request knows where to send it (`owner`).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import Generic, Protocol, TypeVar
 CANCEL_SECRET_BYTES = 4
 # Our "process ids" are random positive Int32s, never the upstream's, so they reveal nothing.
 MAX_PROCESS_ID = 2**31 - 1
+WORKER_BITS = 6  # up to 64 workers (config.MAX_WORKERS)
 
 
 class Registered(Protocol):
@@ -39,14 +44,18 @@ S = TypeVar("S", bound=Registered)
 class SessionRegistry(Generic[S]):
     """Live sessions by id and by cancel process id."""
 
-    def __init__(self) -> None:
+    def __init__(self, worker: int = 0) -> None:
+        if not 0 <= worker < 1 << WORKER_BITS:
+            raise ValueError(f"worker index {worker} out of range")
+        self.worker = worker
         self._by_id: dict[str, S] = {}
         self._by_pid: dict[int, S] = {}
 
     def new_cancel_key(self) -> tuple[int, bytes]:
-        """A fresh (process id, secret) that no live session uses."""
+        """A fresh (process id, secret) that no live session uses, naming this worker."""
         while True:
-            pid = secrets.randbelow(MAX_PROCESS_ID) + 1
+            high = secrets.randbelow(MAX_PROCESS_ID >> WORKER_BITS) + 1
+            pid = high << WORKER_BITS | self.worker
             if pid not in self._by_pid:
                 return pid, secrets.token_bytes(CANCEL_SECRET_BYTES)
 
@@ -65,6 +74,11 @@ class SessionRegistry(Generic[S]):
             del self._by_id[session.session_id]
         if self._by_pid.get(session.cancel_process_id) is session:
             del self._by_pid[session.cancel_process_id]
+
+    @staticmethod
+    def owner(process_id: int) -> int:
+        """The worker that issued this cancel process id."""
+        return process_id & ((1 << WORKER_BITS) - 1)
 
     def get(self, session_id: str) -> S | None:
         return self._by_id.get(session_id)

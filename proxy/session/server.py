@@ -41,9 +41,12 @@ class ClientPeer(Peer):
 class ProxyServer:
     """Listens for Postgres clients and runs a task per connection."""
 
-    def __init__(self, ctx: ProxyContext, host: str, port: int) -> None:
+    def __init__(
+        self, ctx: ProxyContext, host: str, port: int, *, reuse_port: bool = False
+    ) -> None:
         self.ctx = ctx
         self._host, self._port = host, port
+        self._reuse_port = reuse_port  # several worker processes accept on one port
         self._listener: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
@@ -51,8 +54,9 @@ class ProxyServer:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._listener = await loop.create_server(
-            lambda: ClientPeer(self), self._host, self._port, backlog=LISTEN_BACKLOG
-        )
+            lambda: ClientPeer(self), self._host, self._port, backlog=LISTEN_BACKLOG,
+            reuse_port=self._reuse_port or None,
+        )  # fmt: skip
         log.info("pgwarden listening for Postgres clients on %s:%d", self._host, self.port)
 
     @property
@@ -96,7 +100,10 @@ class ProxyServer:
             task.cancel()  # logins in progress answer 57P01 as they unwind
         peers = [peer for session in sessions for peer in (session.client, session.upstream)]
         closing = [asyncio.ensure_future(peer.wait_closed()) for peer in peers]
-        waiting = [*self._tasks, *closing]
+        # Closed sockets are not enough: each session's exit must also have been announced (the
+        # audit record written) before the caller closes the audit log.
+        ended = [asyncio.ensure_future(session.wait_ended()) for session in sessions]
+        waiting = [*self._tasks, *closing, *ended]
         if waiting:
             _, pending = await asyncio.wait(waiting, timeout=grace)
             for future in pending:

@@ -138,7 +138,7 @@ def test_every_problem_is_reported_at_once_with_its_path() -> None:
         "proxy.listen: write an IPv6 address in brackets, e.g. [::1]:6432, not '::1:6432' (line 1)",
         "proxy.tls.key_file: required (line 1)",
         "proxy.login_timeout: 1h is longer than the maximum of 5m (line 1)",
-        "proxy.ssl: unknown key (expected one of: listen, login_timeout, tls) (line 1)",
+        "proxy.ssl: unknown key (expected one of: listen, login_timeout, tls, workers) (line 1)",
         "paths.audit_log: required (line 3)",
         "audit.hmac_key: secrets are not allowed in the file; use hmac_key_env: VARIABLE or "
         "hmac_key_file: PATH (line 4)",
@@ -210,3 +210,20 @@ def test_upstream_pool_settings_are_checked() -> None:
         "upstream_pool.size: unknown key (expected one of: enabled, idle_timeout, max_idle,"
         " max_lifetime) (line 3)",
     ]
+
+
+def test_one_worker_process_unless_more_are_asked_for() -> None:
+    assert parse_config(MINIMAL).proxy.workers == 1
+    assert parse_config(MINIMAL + "proxy: {workers: 4}\n").proxy.workers == 4
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("0", "proxy.workers: must be from 1 to 64, got 0 (line 3)"),
+        ("65", "proxy.workers: must be from 1 to 64, got 65 (line 3)"),
+        ("two", "proxy.workers: must be a whole number, got the text 'two' (line 3)"),
+    ],
+)
+def test_the_worker_count_is_checked(value: str, expected: str) -> None:
+    assert problems_of(MINIMAL + f"proxy: {{workers: {value}}}\n") == [expected]
