@@ -341,7 +341,9 @@ async def serve(
         await runtime.stop()  # what did start (listener, API, workers) ends cleanly
         raise
     loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
+    # Ctrl-C reaches the whole process group; a worker waits for the primary's `stop` instead,
+    # so that the primary never sees it exit first and starts it again.
+    loop.add_signal_handler(signal.SIGINT, stop.set if worker is None else lambda: None)
     loop.add_signal_handler(signal.SIGHUP, runtime.reload_policy)
     await stop.wait()
     log.info("stopping: ending sessions (grace %s)", config.sessions.shutdown_grace)

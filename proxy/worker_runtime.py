@@ -80,6 +80,7 @@ def start_workers(runtime: Runtime, config_path: Path, port: int) -> WorkerSet:
     runtime.grants.on_credential = on_credential
     ctx.cancel_elsewhere = workers.route_cancel
     runtime.api.context.workers = workers
+    runtime.api.context.readiness_checks.append(workers.problems)
     merged = CollectorRegistry(auto_describe=False)
     merged.register(WorkerMetrics(runtime.metrics_registry, workers.metrics_snapshots))
     runtime.api.context.metrics = merged

@@ -5,7 +5,7 @@ channel (`proxy/session/channel.py`) on an inherited socketpair. What the primar
 
 - `welcome` first, before a worker listens: the temporary passwords the redactor must mask and
   the secret behind mock SCRAM answers (the same in every process, or an unknown user's salt
-  would differ between workers and give the user away, SECURITY.md row 29);
+  would differ between workers and give the user away, SECURITY.md row 14);
 - `secret` for every password issued afterwards, sent before the API answers with it;
 - `cancel`: a CancelRequest another process received for a key this worker issued;
 - `stop`: end sessions with the shutdown grace and exit.
@@ -38,6 +38,9 @@ RESTART_DELAY = 1.0  # seconds before a dead worker is started again
 MAX_RESTART_DELAY = 30.0
 STABLE_AFTER = 10.0  # seconds: a worker that ran this long died of something new; restart soon
 STOP_MARGIN = 5.0  # seconds past the shutdown grace before a worker is killed
+LIST_TIMEOUT = 2.0  # seconds for a worker to list its sessions (an API call waits for it)
+# A worker's snapshot says its audit log failed (it refuses sessions: fail closed).
+AUDIT_FAILED = "\npgwarden_audit_healthy 0.0\n"
 
 Command = Callable[[int, int], list[str]]  # (worker index, channel fd) -> argv
 
@@ -119,12 +122,12 @@ class WorkerSet:
     async def sessions(self) -> list[SessionInfo]:
         """The live sessions of every worker that answers."""
         found: list[SessionInfo] = []
-        for _, answer in await self._ask_all("sessions"):
+        for _, answer in await self._ask_all("sessions", LIST_TIMEOUT):
             found.extend(info_from_json(item) for item in _items(answer.get("sessions")))
         return found
 
     async def find(self, session_id: str) -> tuple[int, SessionInfo] | None:
-        for worker, answer in await self._ask_all("sessions"):
+        for worker, answer in await self._ask_all("sessions", LIST_TIMEOUT):
             for item in _items(answer.get("sessions")):
                 info = info_from_json(item)
                 if info.session_id == session_id:
@@ -136,10 +139,21 @@ class WorkerSet:
         channel = self._workers[worker].channel
         if channel is None:
             return True  # the worker died, and its sessions with it
-        answer = await channel.call(
-            "end", session_id=session_id, message=ending.message, detail=ending.detail
-        )
+        try:
+            answer = await channel.call(
+                "end", session_id=session_id, message=ending.message, detail=ending.detail
+            )
+        except ChannelClosed:
+            return channel.closed  # gone with its worker; else it did not answer in time
         return answer.get("ended") is True
+
+    def problems(self) -> str | None:
+        """For /readyz: a worker whose audit log fails (it refuses sessions). A worker that is
+        down refuses nothing: the kernel hands new connections to the listeners still open."""
+        for index, worker in self._workers.items():
+            if AUDIT_FAILED in worker.metrics:
+                return f"worker {index} cannot write its audit log"
+        return None
 
     async def stop(self, grace: float) -> None:
         """Tell every worker to stop; kill any still running `grace + STOP_MARGIN` later."""
@@ -164,14 +178,14 @@ class WorkerSet:
             if worker.channel is not None:
                 worker.channel.close()
 
-    async def _ask_all(self, op: str) -> list[tuple[int, Message]]:
+    async def _ask_all(self, op: str, timeout: float) -> list[tuple[int, Message]]:
         live = [
             (k, w.channel)
             for k, w in self._workers.items()
             if w.channel is not None and not w.channel.closed
         ]
         answers = await asyncio.gather(
-            *(channel.call(op) for _, channel in live), return_exceptions=True
+            *(channel.call(op, timeout=timeout) for _, channel in live), return_exceptions=True
         )
         result: list[tuple[int, Message]] = []
         for (k, _), answer in zip(live, answers, strict=True):
@@ -208,6 +222,9 @@ class WorkerSet:
             worker.process = await asyncio.create_subprocess_exec(
                 *self._command(worker.index, worker_end.fileno()), pass_fds=(worker_end.fileno(),)
             )
+        except BaseException:
+            primary_end.close()
+            raise
         finally:
             worker_end.close()
         worker.channel = channel = await WorkerChannel.open(

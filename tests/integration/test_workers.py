@@ -205,9 +205,7 @@ def test_the_api_lists_and_kills_sessions_in_every_worker(served: Served) -> Non
     assert api.call("carol", "GET", "/api/v1/sessions")["sessions"] == []
 
 
-def test_a_revocation_ends_sessions_in_every_worker(
-    served: Served, postgres: PostgresServer
-) -> None:
+def test_a_revocation_ends_sessions_in_every_worker(served: Served) -> None:
     api = Api(served)
     request_id, user, password = api.grant()
     conns = spread(served, user, password)
@@ -220,7 +218,21 @@ def test_a_revocation_ends_sessions_in_every_worker(
                 time.sleep(0.05)
 
 
-def test_a_cancel_reaches_its_session_whichever_worker_accepts_it(served: Served) -> None:
+def sleeping(postgres: PostgresServer) -> int:
+    with postgres.connect() as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)' "
+            "AND state = 'active'"
+        ).fetchone()
+    assert row is not None
+    count = row[0]
+    assert isinstance(count, int)
+    return count
+
+
+def test_a_cancel_reaches_its_session_whichever_worker_accepts_it(
+    served: Served, postgres: PostgresServer
+) -> None:
     api = Api(served)
     _, user, password = api.grant()
     conns = spread(served, user, password)
@@ -240,7 +252,7 @@ def test_a_cancel_reaches_its_session_whichever_worker_accepts_it(served: Served
     started = time.monotonic()
     for thread in threads:
         thread.start()
-    time.sleep(0.5)  # let the queries reach Postgres
+    wait_until(lambda: sleeping(postgres) == CLIENTS, what="every query running in Postgres")
     for conn in conns:  # each CancelRequest is a new connection: either process may take it
         conn.cancel()
     for thread in threads:
@@ -385,3 +397,20 @@ def test_a_worker_that_cannot_start_stops_the_server_with_a_clear_error(
     assert done.returncode == 1, done.stderr
     assert "pgwarden: a worker process exited before it listened" in done.stderr
     assert "audit.worker1.jsonl" in done.stderr  # the worker's own reason, in the same log
+
+
+def test_a_worker_stops_when_its_primary_dies(served: Served) -> None:
+    api = Api(served)
+    _, user, password = api.grant()
+    conns = spread(served, user, password)
+    (pid,) = worker_pids(served)
+    served.process.kill()  # no goodbye: the worker learns it from its channel closing
+    served.process.wait(30)
+    wait_until(lambda: not os.path.exists(f"/proc/{pid}"), what="the orphaned worker to exit")
+    messages = []
+    for conn in conns:  # the primary's sessions just drop; the worker's are told why
+        with pytest.raises(psycopg.OperationalError) as raised:
+            conn.execute("SELECT 1")
+        messages.append(str(raised.value))
+    assert any("pgwarden is shutting down" in message for message in messages), messages
+    assert "the primary process is gone; this worker stops" in served.log_text()

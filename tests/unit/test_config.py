@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from proxy.checks import describe_config
 from proxy.config import (
     DEFAULT_MAX_MESSAGE_BYTES,
     ConfigError,
@@ -214,7 +215,10 @@ def test_upstream_pool_settings_are_checked() -> None:
 
 def test_one_worker_process_unless_more_are_asked_for() -> None:
     assert parse_config(MINIMAL).proxy.workers == 1
-    assert parse_config(MINIMAL + "proxy: {workers: 4}\n").proxy.workers == 4
+    config = parse_config(MINIMAL + "proxy: {workers: 4}\n")
+    assert config.proxy.workers == 4
+    (line,) = [line for line in describe_config(config) if line.startswith("proxy:")]
+    assert "127.0.0.1:6432 with 4 worker processes (limits below are split between them)" in line
 
 
 @pytest.mark.parametrize(

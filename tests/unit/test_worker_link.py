@@ -561,3 +561,47 @@ def test_a_secret_without_a_utc_offset_is_refused_before_it_is_remembered() -> N
         secrets.remember_password("pw-naive", datetime(2026, 1, 5, 11, 0), START)
     secrets.remember_password("pw-aware", START + timedelta(hours=1), START)
     assert list(secrets()) == ["pw-aware"]  # the refusal left nothing behind to trip on
+
+
+def test_ending_a_session_whose_worker_dies_meanwhile_counts_as_ended() -> None:
+    async def test() -> None:
+        one = Worker(1)
+        live = one.session("aaaa")
+        live.ends_when_told = False  # the session hangs on, then its whole process goes
+        async with primary_with((1, one)) as primary:
+            ending = Ending(EndReason.KILLED, "pgwarden: killed", detail="killed by erin")
+            asking = asyncio.create_task(primary.workers.end(1, "aaaa", ending))
+            await asyncio.wait_for(_told(live), WAIT)
+            one.link.close()  # the worker process exits: its channel closes
+            assert await asyncio.wait_for(asking, WAIT) is True
+
+    run(test)
+
+
+async def _told(session: FakeSession) -> None:
+    while session.ending is None:
+        await asyncio.sleep(0.001)
+
+
+def test_readiness_fails_while_a_workers_audit_log_fails() -> None:
+    async def test() -> None:
+        one = Worker(1)
+        async with primary_with((1, one)) as primary:
+            slot = primary.workers._workers[1]
+            assert primary.workers.problems() is None
+            one.link.notify("metrics", text="# TYPE pgwarden_audit_healthy gauge\n"
+                            "pgwarden_audit_healthy 0.0\n")  # fmt: skip
+            one.link.notify("ready")
+            await asyncio.wait_for(slot.ready.wait(), WAIT)
+            assert primary.workers.problems() == "worker 1 cannot write its audit log"
+            one.link.notify("metrics", text="pgwarden_audit_healthy 1.0\n")
+            one.link.notify("ready")
+            await asyncio.wait_for(_snapshot_is(slot, "pgwarden_audit_healthy 1.0\n"), WAIT)
+            assert primary.workers.problems() is None
+
+    run(test)
+
+
+async def _snapshot_is(slot: object, text: str) -> None:
+    while getattr(slot, "metrics", None) != text:
+        await asyncio.sleep(0.001)
