@@ -19,12 +19,17 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry
 
+from proxy.audit import AuditUnavailable
+from proxy.audit.events import WorkerStarted
+from proxy.audit.records import worker_audit_path
 from proxy.config import ListenAddress, ServerConfig
 from proxy.policy.requests import IssuedCredential
 from proxy.session.channel import Message
 from proxy.session.primary_link import PrimaryLink
 from proxy.session.workers import WorkerSet
 from proxy.worker_metrics import WorkerMetrics
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -60,9 +65,16 @@ def start_workers(runtime: Runtime, config_path: Path, port: int) -> WorkerSet:
         if session is not None:
             session.cancel_running_query()
 
+    def started(worker: int, pid: int) -> None:
+        audit_file = worker_audit_path(runtime.config.paths.audit_log, worker).name
+        try:
+            runtime.audit.append(WorkerStarted(worker, pid, audit_file))
+        except AuditUnavailable as exc:  # the worker's own chain still records its sessions
+            log.error("could not record that worker %d started: %s", worker, exc)
+
     workers = WorkerSet(
         runtime.config.proxy.workers, worker_command(config_path, port), welcome, cancel_here,
-        runtime.clock.monotonic,
+        monotonic=runtime.clock.monotonic, started=started,
     )  # fmt: skip
     issued_here = runtime.grants.on_credential
 

@@ -229,6 +229,17 @@ class LongSession(AuditEvent):
     threshold: timedelta
 
 
+@dataclass(frozen=True, slots=True)
+class WorkerStarted(AuditEvent):
+    """The primary started worker process `worker` (`proxy.workers`), which writes its own chain
+    to `audit_file`; `pgwarden audit verify --config` then requires that chain to exist."""
+
+    kind: ClassVar[str] = "worker.started"
+    worker: int
+    pid: int
+    audit_file: str
+
+
 # -- the sink's own records --------------------------------------------------------------------
 
 

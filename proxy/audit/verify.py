@@ -11,7 +11,12 @@ wrong — and nothing after it is trusted:
 - a deleted line, or a deleted rotated file: `seq` jumps;
 - reordered or duplicated lines: `seq` goes back (or `prev` does not chain);
 - a truncated tail: the log ends before the head's seq (or mid-line: a torn write that the server
-  seals when it next opens the log).
+  seals when it next opens the log);
+- a worker's chain put in another worker's place (`proxy.workers`): its `audit.opened` records
+  name the file it was opened as, and that file's worker must be this one's.
+
+The report lists the workers the log says were started (`worker.started`, in the primary's log),
+so that a deleted worker chain is noticed too (`proxy/audit/cli.py`).
 
 Verifying a log that is being written is fine, except while a rotation renames files.
 """
@@ -19,6 +24,7 @@ Verifying a log that is being written is fine, except while a rotation renames f
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +40,13 @@ from proxy.audit.records import (
 )
 
 _SEQ = re.compile(rb'^\{"seq":(\d{1,20}),')
+_WORKER = re.compile(r"\.worker([1-9][0-9]*)(?:\.|$)")
+
+
+def worker_of(file_name: str) -> int:
+    """The worker an audit file belongs to: k for `audit.worker<k>.jsonl`, else 0 (the primary)."""
+    match = _WORKER.search(file_name)
+    return int(match.group(1)) if match else 0
 
 
 class VerifyUnreadable(Exception):
@@ -60,6 +73,7 @@ class VerifyReport:
     head_seq: int | None
     recoveries: int
     problem: Problem | None
+    workers_started: frozenset[int] = frozenset()  # `worker.started` records seen
 
     @property
     def ok(self) -> bool:
@@ -80,7 +94,7 @@ def verify(path: Path, key: bytes) -> VerifyReport:
     files = log_files(path)
     if not files:
         raise VerifyUnreadable(f"no audit log at {path}")
-    walk = _Walk(Signer(key))
+    walk = _Walk(Signer(key), worker_of(path.name))
     head, head_problem = None, None
     try:
         head = walk.signer.parse_head(head_path(path).read_bytes())
@@ -106,6 +120,7 @@ def verify(path: Path, key: bytes) -> VerifyReport:
         head.seq if head else None,
         walk.recoveries,
         walk.problem,
+        frozenset(walk.workers_started),
     )
 
 
@@ -115,8 +130,10 @@ class _Found(Exception):
 
 
 class _Walk:
-    def __init__(self, signer: Signer) -> None:
+    def __init__(self, signer: Signer, worker: int) -> None:
         self.signer = signer
+        self.worker = worker
+        self.workers_started: set[int] = set()
         self.expected = 1
         self.prev = GENESIS
         self.count = 0
@@ -159,7 +176,18 @@ class _Walk:
                 raise fail("this is not the record the head anchored (replaced?)", record.seq)
             self.anchor_seen = True
         self.recoveries += record.kind == "audit.recovery"
+        self._kind_checks(record, fail)
         self.expected, self.prev, self.count = record.seq + 1, record.mac, self.count + 1
+
+    def _kind_checks(self, record: Record, fail: Callable[[str, int | None], _Found]) -> None:
+        if record.kind == "audit.opened":
+            opened_as = str(record.body.get("file", ""))
+            if worker_of(opened_as) != self.worker:
+                raise fail(f"this chain was opened as {opened_as}, a file of worker "
+                           f"{worker_of(opened_as)}, not {self.worker}: a chain put in another's "
+                           "place?", record.seq)  # fmt: skip
+        elif record.kind == "worker.started" and isinstance(record.body.get("worker"), int):
+            self.workers_started.add(record.body["worker"])
 
     def _gap(self, record: Record, number: int) -> str:
         seq, expected = record.seq, self.expected

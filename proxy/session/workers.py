@@ -68,9 +68,12 @@ class WorkerSet:
         command: Command,
         welcome: Callable[[], Message],
         cancel_here: Callable[[int, bytes], None],
+        *,
         monotonic: Callable[[], float],
+        started: Callable[[int, int], None] = lambda worker, pid: None,
     ) -> None:
         self._monotonic = monotonic
+        self._started = started  # (worker, pid): the primary records it in its audit log
         self._workers = {k: _Worker(k) for k in range(1, count)}
         self._command = command
         self._welcome = welcome
@@ -227,6 +230,7 @@ class WorkerSet:
             raise
         finally:
             worker_end.close()
+        self._started(worker.index, worker.process.pid)
         worker.channel = channel = await WorkerChannel.open(
             primary_end, lambda op, m: self._from_worker(worker, op, m)
         )

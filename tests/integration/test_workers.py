@@ -367,6 +367,7 @@ def test_a_killed_worker_is_started_again(served: Served) -> None:
     api = Api(served)
     _, user, password = api.grant()
     spread(served, user, password)  # both processes serve again
+    assert served.audit_text(0).count('"kind":"worker.started"') == 2  # the first and the new
 
 
 def test_sigterm_stops_every_worker(served: Served) -> None:

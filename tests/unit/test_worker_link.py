@@ -358,7 +358,7 @@ class Primary:
         self.cancelled_here: list[tuple[int, bytes]] = []
         self.cancel_checked_here = asyncio.Event()
         self.workers = WorkerSet(
-            count, lambda k, fd: [], lambda: dict(WELCOME), self._cancel_here, lambda: 0.0
+            count, lambda k, fd: [], lambda: dict(WELCOME), self._cancel_here, monotonic=lambda: 0.0
         )
         self._attached: list[tuple[Worker, WorkerChannel, asyncio.Task[None]]] = []
         self.readers: dict[int, asyncio.Task[None]] = {}
