@@ -334,8 +334,9 @@ async def serve(
         runtime = Runtime(config, config_path=config_path)
     else:
         runtime = Runtime(worker_config(config, worker.port), worker=worker.index)
-        await link_to_primary(runtime, worker.channel_fd, stop.set)
     try:
+        if worker is not None:
+            await link_to_primary(runtime, worker.channel_fd, stop.set)
         await runtime.start()
     except BaseException:
         await runtime.stop()  # what did start (listener, API, workers) ends cleanly
@@ -375,6 +376,9 @@ def run(args: argparse.Namespace) -> int:
         level=args.log_level.upper(),
         format=f"%(asctime)s %(levelname)s {who}%(name)s: %(message)s",
     )
+    if args.worker and args.channel_fd < 0:
+        print("pgwarden: --worker is for the processes pgwarden starts itself", file=sys.stderr)
+        return 2
     worker = WorkerArgs(args.worker, args.channel_fd, args.port) if args.worker else None
     try:
         config = load_config(args.config)
