@@ -24,6 +24,7 @@ import asyncio
 import logging
 import math
 from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass
 
 from proxy.clock import Clock
@@ -58,6 +59,7 @@ class Enforcer:
         *,
         settings: EnforcementSettings = EnforcementSettings(),
         on_long_session: Callable[[Session], None] | None = None,
+        store_work: Executor | None = None,
     ) -> None:
         self._registry = registry
         self._grants = grants
@@ -65,6 +67,7 @@ class Enforcer:
         self._clock = clock
         self._settings = settings
         self._on_long_session = on_long_session
+        self._store_work = store_work  # its owner waits for it before closing the store
         self._last_changes: int | None = None
         self._last_policy: Policy | None = None
         self._last_reconcile = -math.inf
@@ -93,7 +96,7 @@ class Enforcer:
         policy = self._policy()
         infos = [session.info for session in sessions]
         loop = asyncio.get_running_loop()
-        verdicts = await loop.run_in_executor(None, self._judge_all, infos, policy)
+        verdicts = await loop.run_in_executor(self._store_work, self._judge_all, infos, policy)
         for session, ending in zip(sessions, verdicts, strict=True):
             if ending is not None:
                 session.terminate(ending)
@@ -134,7 +137,7 @@ class Enforcer:
 
     async def _reconcile_due(self) -> bool:
         loop = asyncio.get_running_loop()
-        changes = await loop.run_in_executor(None, self._grants.changes)
+        changes = await loop.run_in_executor(self._store_work, self._grants.changes)
         policy = self._policy()
         due = (
             changes != self._last_changes

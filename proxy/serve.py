@@ -14,10 +14,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 import sys
 from collections.abc import Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,6 +62,7 @@ from proxy.workers import share_limits
 log = logging.getLogger(__name__)
 
 HOUSEKEEPING_INTERVAL = 1.0  # seconds: policy file check and grant sweep
+STORE_THREADS = 2  # housekeeping and enforcement each wait for one store call at a time
 
 
 @dataclass(eq=False)
@@ -88,6 +91,12 @@ class Runtime:
     _audit_errors_seen: int = field(init=False, default=0)
     _reuses_seen: int = field(init=False, default=0)
     _tasks: list[asyncio.Task[None]] = field(init=False, default_factory=list)
+    # The threads that read and write the store for housekeeping and enforcement: `stop` waits
+    # for them before it closes the store (a cancelled task does not stop its thread).
+    _store_work: ThreadPoolExecutor = field(
+        init=False,
+        default_factory=lambda: ThreadPoolExecutor(STORE_THREADS, thread_name_prefix="pgw-store"),
+    )
 
     def __post_init__(self) -> None:
         # One registry per runtime: /metrics serves it, and tests may run several runtimes.
@@ -123,7 +132,7 @@ class Runtime:
                 warn_before=tuple(offset.total_seconds() for offset in sessions.warn_before),
                 long_session_after=sessions.long_session_threshold.total_seconds(),
             ),
-            on_long_session=self._long_session,
+            on_long_session=self._long_session, store_work=self._store_work,
         )  # fmt: skip
         failures = notification_failures(self.metrics_registry)
         self.notifier = Notifier(lambda: self.policy.current, self.clock, failures=failures)
@@ -205,6 +214,9 @@ class Runtime:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await asyncio.get_running_loop().run_in_executor(
+            None, functools.partial(self._store_work.shutdown, wait=True)
+        )
         grace = self.config.sessions.shutdown_grace.total_seconds()
         if self.workers is not None:
             await asyncio.gather(self.workers.stop(grace), self.server.shutdown(grace))
@@ -232,8 +244,8 @@ class Runtime:
                     self.link.notify("metrics", text=text)
                     continue
                 # SQLite writes may wait for the file lock: keep them off the event loop.
-                await loop.run_in_executor(None, self.grants.sweep)
-                counts = await loop.run_in_executor(None, self._request_counts)
+                await loop.run_in_executor(self._store_work, self.grants.sweep)
+                counts = await loop.run_in_executor(self._store_work, self._request_counts)
                 self._publish_counts(counts)
             except Exception:
                 log.exception("housekeeping failed; retrying in %.0f s", HOUSEKEEPING_INTERVAL)
