@@ -241,7 +241,7 @@ class Runtime:
                 self._prune_pool()
                 if self.link is not None:  # a worker: the primary sweeps and counts
                     text = generate_latest(self.metrics_registry).decode()
-                    self.link.notify("metrics", text=text)
+                    self.link.notify("metrics", text=text, audit_healthy=self.audit.healthy)
                     continue
                 # SQLite writes may wait for the file lock: keep them off the event loop.
                 await loop.run_in_executor(self._store_work, self.grants.sweep)

@@ -83,7 +83,7 @@ class PrimaryLink:
             if self._welcome is not None and not self._welcome.done():
                 self._welcome.set_result(message)
         elif op == "secret":
-            self._remember_one(message)
+            self._remember(*_secret(message.get("password"), message.get("expires_at")))
         elif op == "cancel":
             self._cancel(message)
         elif op == "stop":
@@ -98,10 +98,6 @@ class PrimaryLink:
         else:
             raise ValueError(f"unknown op {op!r} from the primary")
         return None
-
-    def _remember_one(self, message: Message) -> None:
-        for password, expires_at in _pairs([[message.get("password"), message.get("expires_at")]]):
-            self._remember(password, expires_at)
 
     def _cancel(self, message: Message) -> None:
         pid, secret = message.get("process_id"), message.get("secret")
@@ -134,10 +130,16 @@ def _pairs(value: object) -> list[tuple[str, datetime]]:
     """[(password, expires at)] from [[password, iso time], ...]; malformed pairs are an error."""
     pairs: list[tuple[str, datetime]] = []
     for item in value if isinstance(value, list) else []:
-        if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], str)):
+        if not (isinstance(item, list) and len(item) == 2):
             raise ValueError("a secret must be [password, expires_at]")
-        expires_at = datetime.fromisoformat(str(item[1]))
-        if expires_at.tzinfo is None:
-            raise ValueError("a secret's expiry needs its UTC offset")
-        pairs.append((item[0], expires_at))
+        pairs.append(_secret(*item))
     return pairs
+
+
+def _secret(password: object, expires_at: object) -> tuple[str, datetime]:
+    if not isinstance(password, str):
+        raise ValueError("a secret's password must be text")
+    expiry = datetime.fromisoformat(str(expires_at))
+    if expiry.tzinfo is None:
+        raise ValueError("a secret's expiry needs its UTC offset")
+    return password, expiry

@@ -11,7 +11,8 @@ channel (`proxy/session/channel.py`) on an inherited socketpair. What the primar
 - `stop`: end sessions with the shutdown grace and exit.
 
 What it asks: `sessions` (the live ones) and `end` (a session, by id), for the API. Workers send
-`ready` once listening, `metrics` (their Prometheus text) every second, and `cancel` to route.
+`ready` once listening, `metrics` (their Prometheus text, and whether their audit log accepts
+records) every second, and `cancel` to route.
 
 A worker that exits is started again after `RESTART_DELAY` (doubling while it keeps failing at
 once, up to `MAX_RESTART_DELAY`); its sessions ended with it. A worker whose channel closes (the
@@ -39,8 +40,6 @@ MAX_RESTART_DELAY = 30.0
 STABLE_AFTER = 10.0  # seconds: a worker that ran this long died of something new; restart soon
 STOP_MARGIN = 5.0  # seconds past the shutdown grace before a worker is killed
 LIST_TIMEOUT = 2.0  # seconds for a worker to list its sessions (an API call waits for it)
-# A worker's snapshot says its audit log failed (it refuses sessions: fail closed).
-AUDIT_FAILED = "\npgwarden_audit_healthy 0.0\n"
 
 Command = Callable[[int, int], list[str]]  # (worker index, channel fd) -> argv
 
@@ -57,6 +56,7 @@ class _Worker:
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     listened: bool = False  # ever: a worker that never did is broken, not unlucky
     metrics: str = ""
+    audit_healthy: bool = True  # as of its last `metrics` notice
 
 
 class WorkerSet:
@@ -154,7 +154,7 @@ class WorkerSet:
         """For /readyz: a worker whose audit log fails (it refuses sessions). A worker that is
         down refuses nothing: the kernel hands new connections to the listeners still open."""
         for index, worker in self._workers.items():
-            if AUDIT_FAILED in worker.metrics:
+            if worker.channel is not None and not worker.audit_healthy:
                 return f"worker {index} cannot write its audit log"
         return None
 
@@ -241,7 +241,7 @@ class WorkerSet:
         finally:
             channel.close()
             reader.cancel()
-            worker.channel, worker.metrics = None, ""
+            worker.channel, worker.metrics, worker.audit_healthy = None, "", True
             worker.ready.clear()
 
     async def _from_worker(self, worker: _Worker, op: str, message: Message) -> Message | None:
@@ -250,6 +250,7 @@ class WorkerSet:
             worker.listened = True
         elif op == "metrics":
             worker.metrics = str(message.get("text", ""))
+            worker.audit_healthy = message.get("audit_healthy") is not False
         elif op == "cancel":
             owner, pid = message.get("owner"), message.get("process_id")
             secret = bytes.fromhex(str(message.get("secret", "")))

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.pgwarden import PgwardenDeployment
+from tests.fixtures.pgwarden import PgwardenDeployment, port_from_log
 
 pytestmark = pytest.mark.integration
 
@@ -45,17 +45,6 @@ class Served:
         return f"http://127.0.0.1:{self.api_port}"
 
 
-def _wait_for(pattern: re.Pattern[str], log: Path, process: subprocess.Popen[bytes]) -> int:
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if match := pattern.search(log.read_text(errors="replace")):
-            return int(match.group(1))
-        if process.poll() is not None:
-            break
-        time.sleep(0.05)
-    raise AssertionError(f"pgwarden serve did not start:\n{log.read_text()}")
-
-
 @pytest.fixture(scope="module")
 def served(
     deployment: PgwardenDeployment, tmp_path_factory: pytest.TempPathFactory
@@ -69,8 +58,8 @@ def served(
             stdout=sink, stderr=subprocess.STDOUT, env=os.environ.copy(),
         )  # fmt: skip
         try:
-            proxy_port = _wait_for(PROXY_LISTENING, log, process)
-            api_port = _wait_for(API_LISTENING, log, process)
+            proxy_port = port_from_log(PROXY_LISTENING, log, process)
+            api_port = port_from_log(API_LISTENING, log, process)
             yield Served(config, process, log, proxy_port, api_port)
         finally:
             process.terminate()

@@ -31,7 +31,8 @@ import psycopg
 import pytest
 
 from proxy.audit.records import worker_audit_path
-from tests.fixtures.pgwarden import PgwardenDeployment
+from tests.fixtures.clients import wait_until
+from tests.fixtures.pgwarden import PgwardenDeployment, port_from_log
 from tests.fixtures.postgres import PostgresServer
 
 pytestmark = pytest.mark.integration
@@ -61,26 +62,6 @@ class Served:
         return path.read_text() if path.exists() else ""
 
 
-def wait_until(check: object, timeout: float = START_TIMEOUT, what: str = "") -> None:
-    assert callable(check)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what or check}")
-
-
-def _port(pattern: re.Pattern[str], served_log: Path, process: subprocess.Popen[bytes]) -> int:
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if match := pattern.search(served_log.read_text(errors="replace")):
-            return int(match.group(1))
-        assert process.poll() is None, served_log.read_text()
-        time.sleep(0.05)
-    raise AssertionError(f"pgwarden serve did not start:\n{served_log.read_text()}")
-
-
 @pytest.fixture
 def served(deployment: PgwardenDeployment, tmp_path: Path) -> Iterator[Served]:
     config = deployment.write_files(tmp_path, workers=2, audit_fsync="never")
@@ -91,9 +72,11 @@ def served(deployment: PgwardenDeployment, tmp_path: Path) -> Iterator[Served]:
             stdout=sink, stderr=subprocess.STDOUT, env=os.environ.copy(),
         )  # fmt: skip
         try:
-            proxy_port = _port(PROXY_LISTENING, log, process)
-            api_port = _port(API_LISTENING, log, process)
-            wait_until(lambda: WORKER_LISTENING.search(log.read_text()), what="worker 1")
+            proxy_port = port_from_log(PROXY_LISTENING, log, process)
+            api_port = port_from_log(API_LISTENING, log, process)
+            wait_until(
+                lambda: bool(WORKER_LISTENING.search(log.read_text())), START_TIMEOUT, "worker 1"
+            )
             yield Served(config, tmp_path, process, log, proxy_port, api_port)
         finally:
             if process.poll() is None:
@@ -169,7 +152,7 @@ def spread(served: Served, user: str, password: str) -> list[Connection]:
     def in_both() -> bool:
         return all("session.started" in served.audit_text(worker) for worker in (0, 1))
 
-    wait_until(in_both, what="sessions in both workers")
+    wait_until(in_both, START_TIMEOUT, "sessions in both workers")
     return conns
 
 
@@ -252,7 +235,9 @@ def test_a_cancel_reaches_its_session_whichever_worker_accepts_it(
     started = time.monotonic()
     for thread in threads:
         thread.start()
-    wait_until(lambda: sleeping(postgres) == CLIENTS, what="every query running in Postgres")
+    wait_until(
+        lambda: sleeping(postgres) == CLIENTS, START_TIMEOUT, "every query running in Postgres"
+    )
     for conn in conns:  # each CancelRequest is a new connection: either process may take it
         conn.cancel()
     for thread in threads:
@@ -331,7 +316,9 @@ def test_metrics_carry_every_worker(served: Served) -> None:
         found = re.findall(r'pgwarden_sessions_active\{[^}]*worker="(\d)"[^}]*\} (\S+)', scrape())
         return {worker: float(count) for worker, count in found}
 
-    wait_until(lambda: sum(active().values()) == CLIENTS, what="every session in /metrics")
+    wait_until(
+        lambda: sum(active().values()) == CLIENTS, START_TIMEOUT, "every session in /metrics"
+    )
     assert set(active()) == {"0", "1"}
     text = scrape()
     for family in ("pgwarden_sessions_active gauge", "pgwarden_build_info gauge"):
@@ -355,15 +342,14 @@ def worker_pids(served: Served) -> list[int]:
 def test_a_killed_worker_is_started_again(served: Served) -> None:
     (pid,) = worker_pids(served)
     os.kill(pid, signal.SIGKILL)
-    wait_until(lambda: "worker 1 exited" in served.log_text(), what="the primary to notice")
-    wait_until(lambda: worker_pids(served) not in ([], [pid]), what="a new worker 1")
     wait_until(
-        lambda: (
-            served.log_text().count("[worker 1]")
-            and len(WORKER_LISTENING.findall(served.log_text())) == 2
-        ),
-        what="the new worker to listen",
+        lambda: "worker 1 exited" in served.log_text(), START_TIMEOUT, "the primary to notice"
     )
+    wait_until(lambda: worker_pids(served) not in ([], [pid]), START_TIMEOUT, "a new worker 1")
+    wait_until(
+        lambda: len(WORKER_LISTENING.findall(served.log_text())) == 2,
+        START_TIMEOUT, "the new worker to listen",
+    )  # fmt: skip
     api = Api(served)
     _, user, password = api.grant()
     spread(served, user, password)  # both processes serve again
@@ -380,7 +366,7 @@ def test_sigterm_stops_every_worker(served: Served) -> None:
     for conn in conns:
         with pytest.raises(psycopg.OperationalError, match="shutting down"):
             conn.execute("SELECT 1")
-    wait_until(lambda: not os.path.exists(f"/proc/{pid}"), what="worker 1 to exit")
+    wait_until(lambda: not os.path.exists(f"/proc/{pid}"), START_TIMEOUT, "worker 1 to exit")
     for worker in (0, 1):  # every session's end is in its process's audit log
         text = served.audit_text(worker)
         assert text.count('"session.ended"') == text.count('"session.started"') > 0
@@ -407,7 +393,9 @@ def test_a_worker_stops_when_its_primary_dies(served: Served) -> None:
     (pid,) = worker_pids(served)
     served.process.kill()  # no goodbye: the worker learns it from its channel closing
     served.process.wait(30)
-    wait_until(lambda: not os.path.exists(f"/proc/{pid}"), what="the orphaned worker to exit")
+    wait_until(
+        lambda: not os.path.exists(f"/proc/{pid}"), START_TIMEOUT, "the orphaned worker to exit"
+    )
     messages = []
     for conn in conns:  # the primary's sessions just drop; the worker's are told why
         with pytest.raises(psycopg.OperationalError) as raised:

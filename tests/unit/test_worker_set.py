@@ -250,12 +250,11 @@ def test_readiness_fails_while_a_workers_audit_log_fails() -> None:
         async with primary_with((1, one)) as primary:
             slot = primary.workers._workers[1]
             assert primary.workers.problems() is None
-            one.link.notify("metrics", text="# TYPE pgwarden_audit_healthy gauge\n"
-                            "pgwarden_audit_healthy 0.0\n")  # fmt: skip
+            one.link.notify("metrics", text="pgwarden_audit_healthy 0.0\n", audit_healthy=False)
             one.link.notify("ready")
             await asyncio.wait_for(slot.ready.wait(), WAIT)
             assert primary.workers.problems() == "worker 1 cannot write its audit log"
-            one.link.notify("metrics", text="pgwarden_audit_healthy 1.0\n")
+            one.link.notify("metrics", text="pgwarden_audit_healthy 1.0\n", audit_healthy=True)
             one.link.notify("ready")
             await asyncio.wait_for(_snapshot_is(slot, "pgwarden_audit_healthy 1.0\n"), WAIT)
             assert primary.workers.problems() is None
