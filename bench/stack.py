@@ -38,11 +38,11 @@ import psycopg
 from psycopg import sql
 
 from proxy.clock import SYSTEM_CLOCK
-from proxy.policy.lifecycle import GrantService
+from proxy.grants.lifecycle import GrantService
+from proxy.grants.requests import IssuedCredential
+from proxy.grants.store import SqliteStore
 from proxy.policy.models import AccessLevelName, TargetName, UserName
 from proxy.policy.reload import PolicyHolder
-from proxy.policy.requests import IssuedCredential
-from proxy.policy.store import SqliteStore
 from tests.fixtures.pgwarden import RW_ROLE, TARGET_DB, PgwardenDeployment
 from tests.fixtures.postgres import PostgresServer, free_loopback_port, postgres_server
 

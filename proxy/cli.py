@@ -1,13 +1,13 @@
 """The `pgwarden` command line (`pgwarden ...` or `python -m proxy ...`).
 
 Subcommands are rows of one registry, `COMMANDS`: a `Command` names its words (`policy check`),
-adds its own arguments and runs. The function that runs it lives in the module of its feature
-(`proxy/checks.py` for the checks); adding a subcommand is one row here, never a branch in a
-dispatcher. Words shared by several commands (`policy`, `config`) become argparse groups, with the
-help from `GROUPS`.
+adds its own arguments and runs. The function that runs it lives in `proxy/commands/` (the
+checks in `checks.py`); adding a subcommand is one row here, never a branch in a dispatcher. Words
+shared by several commands (`policy`, `config`) become argparse groups, with the help from
+`GROUPS`.
 
 Exit status: what the command returns; 2 for a usage error (argparse's convention). The
-requester/approver commands (`proxy/client`) document theirs in `--help`: 0 done, 1 refused by
+requester/approver commands (`proxy/commands`) document theirs in `--help`: 0 done, 1 refused by
 the server, 2 usage or configuration, 3 server unreachable.
 """
 
@@ -18,13 +18,12 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from proxy import __version__, checks, devcert, serve
-from proxy.api import tokens
-from proxy.audit import cli as audit_cli
-from proxy.client import access_commands as access
-from proxy.client import request_commands as req
-from proxy.client.transport import cli_command
+from proxy import __version__
+from proxy.commands import access, audit_verify, checks, devcert, tokens
+from proxy.commands import requests as req
+from proxy.commands.transport import cli_command
 from proxy.demo import walkthrough
+from proxy.runtime import serve
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +71,7 @@ COMMANDS: tuple[Command, ...] = (
             walkthrough.add_arguments, walkthrough.run),
     Command(("audit", "verify"),
             "check that the audit log is whole and untampered (exit 0 only if it verifies)",
-            audit_cli.add_arguments, audit_cli.run),
+            audit_verify.add_arguments, audit_verify.run),
     Command(("token", "create"), "create an API token for a policy user and print it once",
             tokens.add_create_arguments, tokens.run_create),
     Command(("token", "list"), "list API tokens (never their secrets)",

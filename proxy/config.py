@@ -48,7 +48,8 @@ DEFAULT_LONG_SESSION_THRESHOLD = timedelta(hours=8)
 # index in its low bits (proxy/session/registry.py), which caps the count.
 MAX_WORKERS = 64
 MAX_POOL_IDLE = 1000  # idle upstream backends kept per role (each is a Postgres process)
-# Failed-login throttling: a token bucket per user name and per source address (proxy/throttle.py).
+# Failed-login throttling: a token bucket per user name and per source address
+# (proxy/auth/throttle.py).
 DEFAULT_THROTTLE_PER_USER = (10, timedelta(seconds=6))  # burst 10, one more every 6 s
 DEFAULT_THROTTLE_PER_SOURCE = (30, timedelta(seconds=2))
 
@@ -85,7 +86,7 @@ class ProxySettings:
     listen: ListenAddress
     tls: TlsFiles | None
     login_timeout: timedelta
-    workers: int = 1  # processes accepting on `listen` (proxy/session/workers.py)
+    workers: int = 1  # processes accepting on `listen` (proxy/workers/primary.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +143,7 @@ class SessionSettings:
 
 @dataclass(frozen=True, slots=True)
 class PoolSettings:
-    """`upstream_pool:` reuse of upstream backends between sessions (proxy/session/pool.py)."""
+    """`upstream_pool:` reuse of upstream backends between sessions (proxy/upstream/pool.py)."""
 
     enabled: bool = False
     max_idle: int = 8  # idle backends kept per (endpoint, role)

@@ -15,9 +15,9 @@ A request or session the caller may not see is answered exactly like one that do
 
 from __future__ import annotations
 
+from proxy.grants.requests import AccessRequest
+from proxy.grants.store import RequestQuery
 from proxy.policy.models import AccessLevelName, Policy, TargetName, UserName
-from proxy.policy.requests import AccessRequest
-from proxy.policy.store import RequestQuery
 from proxy.session.session import SessionInfo
 
 Scope = tuple[TargetName, AccessLevelName]

@@ -21,9 +21,9 @@ import secrets
 from datetime import datetime, timedelta
 
 from proxy.api.errors import unauthenticated
+from proxy.grants.store import Store
+from proxy.grants.store_schema import TokenRecord
 from proxy.policy.models import Policy, UserName
-from proxy.policy.store import Store
-from proxy.policy.store_schema import TokenRecord
 
 TOKEN_PREFIX = "pgw_"  # noqa: S105 - a prefix, not a secret
 TOKEN_BYTES = 32

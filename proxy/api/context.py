@@ -25,12 +25,12 @@ from typing import ParamSpec, Protocol, TypeVar
 from aiohttp import web
 from prometheus_client import REGISTRY, CollectorRegistry
 
+from proxy.api.webhooks import Notifier
 from proxy.clock import Clock
 from proxy.config import ListenAddress
-from proxy.notify import Notifier
-from proxy.policy.lifecycle import GrantService
+from proxy.grants.lifecycle import GrantService
+from proxy.grants.store import Store
 from proxy.policy.models import Policy, UserName
-from proxy.policy.store import Store
 from proxy.session.registry import SessionRegistry
 from proxy.session.session import Ending, Session, SessionInfo
 
@@ -45,7 +45,7 @@ WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", ""})  # noqa: S104 - names them to 
 
 
 class OtherWorkers(Protocol):
-    """The sessions of the other worker processes (proxy/session/workers.py WorkerSet)."""
+    """The sessions of the other worker processes (proxy/workers/primary.py WorkerSet)."""
 
     async def sessions(self) -> list[SessionInfo]: ...
     async def find(self, session_id: str) -> tuple[int, SessionInfo] | None: ...

@@ -33,9 +33,9 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from proxy.errors import PgwardenError
-from proxy.policy.lifecycle import LifecycleError, RequestNotFound
-from proxy.policy.rules import InvalidRequest, NotPermitted
-from proxy.policy.store import StoreError
+from proxy.grants.lifecycle import LifecycleError, RequestNotFound
+from proxy.grants.rules import InvalidRequest, NotPermitted
+from proxy.grants.store import StoreError
 
 log = logging.getLogger(__name__)
 

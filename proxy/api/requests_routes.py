@@ -27,12 +27,12 @@ from proxy.api.views import (
     request_view,
     timestamp,
 )
+from proxy.grants.lifecycle import LifecycleError
+from proxy.grants.requests import AccessRequest, Approval, RequestId, RequestState
+from proxy.grants.rules import count_approvals, rule_or_none
+from proxy.grants.store import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT, RequestQuery
 from proxy.policy.durations import DurationError, parse_duration
-from proxy.policy.lifecycle import LifecycleError
 from proxy.policy.models import AccessLevelName, Policy, TargetName, UserName
-from proxy.policy.requests import AccessRequest, Approval, RequestId, RequestState
-from proxy.policy.rules import count_approvals, rule_or_none
-from proxy.policy.store import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT, RequestQuery
 
 CREATE = BodySpec.of(
     required="target access_level duration", optional="reason", names="target access_level"

@@ -23,8 +23,8 @@ from typing import Any
 from aiohttp import web
 
 from proxy.api.errors import ApiError, invalid_body
+from proxy.grants.rules import MAX_TEXT_LENGTH
 from proxy.policy.fields import check_name
-from proxy.policy.rules import MAX_TEXT_LENGTH
 
 # Bodies here are a few short strings; 64 KiB leaves room for long reasons and nothing more.
 MAX_BODY_BYTES = 64 * 1024

@@ -17,12 +17,12 @@ from prometheus_client import REGISTRY, CollectorRegistry
 
 from proxy.api.app import build_app
 from proxy.api.context import ApiContext, ProxyAddress, ReadinessCheck
+from proxy.api.webhooks import Notifier
 from proxy.clock import Clock
 from proxy.config import ServerConfig
-from proxy.notify import Notifier
-from proxy.policy.lifecycle import GrantService
+from proxy.grants.lifecycle import GrantService
+from proxy.grants.store import Store
 from proxy.policy.models import Policy
-from proxy.policy.store import Store
 from proxy.session.server import ProxyServer
 
 log = logging.getLogger(__name__)

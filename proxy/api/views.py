@@ -11,10 +11,10 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from proxy.grants.requests import AccessRequest, Approval, RequestState, Transition
+from proxy.grants.rules import count_approvals, rule_or_none
 from proxy.policy.durations import format_duration
 from proxy.policy.models import Policy
-from proxy.policy.requests import AccessRequest, Approval, RequestState, Transition
-from proxy.policy.rules import count_approvals, rule_or_none
 from proxy.session.session import SessionInfo
 
 JsonObject = dict[str, Any]

@@ -16,7 +16,7 @@ wrong — and nothing after it is trusted:
   name the file it was opened as, and that file's worker must be this one's.
 
 The report lists the workers the log says were started (`worker.started`, in the primary's log),
-so that a deleted worker chain is noticed too (`proxy/audit/cli.py`).
+so that a deleted worker chain is noticed too (`proxy/commands/audit_verify.py`).
 
 Verifying a log that is being written is fine, except while a rotation renames files.
 """

@@ -150,7 +150,7 @@ class Target:
 
 
 class EventKind(StrEnum):
-    """What a webhook can be told about (`proxy/notify.py` sends them)."""
+    """What a webhook can be told about (`proxy/api/webhooks.py` sends them)."""
 
     REQUEST_CREATED = "request_created"
     REQUEST_APPROVED = "request_approved"

@@ -14,20 +14,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from proxy.auth import SaltedPasswordCache
+from proxy.auth.throttle import LoginThrottle
 from proxy.clock import Clock
-from proxy.policy.lifecycle import GrantService
+from proxy.grants.lifecycle import GrantService
+from proxy.net.tls import upstream_ssl_context
 from proxy.policy.models import Policy, Upstream, UpstreamTlsMode
 from proxy.session.admission import Admission, AdmissionLimits
 from proxy.session.observer import SessionObserver
-from proxy.session.pool import UpstreamPool
 from proxy.session.registry import SessionRegistry
 from proxy.session.session import Session
-from proxy.session.tls import upstream_ssl_context
-from proxy.throttle import LoginThrottle
+from proxy.upstream.pool import UpstreamPool
 from proxy.wire.limits import DEFAULT_MAX_MESSAGE_LENGTH
 
 # The mock SCRAM secret only has to be unguessable and stable for the life of the process (and
-# the same in every worker process: the primary hands its own down, see proxy/workers.py).
+# the same in every worker process: the primary hands its own down, see proxy/workers/shares.py).
 MOCK_SECRET_BYTES = 32
 
 

@@ -29,15 +29,15 @@ import logging
 
 from proxy.auth import AuthError, InvalidPasswordError, ScramServer
 from proxy.errors import PgwardenError
-from proxy.policy.decide import Allow
+from proxy.grants.decide import Allow
+from proxy.grants.requests import ActiveGrant
+from proxy.net.peer import Peer, PeerClosed
 from proxy.policy.models import TargetName, UserName
-from proxy.policy.requests import ActiveGrant
 from proxy.session.admission import Stage
 from proxy.session.context import ProxyContext
 from proxy.session.login import ClientConnection, Login
 from proxy.session.observer import LoginFailure
 from proxy.session.opening import connect_for, forward_cancel, make_ready
-from proxy.session.peer import Peer, PeerClosed
 from proxy.session.session import Session
 from proxy.wire import (
     NEED_DATA,

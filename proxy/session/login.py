@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from proxy.grants.requests import ActiveGrant
+from proxy.net.peer import Peer
 from proxy.policy.models import TargetName, UserName
-from proxy.policy.requests import ActiveGrant
-from proxy.session.peer import Peer
 from proxy.wire import MessageReader, StartupMessage, StartupParser
 from proxy.wire.limits import MAX_PREAUTH_MESSAGE_LENGTH
 

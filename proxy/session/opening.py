@@ -19,10 +19,10 @@ from proxy.errors import PgwardenError
 from proxy.policy.models import AccessLevelName, SecretUnavailable
 from proxy.session.admission import Stage
 from proxy.session.context import ProxyContext
-from proxy.session.control import terminate_backend
 from proxy.session.login import ClientConnection, Login
 from proxy.session.session import Session, SessionInfo, UpstreamHandle
-from proxy.session.upstream import (
+from proxy.upstream.backstop import terminate_backend
+from proxy.upstream.connect import (
     UpstreamConnection,
     UpstreamError,
     UpstreamLogin,

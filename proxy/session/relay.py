@@ -27,7 +27,7 @@ from concurrent.futures import Future
 from enum import StrEnum
 
 from proxy.errors import PgwardenError
-from proxy.session.peer import Peer
+from proxy.net.peer import Peer
 from proxy.wire import Frame, FrameScanner, RemoteProtocolError, TransactionStatus
 from proxy.wire.limits import DEFAULT_MAX_MESSAGE_LENGTH
 

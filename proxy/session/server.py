@@ -12,10 +12,10 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from proxy.net.peer import Peer
 from proxy.session.admission import Stage
 from proxy.session.context import ProxyContext
 from proxy.session.handshake import serve_connection
-from proxy.session.peer import Peer
 from proxy.session.session import Ending, EndReason
 from proxy.wire import ErrorResponse, sqlstate
 

@@ -30,8 +30,8 @@ from datetime import datetime
 from enum import StrEnum
 
 from proxy.errors import PgwardenError
+from proxy.net.peer import Peer
 from proxy.session.observer import SessionObserver
-from proxy.session.peer import Peer
 from proxy.session.relay import Relay, RelayStop
 from proxy.wire import ErrorResponse, Frame, NoticeResponse, Terminate, sqlstate
 

@@ -16,10 +16,10 @@ import pytest
 
 from proxy.api.auth import new_token
 from proxy.clock import SYSTEM_CLOCK
+from proxy.grants.store import SqliteStore
 from proxy.policy.models import UserName
-from proxy.policy.store import SqliteStore
+from tests.fixtures.api import Receiver
 from tests.fixtures.pgwarden import PgwardenDeployment, RunningPgwarden, running_pgwarden
-from tests.unit.api.conftest import Receiver
 
 pytestmark = pytest.mark.integration
 

@@ -24,8 +24,8 @@ import pytest
 from prometheus_client import generate_latest
 
 from proxy.audit.fsio import FileSystem
+from proxy.grants.requests import IssuedCredential
 from proxy.policy.models import AccessLevelName, TargetName, UserName
-from proxy.policy.requests import IssuedCredential
 from tests.fixtures.clock import FakeClock
 from tests.fixtures.pgwarden import PgwardenDeployment, RunningPgwarden, running_pgwarden
 

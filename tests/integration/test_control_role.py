@@ -23,7 +23,7 @@ from proxy.policy.models import (
     Upstream,
     UpstreamTlsMode,
 )
-from proxy.session.control import terminate_backend
+from proxy.upstream.backstop import terminate_backend
 from tests.fixtures.postgres import PostgresServer
 
 pytestmark = pytest.mark.integration

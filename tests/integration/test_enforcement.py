@@ -18,8 +18,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from proxy.grants.requests import IssuedCredential, RequestId
 from proxy.policy.models import UserName
-from proxy.policy.requests import IssuedCredential, RequestId
 from tests.fixtures.clock import FakeClock
 from tests.fixtures.pgwarden import RW_ROLE, RunningPgwarden
 from tests.fixtures.postgres import PostgresServer

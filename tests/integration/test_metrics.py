@@ -10,7 +10,7 @@ import psycopg
 import pytest
 from prometheus_client import generate_latest
 
-from proxy.policy.requests import IssuedCredential
+from proxy.grants.requests import IssuedCredential
 from tests.fixtures.clock import FakeClock
 from tests.fixtures.pgwarden import RunningPgwarden
 

@@ -22,7 +22,7 @@ import psycopg
 import pytest
 from psycopg import pq
 
-from proxy.policy.requests import IssuedCredential
+from proxy.grants.requests import IssuedCredential
 from tests.fixtures.clients import (
     psql_command,
     run_psql,

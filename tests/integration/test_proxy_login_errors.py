@@ -24,8 +24,8 @@ import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
+from proxy.grants.requests import IssuedCredential
 from proxy.policy.models import AccessLevelName, TargetName, UserName
-from proxy.policy.requests import IssuedCredential
 from tests.fixtures.clients import login_failure_text, raw_login
 from tests.fixtures.clock import FakeClock
 from tests.fixtures.pgwarden import RO_ROLE, PgwardenDeployment, RunningPgwarden, running_pgwarden

@@ -22,7 +22,7 @@ import psycopg
 import pytest
 from psycopg import pq
 
-from proxy.policy.requests import IssuedCredential
+from proxy.grants.requests import IssuedCredential
 from tests.fixtures.clients import raw_login, superuser_orders, terminate_pgwarden_backends
 from tests.fixtures.pgwarden import RO_ROLE, RW_ROLE, RunningPgwarden
 from tests.fixtures.postgres import PostgresServer

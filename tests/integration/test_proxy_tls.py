@@ -14,7 +14,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from proxy.certs import DevCertificates, generate_dev_certificates
+from proxy.net.certs import DevCertificates, generate_dev_certificates
 from tests.fixtures.pgwarden import RO_ROLE, PgwardenDeployment, RunningPgwarden, running_pgwarden
 from tests.fixtures.rawpg import RawPg
 

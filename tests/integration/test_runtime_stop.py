@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-import proxy.serve as serve_module
+import proxy.runtime.serve as serve_module
 from tests.fixtures.pgwarden import PgwardenDeployment, running_pgwarden
 
 pytestmark = pytest.mark.integration

@@ -17,10 +17,10 @@ import pytest
 
 from proxy.clock import SYSTEM_CLOCK
 from proxy.config import load_config
-from proxy.policy.lifecycle import GrantService
+from proxy.grants.lifecycle import GrantService
+from proxy.grants.store import SqliteStore
 from proxy.policy.models import AccessLevelName, TargetName, UserName
 from proxy.policy.reload import PolicyHolder
-from proxy.policy.store import SqliteStore
 from tests.fixtures.pgwarden import PgwardenDeployment
 from tests.fixtures.postgres import PostgresServer
 

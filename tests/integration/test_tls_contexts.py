@@ -1,4 +1,4 @@
-"""Real TLS handshakes over loopback between pgwarden's contexts (proxy/session/tls.py).
+"""Real TLS handshakes over loopback between pgwarden's contexts (proxy/net/tls.py).
 
 Each handshake runs the server side in a thread with blocking `ssl` sockets on 127.0.0.1, both
 sides with timeouts, and reports what each side saw (error, ALPN, version, peer certificate),
@@ -21,9 +21,8 @@ from pathlib import Path
 import pytest
 
 from proxy.auth import tls_server_end_point
-from proxy.certs import CertificateError, DevCertificates, generate_dev_certificates
-from proxy.policy.models import UpstreamTlsMode
-from proxy.session.tls import (
+from proxy.net.certs import CertificateError, DevCertificates, generate_dev_certificates
+from proxy.net.tls import (
     ALPN_PROTOCOL,
     DirectSslError,
     UpstreamSslAction,
@@ -36,6 +35,7 @@ from proxy.session.tls import (
     upstream_ssl_answer,
     upstream_ssl_context,
 )
+from proxy.policy.models import UpstreamTlsMode
 
 TIMEOUT = 5.0  # seconds; a loopback handshake takes milliseconds, a hang fails the test
 SSL_REQUEST = struct.pack("!ii", 8, 80877103)

@@ -5,7 +5,7 @@ our application_name and nothing else we did not mean to send; Postgres' own ref
 3D000) reach the caller with their SQLSTATE; the SCRAM cache spares the second PBKDF2;
 `send_cancel_request` stops a running `pg_sleep`; `terminate_upstream` ends the backend.
 The harness's Postgres has no TLS: TLS negotiation is covered against the fake upstream
-(tests/unit/test_upstream_misbehaving.py).
+(tests/unit/upstream/test_upstream_misbehaving.py).
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ import pytest
 from psycopg import sql
 
 from proxy.auth import SaltedPasswordCache, generate_password
+from proxy.net.peer import Peer
 from proxy.policy.models import UpstreamTlsMode
-from proxy.session.peer import Peer
-from proxy.session.upstream import (
+from proxy.upstream.connect import (
     UpstreamConnection,
     UpstreamError,
     UpstreamLogin,

@@ -18,7 +18,7 @@ from datetime import timedelta
 import psycopg
 import pytest
 
-from proxy.policy.requests import IssuedCredential
+from proxy.grants.requests import IssuedCredential
 from tests.fixtures.clients import wait_until
 from tests.fixtures.clock import FakeClock
 from tests.fixtures.pgwarden import PgwardenDeployment, RunningPgwarden, running_pgwarden

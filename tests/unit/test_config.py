@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.checks import describe_config
+from proxy.commands.checks import describe_config
 from proxy.config import (
     DEFAULT_MAX_MESSAGE_BYTES,
     ConfigError,

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.certs import generate_dev_certificates
+from proxy.net.certs import generate_dev_certificates
 from tests.fixtures.adversary import (
     CLOSE_TIMEOUT,
     QUERY_CANCELED,

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from proxy.auth import ScramClient
-from proxy.certs import DevCertificates, generate_dev_certificates
+from proxy.net.certs import DevCertificates, generate_dev_certificates
 from tests.fixtures.adversary import (
     FEATURE_NOT_SUPPORTED,
     GSSENC_REQUEST,

@@ -10,8 +10,8 @@ import pytest
 
 from proxy.api.auth import TOKEN_PREFIX, new_token, token_digest
 from proxy.policy.models import UserName
+from tests.fixtures.api import ApiHarness, PolicyBox
 from tests.fixtures.clock import FakeClock
-from tests.unit.api.conftest import ApiHarness, PolicyBox
 
 ENDPOINTS = [
     ("POST", "/api/v1/requests"),

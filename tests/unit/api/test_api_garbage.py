@@ -9,7 +9,7 @@ import pytest
 
 from proxy.api import schemas
 from proxy.api.schemas import MAX_BODY_BYTES
-from tests.unit.api.conftest import ApiHarness
+from tests.fixtures.api import ApiHarness
 
 JSON = {"Content-Type": "application/json"}
 BODY_ENDPOINTS = [

@@ -6,7 +6,7 @@ import secrets
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.unit.api.conftest import ApiHarness, PolicyBox, Receiver, webhook, with_webhooks
+from tests.fixtures.api import ApiHarness, PolicyBox, Receiver, webhook, with_webhooks
 
 
 def _series(text: str) -> set[tuple[str, tuple[tuple[str, str], ...]]]:

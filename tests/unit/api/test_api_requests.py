@@ -9,8 +9,8 @@ from urllib.parse import unquote, urlsplit
 import pytest
 
 from proxy.config import ListenAddress
+from tests.fixtures.api import ApiHarness
 from tests.fixtures.clock import FakeClock
-from tests.unit.api.conftest import ApiHarness
 
 # --- create -----------------------------------------------------------------------------------
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from proxy.session.session import EndReason
-from tests.unit.api.conftest import ApiHarness
+from tests.fixtures.api import ApiHarness
 
 
 def _listed(api: ApiHarness, user: str) -> set[str]:

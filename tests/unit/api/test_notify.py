@@ -12,7 +12,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from proxy.api.views import request_view
-from proxy.notify import Notifier, RetryPolicy, notification_failures, slack_escape
+from proxy.api.webhooks import Notifier, RetryPolicy, notification_failures, slack_escape
+from proxy.grants.requests import AccessRequest, RequestId, RequestState
 from proxy.policy.models import (
     AccessLevelName,
     EventKind,
@@ -22,10 +23,8 @@ from proxy.policy.models import (
     WebhookFormat,
 )
 from proxy.policy.policy_file import PolicyError, parse_policy
-from proxy.policy.requests import AccessRequest, RequestId, RequestState
 from proxy.session.session import SessionInfo
-from tests.fixtures.clock import FakeClock
-from tests.unit.api.conftest import (
+from tests.fixtures.api import (
     FAST_RETRY,
     ApiHarness,
     PolicyBox,
@@ -34,7 +33,8 @@ from tests.unit.api.conftest import (
     webhook,
     with_webhooks,
 )
-from tests.unit.policy.policy_samples import VALID
+from tests.fixtures.clock import FakeClock
+from tests.fixtures.policy_samples import VALID
 
 
 def _failures(api: ApiHarness, kind: EventKind) -> float:

@@ -16,12 +16,12 @@ from proxy.api.access import (
     may_see_session,
     visible_requests,
 )
+from proxy.grants.requests import RequestState
+from proxy.grants.store import MAX_LIST_LIMIT, RequestQuery, SqliteStore
+from proxy.grants.store_schema import MIGRATIONS, SCHEMA_VERSION, TokenRecord
 from proxy.policy.models import UserName
-from proxy.policy.requests import RequestState
-from proxy.policy.store import MAX_LIST_LIMIT, RequestQuery, SqliteStore
-from proxy.policy.store_schema import MIGRATIONS, SCHEMA_VERSION, TokenRecord
+from tests.fixtures.api import BILLING, ORDERS, RO, RW, ApiHarness, make_policy
 from tests.fixtures.clock import FakeClock
-from tests.unit.api.conftest import BILLING, ORDERS, RO, RW, ApiHarness, make_policy
 
 
 def test_a_version_1_file_is_migrated_forward_with_its_data(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[3]
 
 def test_importing_the_audit_package_pulls_in_no_asyncio_socket_or_ssl() -> None:
     code = (
-        "import sys, proxy.audit, proxy.audit.cli\n"
+        "import sys, proxy.audit, proxy.commands.audit_verify\n"
         "print(sorted(m for m in ('asyncio', 'socket', 'ssl', 'selectors') if m in sys.modules))"
     )
     result = subprocess.run(

@@ -13,7 +13,7 @@ from proxy.audit.events import WorkerStarted
 from proxy.audit.records import head_path, log_files, worker_audit_path
 from proxy.audit.verify import verify, worker_of
 from tests.unit.audit.helpers import KEY, build_log, event, open_log
-from tests.unit.audit.test_cli import pgwarden
+from tests.unit.commands.test_audit_verify import pgwarden
 
 
 def server(tmp_path: Path, workers: int) -> Path:

@@ -18,7 +18,7 @@ from proxy.policy.models import (
     UserName,
 )
 from proxy.policy.policy_file import PolicyError, PolicyUnreadable, load_policy, parse_policy
-from tests.unit.policy.policy_samples import ROW_42, VALID, BadPolicy, edit
+from tests.fixtures.policy_samples import ROW_42, VALID, BadPolicy, edit
 
 REPO = Path(__file__).resolve().parents[3]
 ORDERS, RO, RW = TargetName("orders"), AccessLevelName("read-only"), AccessLevelName("read-write")

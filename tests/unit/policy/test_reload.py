@@ -11,7 +11,7 @@ import pytest
 from proxy.policy.models import TargetName
 from proxy.policy.policy_file import PolicyError
 from proxy.policy.reload import PolicyHolder, ReloadOutcome, ReloadResult
-from tests.unit.policy.policy_samples import ROW_42, VALID, BadPolicy, edit
+from tests.fixtures.policy_samples import ROW_42, VALID, BadPolicy, edit
 
 ORDERS = TargetName("orders")
 EDITED = edit("max_duration: 4h", "max_duration: 3h")

@@ -15,7 +15,7 @@ from proxy.policy.yaml_strict import (
     load_yaml,
     read_document,
 )
-from tests.unit.policy.policy_samples import BILLION_LAUGHS
+from tests.fixtures.policy_samples import BILLION_LAUGHS
 
 
 def error_of(text: str) -> str:

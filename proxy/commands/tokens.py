@@ -1,0 +1,143 @@
+"""`pgwarden token create|list|revoke`: manage API tokens, on the server host, in its state store.
+
+These open the server's config (for the state file and the policy) and work on the SQLite store
+directly, so they work whether or not `pgwarden serve` is running. `create` prints the token once;
+only its SHA-256 digest is stored (`auth.py`). `list` never shows a secret.
+
+Exit status: 0 done; 1 refused (unknown user, unknown or already revoked token); 2 the config,
+policy or state file cannot be used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+
+from proxy.api.auth import new_token
+from proxy.api.views import timestamp
+from proxy.clock import SYSTEM_CLOCK
+from proxy.config import ServerConfig, load_config
+from proxy.errors import PgwardenError
+from proxy.grants.store import SqliteStore
+from proxy.grants.store_schema import TokenRecord
+from proxy.policy.models import UserName
+from proxy.policy.policy_file import load_policy
+
+DEFAULT_CONFIG = "pgwarden.yaml"
+
+
+def add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config", type=Path, default=None,
+        help=f"the server config (default: $PGWARDEN_CONFIG, else ./{DEFAULT_CONFIG})",
+    )  # fmt: skip
+    parser.add_argument("--json", action="store_true", help="print JSON for scripts")
+
+
+def add_create_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("user", help="the policy user the token speaks for")
+    add_common(parser)
+
+
+def add_revoke_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("token_id", metavar="ID", help="the token's id, from `pgwarden token list`")
+    add_common(parser)
+
+
+def run_create(args: argparse.Namespace) -> int:
+    def create(config: ServerConfig, store: SqliteStore) -> int:
+        policy = load_policy(config.paths.policy)
+        user = UserName(args.user)
+        if user not in policy.users:
+            known = ", ".join(sorted(policy.users)[:20])
+            return _refuse(f"{args.user!r} is not a user in the policy {policy.source} ({known})")
+        secret, record = new_token(user, SYSTEM_CLOCK.now())
+        with store.write() as tx:
+            tx.insert_token(record)
+        if args.json:
+            print(json.dumps({**_token_view(record), "token": secret}))
+        else:
+            print(secret)
+            print(
+                f"token {record.id} for {user}: shown once, keep it secret; the user sets "
+                "PGWARDEN_TOKEN to it (and PGWARDEN_URL to this server's API)",
+                file=sys.stderr,
+            )
+        return 0
+
+    return _with_store(args, create)
+
+
+def run_list(args: argparse.Namespace) -> int:
+    def show(config: ServerConfig, store: SqliteStore) -> int:
+        with store.read() as tx:
+            records = tx.tokens()
+        if args.json:
+            print(json.dumps({"tokens": [_token_view(r) for r in records]}))
+            return 0
+        rows = [
+            (r.id, r.user, _at(r.created_at), _at(r.last_used_at) or "never",
+             f"revoked {_at(r.revoked_at)}" if r.revoked_at else "active")
+            for r in records
+        ]  # fmt: skip
+        headers = ("ID", "USER", "CREATED", "LAST USED", "STATUS")
+        widths = [max(len(str(c)) for c in col) for col in zip(headers, *rows, strict=False)]
+        for row in (headers, *rows):
+            print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+        if not rows:
+            print("no tokens yet: pgwarden token create USER")
+        return 0
+
+    return _with_store(args, show)
+
+
+def run_revoke(args: argparse.Namespace) -> int:
+    def revoke(config: ServerConfig, store: SqliteStore) -> int:
+        with store.write() as tx:
+            done = tx.revoke_token(args.token_id, SYSTEM_CLOCK.now())
+        if not done:
+            return _refuse(f"no active token {args.token_id!r} (see: pgwarden token list)")
+        print(json.dumps({"id": args.token_id, "revoked": True}) if args.json else
+              f"token {args.token_id} revoked")  # fmt: skip
+        return 0
+
+    return _with_store(args, revoke)
+
+
+def _with_store(args: argparse.Namespace, work: Callable[[ServerConfig, SqliteStore], int]) -> int:
+    try:
+        config = load_config(_config_path(args))
+        with SqliteStore(config.paths.state) as store:
+            return work(config, store)
+    except PgwardenError as exc:
+        print(f"pgwarden: {exc}", file=sys.stderr)
+        return 2
+
+
+def _config_path(args: argparse.Namespace) -> Path:
+    given: Path | None = args.config
+    return given or Path(os.environ.get("PGWARDEN_CONFIG") or DEFAULT_CONFIG)
+
+
+def _refuse(message: str) -> int:
+    print(f"pgwarden: {message}", file=sys.stderr)
+    return 1
+
+
+def _token_view(record: TokenRecord) -> dict[str, object]:
+    return {
+        "id": record.id,
+        "user": record.user,
+        "created_at": timestamp(record.created_at),
+        "last_used_at": _at(record.last_used_at),
+        "revoked_at": _at(record.revoked_at),
+    }
+
+
+def _at(at: datetime | None) -> str | None:
+    return None if at is None else timestamp(at)

@@ -1,0 +1,1 @@
+"""Sockets and TLS for both sides of a session: the asyncio peer, SSL contexts, certificates."""

@@ -1,0 +1,295 @@
+"""What goes into the audit log, and when: the glue between the proxy, the lifecycle and the sink.
+
+- `SessionAuditor` is a `SessionObserver`: a session-start record before the client is told it
+  is logged in (the log refuses → the session is refused: fail closed), each query's records
+  before the chunk holding it is forwarded, outcomes as answers come back (written with the next
+  query's records, or within `OUTCOME_DELAY`, so that they share writes), a session-end record.
+  With `fsync: always` it returns the durability future of the last record, and the relay holds
+  the client's data until that record is on disk.
+- `LifecycleAuditor` turns the state store's transitions into request/grant/credential records,
+  after the transaction that made them commits (so a rolled-back change is never recorded).
+- `SecretsToRedact` remembers the temporary passwords pgwarden handed out while their grants may
+  still be used, so that a password pasted into a query never reaches the log.
+
+A record that cannot be written raises `AuditUnavailable` (a PgwardenError): for a session or a
+query that means refusal; for lifecycle records and ends of sessions, which describe what
+already happened, it is logged and counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from proxy.audit import AuditLog, AuditUnavailable, SessionEnded, SessionStarted
+from proxy.audit.events import (
+    AuditEvent,
+    CredentialIssued,
+    GrantActivated,
+    GrantExpired,
+    GrantRevoked,
+    LoginFailed,
+    LongSession,
+    RequestApproved,
+    RequestCancelled,
+    RequestCreated,
+    RequestDenied,
+    RequestLapsed,
+)
+from proxy.audit.query_events import CopyDirection
+from proxy.audit.recorder import CLIENT_TYPES, UPSTREAM_TYPES, QueryLimits, SessionRecorder
+from proxy.audit.records import load_key
+from proxy.audit.redact import Redactor
+from proxy.audit.sink_state import FsyncPolicy, SinkOptions
+from proxy.clock import Clock
+from proxy.config import AuditSettings
+from proxy.grants.requests import AccessRequest, Action, IssuedCredential, Transition
+from proxy.session.observer import LoginFailure, SessionObserver
+from proxy.session.relay import COPY_DATA
+from proxy.session.session import Ending, Session
+from proxy.wire import Frame, decode_frontend
+
+log = logging.getLogger(__name__)
+
+# Temporary passwords remembered for redaction; far more than are live at once on any server.
+MAX_REMEMBERED_SECRETS = 10_000
+# How long a query's outcome may wait in memory for the next query's write (see `_later`): the
+# most that a crash of pgwarden itself could take from the log (queries are written at once).
+OUTCOME_DELAY = 0.005
+
+
+class SecretsToRedact:
+    """pgwarden's own live temporary passwords, for the redactor (thread-safe, bounded)."""
+
+    def __init__(self) -> None:
+        self._secrets: OrderedDict[str, datetime] = OrderedDict()
+        self._lock = threading.Lock()
+        self._snapshot: tuple[str, ...] = ()
+
+    def remember(self, credential: IssuedCredential, now: datetime) -> None:
+        self.remember_password(credential.password, credential.expires_at, now)
+
+    def remember_password(self, password: str, expires_at: datetime, now: datetime) -> None:
+        if expires_at.tzinfo is None:  # refused before it is stored: it would break every prune
+            raise ValueError("a secret's expiry needs its UTC offset")
+        with self._lock:
+            self._secrets[password] = expires_at
+            for secret, expires in list(self._secrets.items()):
+                if expires <= now or len(self._secrets) > MAX_REMEMBERED_SECRETS:
+                    del self._secrets[secret]
+            self._snapshot = tuple(self._secrets)
+
+    def __call__(self) -> Iterable[str]:
+        return self._snapshot
+
+    def entries(self) -> list[tuple[str, datetime]]:
+        """(password, expires at) of every remembered secret (handed to a starting worker)."""
+        with self._lock:
+            return list(self._secrets.items())
+
+
+class SessionAuditor(SessionObserver):
+    """Records sessions and their queries (see the module docstring)."""
+
+    # CopyData is counted by the relay without copying (the rows of a COPY are not recorded).
+    CLIENT_MESSAGES = CLIENT_TYPES - {COPY_DATA}
+    UPSTREAM_MESSAGES = UPSTREAM_TYPES - {COPY_DATA}
+
+    def __init__(
+        self,
+        audit: AuditLog,
+        redactor: Redactor,
+        limits: QueryLimits,
+        fsync: FsyncPolicy,
+        *,
+        record_queries: bool = True,
+    ) -> None:
+        if not record_queries:  # sessions only: the relay then hands us no message at all
+            self.CLIENT_MESSAGES = self.UPSTREAM_MESSAGES = frozenset()
+        self._audit = audit
+        self._redactor = redactor
+        self._limits = limits
+        self._wait_durable = fsync is FsyncPolicy.ALWAYS
+        self._recorders: dict[str, SessionRecorder] = {}
+        self._waiting: list[AuditEvent] = []  # outcomes not yet written (see `_later`)
+        self._flush_scheduled = False
+
+    def login_failed(
+        self, user: str, target: str, source: str, reason: LoginFailure, detail: str
+    ) -> None:
+        self._quietly([LoginFailed(user, target, source, reason.value, detail)])
+
+    def session_started(self, session: Session) -> Future[None] | None:
+        ticket = self._audit.append(SessionStarted.of(session.info))  # raises: fail closed
+        # With fsync `always` the client is told it is logged in only once this is on disk.
+        return self._audit.durable(ticket) if self._wait_durable else None
+
+    def _recorder(self, session: Session) -> SessionRecorder:
+        """The session's query recorder, made at its first message (a refused login has none)."""
+        recorder = self._recorders.get(session.session_id)
+        if recorder is None:
+            relay = session.relay
+
+            def copy_bytes(direction: CopyDirection) -> int:
+                if direction is CopyDirection.IN:
+                    return relay.copy_bytes_from_client
+                return relay.copy_bytes_to_client
+
+            recorder = SessionRecorder(
+                session.session_id, self._redactor, session.monotonic, self._limits, copy_bytes
+            )
+            self._recorders[session.session_id] = recorder
+        return recorder
+
+    def client_frames(self, session: Session, frames: list[Frame]) -> Future[None] | None:
+        recorder = self._recorder(session)
+        events: list[AuditEvent] = []
+        for frame in frames:
+            events += recorder.client(decode_frontend(frame))
+        if not events:
+            return None
+        ticket = self._write([*self._take_later(), *events])  # raises: the query is refused
+        return self._audit.durable(ticket) if self._wait_durable else None
+
+    def upstream_frames(self, session: Session, frames: list[Frame]) -> None:
+        recorder = self._recorder(session)
+        for frame in frames:
+            if events := recorder.upstream_frame(frame):
+                self._later(events)
+
+    def session_ended(self, session: Session, ending: Ending) -> None:
+        recorder = self._recorders.pop(session.session_id, None)
+        events = [*self._take_later(), *(recorder.finish() if recorder is not None else [])]
+        events.append(
+            SessionEnded(
+                session.session_id, ending.reason.value, ending.detail,
+                timedelta(seconds=session.monotonic() - session.started),
+                session.relay.bytes_from_client, session.relay.bytes_from_upstream,
+                recorder.queries if recorder is not None else 0,
+            )
+        )  # fmt: skip
+        self._quietly(events)
+
+    def flush(self) -> None:
+        """Write the outcomes still waiting (the server calls this before closing the log)."""
+        self._flush_scheduled = False
+        self._quietly(self._take_later())
+
+    def _later(self, events: list[AuditEvent]) -> None:
+        """Outcomes describe what already happened: they need not hold up the relay. They wait
+        for the next query's write (of any session), or OUTCOME_DELAY, whichever comes first,
+        so that a busy server writes a query's outcome with the next query, in one write."""
+        self._waiting += events
+        if self._flush_scheduled:
+            return
+        try:
+            asyncio.get_running_loop().call_later(OUTCOME_DELAY, self.flush)
+        except RuntimeError:  # no event loop (a tool or a test driving the auditor directly)
+            self.flush()
+        else:
+            self._flush_scheduled = True
+
+    def _take_later(self) -> list[AuditEvent]:
+        waiting, self._waiting = self._waiting, []
+        return waiting
+
+    def _write(self, events: list[AuditEvent]) -> int:
+        try:
+            return self._audit.append_many(events)
+        except AuditUnavailable as exc:
+            kinds = ", ".join(event.kind for event in events[:10])
+            log.error("audit records not written (%s): %s", exc.detail or exc.message, kinds)
+            raise exc from None
+
+    def long_session(self, session: Session, threshold: float) -> None:
+        info = session.info
+        open_for = timedelta(seconds=session.monotonic() - session.started)
+        self._quietly([LongSession(info.session_id, info.user, info.target, open_for,
+                                   timedelta(seconds=threshold))])  # fmt: skip
+
+    def _quietly(self, events: list[AuditEvent]) -> None:
+        """Records of what already happened: a failure is logged (and counted by the sink)."""
+        if events:
+            with contextlib.suppress(AuditUnavailable):  # _write has logged it
+                self._write(events)
+
+
+class LifecycleAuditor:
+    """Store transitions → audit records, after their transaction commits."""
+
+    def __init__(
+        self,
+        audit: AuditLog,
+        get_request: Callable[[str], AccessRequest],
+        approvals: Callable[[str], tuple[int, int]],
+    ) -> None:
+        self._audit = audit
+        self._get = get_request
+        self._approvals = approvals
+
+    def committed(self, transitions: list[Transition]) -> None:
+        for transition in transitions:
+            try:
+                self._audit.append(self._event(transition))
+            except AuditUnavailable as exc:
+                log.error("audit record of %s lost: %s", transition.action, exc)
+            except Exception:
+                log.exception("could not audit %s of %s", transition.action, transition.request_id)
+
+    def _event(self, t: Transition) -> AuditEvent:
+        request = self._get(t.request_id)
+        if t.action is Action.APPROVE:
+            have, need = self._approvals(request.id)
+            return RequestApproved(request.id, t.actor, t.why, have, need)
+        return _BUILDERS[t.action](request, t)
+
+
+def _created(r: AccessRequest, t: Transition) -> AuditEvent:
+    return RequestCreated(
+        r.id, r.requester, r.target, r.access_level, r.requested_duration, r.duration, r.reason
+    )
+
+
+def _activated(r: AccessRequest, t: Transition) -> AuditEvent:
+    activated, ends = r.activated_at or t.at, r.ends_at or t.at
+    return GrantActivated(r.id, r.requester, r.target, r.access_level, activated, ends, t.actor)
+
+
+# Every action but APPROVE (which needs the approval count) → its record.
+_BUILDERS: dict[Action, Callable[[AccessRequest, Transition], AuditEvent]] = {
+    Action.CREATE: _created,
+    Action.ACTIVATE: _activated,
+    Action.DENY: lambda r, t: RequestDenied(r.id, t.actor, t.why),
+    Action.CANCEL: lambda r, t: RequestCancelled(r.id, t.actor, t.why),
+    Action.LAPSE: lambda r, t: RequestLapsed(r.id, t.why),
+    Action.ISSUE_CREDENTIAL: lambda r, t: CredentialIssued(r.id, r.requester, r.ends_at or t.at),
+    Action.EXPIRE: lambda r, t: GrantExpired(r.id, r.requester, r.target, t.at),
+    Action.REVOKE: lambda r, t: GrantRevoked(r.id, t.actor, t.why),
+}
+
+
+def open_audit_log(
+    settings: AuditSettings, path: Path, clock: Clock, secrets: SecretsToRedact
+) -> AuditLog:
+    """The server's audit log, per the config; AuditUnavailable or SecretUnavailable if not."""
+    options = SinkOptions(
+        fsync=settings.fsync,
+        fsync_interval=settings.fsync_interval.total_seconds(),
+        max_file_bytes=settings.max_file_bytes,
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return AuditLog(
+        path, load_key(settings.hmac_key), clock=clock, options=options,
+        redactor=Redactor(secrets),
+    )  # fmt: skip
+
+
+def query_limits(settings: AuditSettings) -> QueryLimits:
+    return QueryLimits(settings.max_query_bytes, settings.max_param_bytes)

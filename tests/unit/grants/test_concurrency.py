@@ -1,0 +1,160 @@
+"""Concurrent writers (SECURITY.md row 43): each approver has its own connection to one file.
+
+Threads each open their own `SqliteStore` on the same file (a separate SQLite connection, as
+separate processes would have), and one test uses real processes. Whatever the interleaving, the
+quorum is exact, the request is activated once, no approval is lost, and the requester never
+counts.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import sqlite3
+import threading
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from proxy.grants.lifecycle import GrantService, LifecycleError
+from proxy.grants.requests import AccessRequest, Action, RequestId, RequestState
+from proxy.grants.rules import NotPermitted
+from proxy.grants.store import SqliteStore
+from proxy.policy.models import Policy, UserName
+from tests.fixtures.clock import FakeClock
+from tests.fixtures.grants import ALICE, GROUPS, PolicyBox, make_policy, new_request
+
+APPROVERS = [UserName(f"approver{n:02}") for n in range(50)]
+
+
+def crowd_policy(required: int) -> Policy:
+    return make_policy(required=required, users={**GROUPS, **dict.fromkeys(APPROVERS, ("dba",))})
+
+
+def race(
+    db_path: Path,
+    clock: FakeClock,
+    policy: PolicyBox,
+    calls: list[Callable[[GrantService], object]],
+) -> list[object]:
+    """Run each call in its own thread with its own store, all released at once; return each
+    call's result or the exception it raised."""
+    results: list[object] = [None] * len(calls)
+    barrier = threading.Barrier(len(calls))
+
+    def run(index: int) -> None:
+        with SqliteStore(db_path) as store:
+            service = GrantService(store, clock, policy)
+            barrier.wait()
+            try:
+                results[index] = calls[index](service)
+            except Exception as exc:  # the test inspects it
+                results[index] = exc
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    return results
+
+
+def approve_call(request_id: RequestId, who: UserName) -> Callable[[GrantService], object]:
+    return lambda service: service.approve(request_id, who)
+
+
+def cancel_call(request_id: RequestId) -> Callable[[GrantService], object]:
+    return lambda service: service.cancel(request_id, ALICE)
+
+
+def count(db_path: Path, sql: str, *params: object) -> int:
+    with sqlite3.connect(db_path) as conn:
+        value: int = conn.execute(sql, params).fetchone()[0]
+    return value
+
+
+def activations(db_path: Path, request_id: RequestId) -> int:
+    return count(
+        db_path, "SELECT count(*) FROM transitions WHERE request_id = ? AND action = ?",
+        request_id, Action.ACTIVATE.value,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("required", [50, 5])
+def test_fifty_concurrent_approvers_reach_exactly_the_quorum(
+    db_path: Path, clock: FakeClock, service: GrantService, policy: PolicyBox, required: int
+) -> None:
+    policy.current = crowd_policy(required)
+    request = new_request(service)
+    calls = [approve_call(request.id, who) for who in [*APPROVERS, ALICE]]
+    results = race(db_path, clock, policy, calls)
+
+    assert isinstance(results[-1], NotPermitted | LifecycleError)  # the requester never counts
+    approved = [r for r in results[:-1] if isinstance(r, AccessRequest)]
+    refused = [r for r in results[:-1] if isinstance(r, LifecycleError)]
+    assert (len(approved), len(refused)) == (required, 50 - required)
+    assert (
+        count(db_path, "SELECT count(*) FROM approvals WHERE request_id = ?", request.id)
+        == required
+    )
+    assert count(db_path, "SELECT count(*) FROM approvals WHERE approver = ?", ALICE) == 0
+    assert activations(db_path, request.id) == 1
+    final = service.get(request.id)
+    assert final.state is RequestState.ACTIVE
+    assert sum(1 for r in approved if r.state is RequestState.ACTIVE) == 1  # one activator
+
+
+def test_approve_racing_cancel_leaves_one_consistent_outcome(
+    db_path: Path, clock: FakeClock, service: GrantService, policy: PolicyBox
+) -> None:
+    policy.current = crowd_policy(1)
+    outcomes = set()
+    for _ in range(20):
+        request = new_request(service)
+        approve, cancel = race(
+            db_path, clock, policy,
+            [approve_call(request.id, APPROVERS[0]), cancel_call(request.id)],
+        )  # fmt: skip
+        final = service.get(request.id)
+        history = service.history(request.id)
+        assert history[-1].to_state is final.state
+        if final.state is RequestState.ACTIVE:
+            assert isinstance(cancel, LifecycleError)
+            assert activations(db_path, request.id) == 1
+        else:
+            assert final.state is RequestState.CANCELLED
+            assert isinstance(approve, LifecycleError)
+            assert service.approvals(request.id) == ()
+        assert sum(1 for t in history if t.from_state is not t.to_state) == 2  # create + 1 end
+        outcomes.add(final.state)
+    assert outcomes <= {RequestState.ACTIVE, RequestState.CANCELLED}
+
+
+def _approve_in_a_process(db_path: str, request_id: str, approver: str, required: int) -> str:
+    """Runs in a child process: its own interpreter, its own connection."""
+    with SqliteStore(db_path) as store:
+        service = GrantService(store, FakeClock(), lambda: crowd_policy(required))
+        try:
+            return service.approve(RequestId(request_id), UserName(approver)).state.value
+        except LifecycleError:
+            return "refused"
+
+
+def test_concurrent_approvers_in_separate_processes(
+    db_path: Path, service: GrantService, policy: PolicyBox
+) -> None:
+    required, workers = 6, 8
+    policy.current = crowd_policy(required)
+    request = new_request(service)
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+        futures = [
+            pool.submit(_approve_in_a_process, str(db_path), request.id, who, required)
+            for who in APPROVERS[:workers]
+        ]
+        states = sorted(f.result(timeout=60) for f in futures)
+    assert states.count("refused") == workers - required
+    assert states.count("active") == 1
+    assert count(db_path, "SELECT count(*) FROM approvals") == required
+    assert activations(db_path, request.id) == 1
