@@ -19,11 +19,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from proxy import __version__
-from proxy.commands import access, audit_verify, checks, devcert, tokens
+from proxy.commands import access, audit_verify, checks, devcert, serve, tokens
 from proxy.commands import requests as req
 from proxy.commands.transport import cli_command
 from proxy.demo import walkthrough
-from proxy.runtime import serve
 
 
 @dataclass(frozen=True, slots=True)

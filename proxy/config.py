@@ -15,9 +15,9 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 from datetime import timedelta
+from enum import StrEnum
 from pathlib import Path
 
-from proxy.audit.sink_state import FsyncPolicy
 from proxy.policy.fields import Fields, check_host, secret_ref
 from proxy.policy.models import SecretRef
 from proxy.policy.yaml_strict import DocumentError, Problems, build_document, read_source
@@ -60,6 +60,15 @@ class ConfigError(DocumentError):
 
 class ConfigUnreadable(ConfigError):
     """The config file could not be read at all."""
+
+
+class FsyncPolicy(StrEnum):
+    """When the audit sink makes its records durable (`audit.fsync`): before each write returns,
+    every `fsync_interval`, or when the operating system decides."""
+
+    ALWAYS = "always"
+    INTERVAL = "interval"
+    NEVER = "never"
 
 
 @dataclass(frozen=True, slots=True)

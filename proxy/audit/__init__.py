@@ -50,8 +50,9 @@ from proxy.audit.query_events import (
 from proxy.audit.recorder import CLIENT_TYPES, UPSTREAM_TYPES, QueryLimits, SessionRecorder
 from proxy.audit.records import load_key
 from proxy.audit.redact import Redactor
-from proxy.audit.sink_state import AuditUnavailable, FsyncPolicy, SinkOptions
+from proxy.audit.sink_state import AuditUnavailable, SinkOptions
 from proxy.audit.verify import VerifyReport, verify
+from proxy.config import FsyncPolicy
 
 __all__ = [
     "CLIENT_TYPES",

@@ -46,11 +46,11 @@ from proxy.audit.redact import Redactor
 from proxy.audit.sink_state import (
     MIN_FILE_BYTES,
     AuditUnavailable,
-    FsyncPolicy,
     SinkOptions,
     SinkState,
 )
 from proxy.clock import Clock
+from proxy.config import FsyncPolicy
 
 __all__ = ["AuditLog", "AuditUnavailable", "FsyncPolicy", "SinkOptions"]
 

@@ -13,7 +13,6 @@ import contextlib
 import errno
 from collections.abc import Iterable
 from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 
 from proxy import __version__
@@ -30,6 +29,7 @@ from proxy.audit.recovery import (
     read_head,
 )
 from proxy.clock import Clock
+from proxy.config import FsyncPolicy
 from proxy.errors import PgwardenError, Severity
 
 _DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
@@ -37,12 +37,6 @@ IO_ERROR = "58030"
 DISK_FULL = "53100"
 DEFAULT_MAX_FILE_BYTES = 64 * 1024 * 1024
 MIN_FILE_BYTES = 4096
-
-
-class FsyncPolicy(StrEnum):
-    ALWAYS = "always"
-    INTERVAL = "interval"
-    NEVER = "never"
 
 
 @dataclass(frozen=True, slots=True)

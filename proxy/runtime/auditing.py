@@ -47,9 +47,9 @@ from proxy.audit.query_events import CopyDirection
 from proxy.audit.recorder import CLIENT_TYPES, UPSTREAM_TYPES, QueryLimits, SessionRecorder
 from proxy.audit.records import load_key
 from proxy.audit.redact import Redactor
-from proxy.audit.sink_state import FsyncPolicy, SinkOptions
+from proxy.audit.sink_state import SinkOptions
 from proxy.clock import Clock
-from proxy.config import AuditSettings
+from proxy.config import AuditSettings, FsyncPolicy
 from proxy.grants.requests import AccessRequest, Action, IssuedCredential, Transition
 from proxy.session.observer import LoginFailure, SessionObserver
 from proxy.session.relay import COPY_DATA

@@ -11,13 +11,11 @@ told to stop, and shuts down with the configured grace.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import functools
 import logging
 import signal
-import sys
 from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -32,7 +30,7 @@ from proxy.audit.records import worker_audit_path
 from proxy.audit.redact import Redactor
 from proxy.auth.throttle import LoginThrottle, ThrottleRule
 from proxy.clock import SYSTEM_CLOCK, Clock
-from proxy.config import ServerConfig, ThrottleSettings, load_config
+from proxy.config import ServerConfig, ThrottleSettings
 from proxy.errors import PgwardenError
 from proxy.grants.lifecycle import GrantService
 from proxy.grants.requests import AccessRequest, Action, RequestId, RequestState, Transition
@@ -371,31 +369,3 @@ def run_event_loop(main: Coroutine[object, object, None]) -> None:
         asyncio.run(main)
         return
     uvloop.run(main)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", type=Path, required=True, help="the server config file")
-    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
-    # Set by the primary when it starts worker processes (proxy.workers > 1); not for people.
-    parser.add_argument("--worker", type=int, default=0, help=argparse.SUPPRESS)
-    parser.add_argument("--channel-fd", type=int, default=-1, help=argparse.SUPPRESS)
-    parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
-
-
-def run(args: argparse.Namespace) -> int:
-    who = f"[worker {args.worker}] " if args.worker else ""
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format=f"%(asctime)s %(levelname)s {who}%(name)s: %(message)s",
-    )
-    if args.worker and args.channel_fd < 0:
-        print("pgwarden: --worker is for the processes pgwarden starts itself", file=sys.stderr)
-        return 2
-    worker = WorkerArgs(args.worker, args.channel_fd, args.port) if args.worker else None
-    try:
-        config = load_config(args.config)
-        run_event_loop(serve(config, args.config, worker))
-    except PgwardenError as exc:
-        print(f"pgwarden: {exc}", file=sys.stderr)
-        return 1
-    return 0
