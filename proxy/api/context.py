@@ -9,8 +9,9 @@ thread pool (`API_THREADS`), not the loop's default executor — so that a flood
 run there and are what ends sessions on revocation.
 
 `readiness_checks` is the documented hook for `/readyz`: each callable returns None when its part
-is ready, or a short problem text; they run in the executor, so they may block briefly. Runtime
-registers the store, policy and listener checks; the audit log adds its own later.
+is ready, or a short problem text; they run in the executor, so they may block briefly.
+`api_server()` registers the store, policy and listener checks and the runtime's own (the audit
+log, the worker processes).
 """
 
 from __future__ import annotations

@@ -10,13 +10,13 @@ do for the Postgres listener). `stop()` stops accepting and gives requests in pr
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from aiohttp import web
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from proxy.api.app import build_app
-from proxy.api.context import ApiContext, ProxyAddress, ReadinessCheck
+from proxy.api.context import ApiContext, OtherWorkers, ProxyAddress, ReadinessCheck
 from proxy.api.webhooks import Notifier
 from proxy.clock import Clock
 from proxy.config import ServerConfig
@@ -74,18 +74,22 @@ def api_server(
     notifier: Notifier,
     clock: Clock,
     metrics: CollectorRegistry = REGISTRY,
+    checks: Iterable[ReadinessCheck] = (),
+    workers: OtherWorkers | None = None,
 ) -> ApiServer:
-    """The API of a pgwarden: its grants, store, policy, live sessions and notifier."""
+    """The API of a pgwarden: its grants, store, policy, live sessions and notifier; `checks`
+    add to the readiness of the store, policy and listener; `workers` are the other processes."""
     address = ProxyAddress(
         listen=config.proxy.listen,
         public=config.api.public_proxy_address,
         bound_port=lambda: proxy.port,
         tls=config.proxy.tls is not None,
     )
-    checks = [store_check(store), policy_check(policy), listener_check(proxy)]
+    ready = [store_check(store), policy_check(policy), listener_check(proxy), *checks]
     context = ApiContext(
-        grants, store, policy, clock, proxy.ctx.registry, notifier, address, checks, metrics
-    )
+        grants, store, policy, clock, proxy.ctx.registry, notifier, address, ready, metrics,
+        workers,
+    )  # fmt: skip
     return ApiServer(context, config.api.listen.host, config.api.listen.port)
 
 

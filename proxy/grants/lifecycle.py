@@ -146,12 +146,19 @@ class GrantService:
     `InvalidRequest` (does not fit the policy).
     """
 
-    def __init__(self, store: Store, clock: Clock, policy: Callable[[], Policy]) -> None:
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        policy: Callable[[], Policy],
+        *,
+        on_credential: Callable[[IssuedCredential], None] | None = None,
+    ) -> None:
         self._store = store
         self._clock = clock
         self._policy = policy
         # Told each credential issued (the audit log's redactor must know the new password).
-        self.on_credential: Callable[[IssuedCredential], None] | None = None
+        self._on_credential = on_credential
 
     def create_request(
         self,
@@ -236,8 +243,8 @@ class GrantService:
             _record(tx, request, request, Action.ISSUE_CREDENTIAL, actor=actor, now=now, why=why)
         assert request.ends_at is not None  # an active request has its window
         issued = IssuedCredential(request.id, request.requester, password, request.ends_at)
-        if self.on_credential is not None:
-            self.on_credential(issued)
+        if self._on_credential is not None:
+            self._on_credential(issued)
         return issued
 
     def get(self, request_id: RequestId) -> AccessRequest:

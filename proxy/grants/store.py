@@ -341,10 +341,16 @@ class _SqliteTx:
 class SqliteStore:
     """A `Store` in one SQLite file, safe to share between threads and processes."""
 
-    def __init__(self, path: str | Path, *, busy_timeout: timedelta = DEFAULT_BUSY_TIMEOUT) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        busy_timeout: timedelta = DEFAULT_BUSY_TIMEOUT,
+        on_commit: Callable[[list[Transition]], None] | None = None,
+    ) -> None:
         self.path = Path(path)
         # Told the transitions of each committed write transaction (the audit log listens).
-        self.on_commit: Callable[[list[Transition]], None] | None = None
+        self._on_commit = on_commit
         self._busy_timeout = busy_timeout
         self._local = threading.local()
         self._lock = threading.Lock()
@@ -412,8 +418,8 @@ class SqliteStore:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
-        if tx.transitions and self.on_commit is not None:
-            self.on_commit(tx.transitions)  # only what committed: a rollback is never reported
+        if tx.transitions and self._on_commit is not None:
+            self._on_commit(tx.transitions)  # only what committed: a rollback is never reported
 
     @contextmanager
     def read(self) -> Iterator[StoreTx]:

@@ -7,6 +7,8 @@ then runs the housekeeping loop (policy reload check, lapse/expiry sweep) once a
 told to stop, and shuts down with the configured grace.
 
 `Runtime` is the in-process form the tests use: `start()` returns once the listener is bound.
+The jobs it runs each second are in `housekeeping.py`, the sessions' dependencies in
+`proxy_context.py`.
 """
 
 from __future__ import annotations
@@ -16,26 +18,27 @@ import contextlib
 import functools
 import logging
 import signal
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
+from prometheus_client import CollectorRegistry, ProcessCollector
 
+from proxy.api.context import ReadinessCheck
 from proxy.api.server import ApiServer, api_server
 from proxy.api.webhooks import Notifier, notification_failures
 from proxy.audit import AuditLog
 from proxy.audit.records import worker_audit_path
 from proxy.audit.redact import Redactor
-from proxy.auth.throttle import LoginThrottle, ThrottleRule
 from proxy.clock import SYSTEM_CLOCK, Clock
-from proxy.config import ServerConfig, ThrottleSettings
+from proxy.config import ServerConfig
 from proxy.errors import PgwardenError
 from proxy.grants.lifecycle import GrantService
-from proxy.grants.requests import AccessRequest, Action, RequestId, RequestState, Transition
+from proxy.grants.requests import AccessRequest, Action, IssuedCredential, RequestId, Transition
 from proxy.grants.store import SqliteStore
-from proxy.net.tls import server_channel_binding, server_ssl_context
+from proxy.policy.models import Policy
 from proxy.policy.reload import PolicyHolder, ReloadOutcome, ReloadResult
 from proxy.runtime.auditing import (
     LifecycleAuditor,
@@ -44,18 +47,31 @@ from proxy.runtime.auditing import (
     open_audit_log,
     query_limits,
 )
-from proxy.runtime.metrics import Metrics, MetricsObserver, policy_label
-from proxy.session.admission import Admission, AdmissionLimits
-from proxy.session.context import ClientTls, ProxyContext
+from proxy.runtime.housekeeping import (
+    AuditHealthWatch,
+    GrantSweep,
+    Housekeeping,
+    MetricsReport,
+    PoolWatch,
+    RequestCounts,
+)
+from proxy.runtime.metrics import Metrics, policy_label
+from proxy.runtime.metrics_observer import MetricsObserver
+from proxy.runtime.proxy_context import Cancel, build_context, new_mock_secret
 from proxy.session.enforcer import EnforcementSettings, Enforcer
 from proxy.session.registry import SessionRegistry
 from proxy.session.server import ProxyServer
 from proxy.session.session import Session
 from proxy.upstream.pool import UpstreamPool
-from proxy.workers.link import PrimaryLink
+from proxy.workers.link import PrimaryLink, Welcome, join_primary
 from proxy.workers.primary import WorkerSet
-from proxy.workers.shares import share_limits
-from proxy.workers.wiring import link_to_primary, start_workers, worker_config
+from proxy.workers.wiring import (
+    merged_metrics,
+    record_start,
+    welcome,
+    worker_command,
+    worker_config,
+)
 
 log = logging.getLogger(__name__)
 
@@ -63,14 +79,30 @@ HOUSEKEEPING_INTERVAL = 1.0  # seconds: policy file check and grant sweep
 STORE_THREADS = 2  # housekeeping and enforcement each wait for one store call at a time
 
 
+@dataclass(frozen=True, slots=True)
+class WorkerArgs:
+    """How the primary started this process as worker `index` (hidden `serve` options)."""
+
+    index: int
+    channel_fd: int
+    port: int
+
+
 @dataclass(eq=False)
 class Runtime:
-    """A running pgwarden: its config, policy, grants and Postgres listener."""
+    """A running pgwarden: its config, policy, grants and Postgres listener.
+
+    Built whole: each part gets the hooks it needs when it is made, none is rebound later.
+    `welcome` (what a worker's primary sent it, `join_primary`) makes it a worker process;
+    `config_path` with `proxy.workers > 1` makes it the primary of several.
+    """
 
     config: ServerConfig
     clock: Clock = SYSTEM_CLOCK
     worker: int = 0  # 0: the primary (API, sweep, other workers); k > 0: a worker process
     config_path: Path | None = None  # what worker processes are started with
+    welcome: Welcome | None = None  # a worker's: from its primary, before it listens
+    on_primary_lost: Callable[[], None] = lambda: None  # a worker's: stop this process
     policy: PolicyHolder = field(init=False)
     store: SqliteStore = field(init=False)
     grants: GrantService = field(init=False)
@@ -81,13 +113,13 @@ class Runtime:
     notifier: Notifier = field(init=False)
     audit: AuditLog = field(init=False)
     redact: SecretsToRedact = field(init=False)
-    api: ApiServer = field(init=False)  # api.context.readiness_checks: the /readyz hook
+    api: ApiServer = field(init=False)
     auditor: SessionAuditor = field(init=False)
+    lifecycle_auditor: LifecycleAuditor = field(init=False)
+    housekeeping: Housekeeping = field(init=False)
     pool: UpstreamPool | None = field(init=False, default=None)  # upstream_pool, when enabled
     workers: WorkerSet | None = field(init=False, default=None)  # the primary's, when workers > 1
     link: PrimaryLink | None = field(init=False, default=None)  # a worker's channel to the primary
-    _audit_errors_seen: int = field(init=False, default=0)
-    _reuses_seen: int = field(init=False, default=0)
     _tasks: list[asyncio.Task[None]] = field(init=False, default_factory=list)
     # The threads that read and write the store for housekeeping and enforcement: `stop` waits
     # for them before it closes the store (a cancelled task does not stop its thread).
@@ -97,51 +129,115 @@ class Runtime:
     )
 
     def __post_init__(self) -> None:
+        config, clock = self.config, self.clock
         # One registry per runtime: /metrics serves it, and tests may run several runtimes.
         self.metrics_registry = CollectorRegistry()
         ProcessCollector(registry=self.metrics_registry)
         self.metrics = Metrics(self.metrics_registry)
-        pool = self.config.upstream_pool
-        self.pool = UpstreamPool(pool, self.clock.monotonic) if pool.enabled else None
-        self.policy = PolicyHolder.open(self.config.paths.policy, on_reload=self._policy_reloaded)
+        if config.upstream_pool.enabled:
+            self.pool = UpstreamPool(config.upstream_pool, clock.monotonic)
+        self.policy = PolicyHolder.open(config.paths.policy, on_reload=self._policy_reloaded)
         self.redact = SecretsToRedact()
-        audit_path = worker_audit_path(self.config.paths.audit_log, self.worker)
-        self.audit = open_audit_log(self.config.audit, audit_path, self.clock, self.redact)
-        self.store = SqliteStore(self.config.paths.state)
-        self.grants = GrantService(self.store, self.clock, lambda: self.policy.current)
-        self._audit_lifecycle()
-        ctx = build_context(self.config, self.policy, self.grants, self.clock, self.worker)
-        ctx.upstream_pool = self.pool
-        self.auditor = SessionAuditor(
-            self.audit, Redactor(self.redact), query_limits(self.config.audit),
-            self.config.audit.fsync, record_queries=self.config.audit.record_queries,
-        )  # fmt: skip
-        # The auditor first: when it refuses a session (fail closed), nothing else counts it.
-        ctx.observers.extend(
-            [self.auditor, MetricsObserver(self.metrics, lambda: self.policy.current)]
+        audit_path = worker_audit_path(config.paths.audit_log, self.worker)
+        self.audit = open_audit_log(config.audit, audit_path, clock, self.redact)
+        self.lifecycle_auditor = LifecycleAuditor(self.audit, self._request, self._approvals)
+        self.store = SqliteStore(config.paths.state, on_commit=self._committed)
+        self.grants = GrantService(
+            self.store, clock, self._current_policy, on_credential=self._credential_issued
         )
-        listen = self.config.proxy.listen
-        many = self.config.proxy.workers > 1
-        self.server = ProxyServer(ctx, listen.host, listen.port, reuse_port=many)
-        sessions = self.config.sessions
+        self.auditor = SessionAuditor(
+            self.audit, Redactor(self.redact), query_limits(config.audit),
+            config.audit.fsync, record_queries=config.audit.record_queries,
+        )  # fmt: skip
+        failures = notification_failures(self.metrics_registry)
+        self.notifier = Notifier(self._current_policy, clock, failures=failures)
+        registry: SessionRegistry[Session] = SessionRegistry(self.worker)
+        # Every process of one server gives an unknown user the same fake salt (row 14).
+        mock_secret = self.welcome.mock_secret if self.welcome else new_mock_secret()
+        cancel_elsewhere = self._other_processes(registry, mock_secret)
+        self.server = self._proxy_server(registry, mock_secret, cancel_elsewhere)
         self.enforcer = Enforcer(
-            ctx.registry, self.grants, lambda: self.policy.current, self.clock,
+            registry, self.grants, self._current_policy, clock,
             settings=EnforcementSettings(
-                warn_before=tuple(offset.total_seconds() for offset in sessions.warn_before),
-                long_session_after=sessions.long_session_threshold.total_seconds(),
+                warn_before=tuple(o.total_seconds() for o in config.sessions.warn_before),
+                long_session_after=config.sessions.long_session_threshold.total_seconds(),
             ),
             on_long_session=self._long_session, store_work=self._store_work,
         )  # fmt: skip
-        failures = notification_failures(self.metrics_registry)
-        self.notifier = Notifier(lambda: self.policy.current, self.clock, failures=failures)
-        self.api = api_server(
-            self.config, grants=self.grants, store=self.store, policy=lambda: self.policy.current,
-            proxy=self.server, notifier=self.notifier, clock=self.clock,
-            metrics=self.metrics_registry,
-        )  # fmt: skip
-        self.api.context.readiness_checks.append(
-            lambda: None if self.audit.healthy else "the audit log cannot be written"
+        self.api = self._api_server()
+        self.housekeeping = self._housekeeping()
+
+    def _current_policy(self) -> Policy:
+        return self.policy.current
+
+    def _other_processes(self, registry: SessionRegistry[Session], mock_secret: bytes) -> Cancel:
+        """The primary's worker set or a worker's link; where a CancelRequest for another
+        process's key goes (None with one process)."""
+        if self.welcome is not None:
+            self.link = PrimaryLink(registry, self._remember, self.on_primary_lost, self._reload)
+            return self.link.cancel_elsewhere
+        if self.config.proxy.workers == 1:
+            return None
+        if self.config_path is None:
+            raise PgwardenError("proxy.workers > 1 needs the config file's path to start workers")
+        self.workers = WorkerSet(
+            self.config.proxy.workers,
+            worker_command(self.config_path, lambda: self.server.port),
+            welcome(self.redact.entries, mock_secret),
+            functools.partial(_cancel_here, registry),
+            monotonic=self.clock.monotonic,
+            started=record_start(self.audit, self.config.paths.audit_log),
         )
+        return self.workers.route_cancel
+
+    def _proxy_server(
+        self, registry: SessionRegistry[Session], mock_secret: bytes, cancel_elsewhere: Cancel
+    ) -> ProxyServer:
+        ctx = build_context(
+            self.config, self._current_policy, self.grants, self.clock, registry,
+            mock_secret=mock_secret, cancel_elsewhere=cancel_elsewhere, upstream_pool=self.pool,
+            # The auditor first: when it refuses a session (fail closed), nothing else counts it.
+            observers=[self.auditor, MetricsObserver(self.metrics, self._current_policy)],
+        )  # fmt: skip
+        listen = self.config.proxy.listen
+        many = self.config.proxy.workers > 1
+        return ProxyServer(ctx, listen.host, listen.port, reuse_port=many)
+
+    def _api_server(self) -> ApiServer:
+        checks: list[ReadinessCheck] = [self._audit_problem]
+        metrics = self.metrics_registry
+        if self.workers is not None:
+            checks.append(self.workers.problems)
+            metrics = merged_metrics(self.metrics_registry, self.workers)
+        return api_server(
+            self.config, grants=self.grants, store=self.store, policy=self._current_policy,
+            proxy=self.server, notifier=self.notifier, clock=self.clock, metrics=metrics,
+            checks=checks, workers=self.workers,
+        )  # fmt: skip
+
+    def _housekeeping(self) -> Housekeeping:
+        jobs: list[Callable[[], object]] = [
+            self.policy.check_for_changes,
+            AuditHealthWatch(self.audit, self.metrics),
+        ]
+        if self.pool is not None:
+            jobs.append(PoolWatch(self.pool, self.metrics))
+        sweep = None
+        if self.link is not None:  # a worker: the primary sweeps and counts
+            jobs.append(MetricsReport(self.link, self.metrics_registry, self.audit))
+        else:
+            counts = RequestCounts(self.store, self._current_policy, self.metrics)
+            sweep = GrantSweep(self.grants, counts)
+        return Housekeeping(jobs, sweep, self._store_work, HOUSEKEEPING_INTERVAL)
+
+    def _audit_problem(self) -> str | None:
+        return None if self.audit.healthy else "the audit log cannot be written"
+
+    def _remember(self, password: str, expires_at: datetime) -> None:
+        self.redact.remember_password(password, expires_at, self.clock.now())
+
+    def _reload(self) -> None:
+        self.policy.reload()
 
     def reload_policy(self) -> None:
         """SIGHUP: re-read the policy here and in every worker."""
@@ -154,26 +250,26 @@ class Runtime:
         if result.outcome is ReloadOutcome.APPLIED and self.pool is not None:
             self.pool.clear()  # kept backends may belong to roles or servers no longer named
 
-    def _audit_lifecycle(self) -> None:
-        def approvals(request_id: str) -> tuple[int, int]:
-            request = self.grants.get(RequestId(request_id))
-            target = self.policy.current.targets.get(request.target)
-            need = target.approval_for(request.access_level).required_approvals if target else 0
-            return len(self.grants.approvals(RequestId(request_id))), need
+    def _credential_issued(self, issued: IssuedCredential) -> None:
+        """On an API thread: mask the new password in every process's audit log."""
+        self.redact.remember(issued, self.clock.now())
+        if self.workers is not None:
+            self.workers.share_secret(issued.password, issued.expires_at)
 
-        def get(request_id: str) -> AccessRequest:
-            return self.grants.get(RequestId(request_id))
+    def _committed(self, transitions: list[Transition]) -> None:
+        self.lifecycle_auditor.committed(transitions)
+        for t in transitions:
+            if t.action is Action.EXPIRE:  # the API fires the others; expiry has no caller
+                self.notifier.grant_expired(self._request(t.request_id))
 
-        auditor = LifecycleAuditor(self.audit, get, approvals)
+    def _request(self, request_id: str) -> AccessRequest:
+        return self.grants.get(RequestId(request_id))
 
-        def committed(transitions: list[Transition]) -> None:
-            auditor.committed(transitions)
-            for t in transitions:
-                if t.action is Action.EXPIRE:  # the API fires the others; expiry has no caller
-                    self.notifier.grant_expired(get(t.request_id))
-
-        self.store.on_commit = committed
-        self.grants.on_credential = lambda issued: self.redact.remember(issued, self.clock.now())
+    def _approvals(self, request_id: str) -> tuple[int, int]:
+        request = self._request(request_id)
+        target = self.policy.current.targets.get(request.target)
+        need = target.approval_for(request.access_level).required_approvals if target else 0
+        return len(self.grants.approvals(RequestId(request_id))), need
 
     def _long_session(self, session: Session) -> None:
         (target,) = policy_label(self.policy.current, session.info.target)
@@ -184,27 +280,21 @@ class Runtime:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        if self.worker == 0:
+        if self.link is not None:
+            assert self.welcome is not None
+            self.link.start(self.welcome)  # the primary's notices, from here on
+            await self.server.start()
+            self.link.notify("ready")
+        else:
             await self.server.start()
             self.notifier.bind(loop)
             await self.api.start()
-            if self.config.proxy.workers > 1:
-                await self._start_workers()
-        else:
-            await self._join_primary()
-        self._tasks = [loop.create_task(self._housekeep()), loop.create_task(self.enforcer.run())]
-
-    async def _start_workers(self) -> None:
-        if self.config_path is None:
-            raise PgwardenError("proxy.workers > 1 needs the config file's path to start workers")
-        self.workers = workers = start_workers(self, self.config_path, self.server.port)
-        await workers.start()
-
-    async def _join_primary(self) -> None:
-        """A worker: take the primary's secrets, then listen, then say so."""
-        assert self.link is not None, "a worker runtime needs link_to_primary() first"
-        await self.server.start()
-        self.link.notify("ready")
+            if self.workers is not None:
+                await self.workers.start()
+        self._tasks = [
+            loop.create_task(self.housekeeping.run()),
+            loop.create_task(self.enforcer.run()),
+        ]
 
     async def stop(self) -> None:
         await self.api.stop()  # first: no API call may start work on a closing store
@@ -229,109 +319,12 @@ class Runtime:
         self.auditor.flush()
         self.audit.close()
 
-    async def _housekeep(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(HOUSEKEEPING_INTERVAL)
-            try:
-                self.policy.check_for_changes()
-                self._audit_health()
-                self._prune_pool()
-                if self.link is not None:  # a worker: the primary sweeps and counts
-                    text = generate_latest(self.metrics_registry).decode()
-                    self.link.notify("metrics", text=text, audit_healthy=self.audit.healthy)
-                    continue
-                # SQLite writes may wait for the file lock: keep them off the event loop.
-                await loop.run_in_executor(self._store_work, self.grants.sweep)
-                counts = await loop.run_in_executor(self._store_work, self._request_counts)
-                self._publish_counts(counts)
-            except Exception:
-                log.exception("housekeeping failed; retrying in %.0f s", HOUSEKEEPING_INTERVAL)
 
-    def _request_counts(self) -> tuple[tuple[str, str, str, int], ...]:
-        with self.store.read() as tx:
-            return tx.request_counts()
-
-    def _publish_counts(self, counts: tuple[tuple[str, str, str, int], ...]) -> None:
-        """Requests by state, active grants by target and level (policy names only)."""
-        by_state: dict[str, int] = dict.fromkeys((s.value for s in RequestState), 0)
-        active: dict[tuple[str, ...], int] = {}
-        for state, target, level, count in counts:
-            by_state[state] = by_state.get(state, 0) + count
-            if state == RequestState.ACTIVE.value:
-                labels = policy_label(self.policy.current, target, level)
-                active[labels] = active.get(labels, 0) + count
-        for state, count in by_state.items():
-            self.metrics.requests.labels(state).set(count)
-        self.metrics.grants_active.clear()
-        for labels, count in active.items():
-            self.metrics.grants_active.labels(*labels).set(count)
-
-    def _prune_pool(self) -> None:
-        if self.pool is None:
-            return
-        self.pool.prune()
-        self.metrics.upstream_pool_idle.set(self.pool.idle_count)
-        self.metrics.upstream_pool_reuses.inc(self.pool.reused - self._reuses_seen)
-        self._reuses_seen = self.pool.reused
-
-    def _audit_health(self) -> None:
-        self.metrics.audit_healthy.set(1 if self.audit.healthy else 0)
-        errors = self.audit.write_errors - self._audit_errors_seen
-        if errors > 0:
-            self.metrics.audit_write_errors.inc(errors)
-            self._audit_errors_seen += errors
-
-
-def build_context(
-    config: ServerConfig, policy: PolicyHolder, grants: GrantService, clock: Clock, worker: int = 0
-) -> ProxyContext:
-    limits = share_limits(config.limits, config.proxy.workers)
-    return ProxyContext(
-        policy=lambda: policy.current,
-        grants=grants,
-        clock=clock,
-        throttle=LoginThrottle(
-            clock.monotonic,
-            per_user=_rule(limits.failed_logins_per_user),
-            per_source=_rule(limits.failed_logins_per_source),
-        ),
-        admission=Admission(
-            AdmissionLimits(
-                max_preauth=limits.max_preauth_connections,
-                max_preauth_per_source=limits.max_preauth_per_source,
-                max_sessions=limits.max_sessions,
-                max_sessions_per_source=limits.max_sessions_per_source,
-            )
-        ),
-        client_tls=_client_tls(config),
-        registry=SessionRegistry(worker),
-        login_timeout=config.proxy.login_timeout.total_seconds(),
-        max_client_message=limits.max_message_bytes,
-    )
-
-
-def _rule(settings: ThrottleSettings) -> ThrottleRule:
-    return ThrottleRule(settings.burst, settings.refill_every.total_seconds())
-
-
-def _client_tls(config: ServerConfig) -> ClientTls | None:
-    files = config.proxy.tls
-    if files is None:
-        return None
-    return ClientTls(
-        context=server_ssl_context(files.cert_file, files.key_file),
-        channel_binding=server_channel_binding(files.cert_file),
-    )
-
-
-@dataclass(frozen=True, slots=True)
-class WorkerArgs:
-    """How the primary started this process as worker `index` (hidden `serve` options)."""
-
-    index: int
-    channel_fd: int
-    port: int
+def _cancel_here(registry: SessionRegistry[Session], process_id: int, secret: bytes) -> None:
+    """A CancelRequest for one of this process's keys, routed here from another process."""
+    session = registry.find_by_cancel_key(process_id, secret)
+    if session is not None:
+        session.cancel_running_query()
 
 
 async def serve(
@@ -342,11 +335,11 @@ async def serve(
     stop = asyncio.Event()
     if worker is None:
         runtime = Runtime(config, config_path=config_path)
-    else:
-        runtime = Runtime(worker_config(config, worker.port), worker=worker.index)
+    else:  # take the primary's secrets before building anything that listens
+        joined = await join_primary(worker.channel_fd)
+        config = worker_config(config, worker.port)
+        runtime = Runtime(config, worker=worker.index, welcome=joined, on_primary_lost=stop.set)
     try:
-        if worker is not None:
-            await link_to_primary(runtime, worker.channel_fd, stop.set)
         await runtime.start()
     except BaseException:
         await runtime.stop()  # what did start (listener, API, workers) ends cleanly

@@ -1,22 +1,25 @@
 """A worker process's end of the channel to the primary (see `proxy/workers/primary.py`).
 
-The worker waits for `welcome` before it listens, remembers every temporary password it is sent,
-answers `sessions` and `end` from its own registry, checks a routed `cancel` against its own keys
-(in constant time, as for a CancelRequest it received itself), reloads the policy on `reload`,
-and stops on `stop` or when the channel closes: a worker without its primary would serve
-sessions nobody can list or kill.
+The worker reads the primary's `welcome` (`join_primary`) before it builds its runtime, so that
+it listens with the primary's secrets. Then `PrimaryLink` remembers every temporary password it is
+sent, answers `sessions` and `end` from its own registry, checks a routed `cancel` against its
+own keys (in constant time, as for a CancelRequest it received itself), reloads the policy on
+`reload`, and stops on `stop` or when the channel closes: a worker without its primary would
+serve sessions nobody can list or kill.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 
 from proxy.session.registry import SessionRegistry
 from proxy.session.session import Ending, EndReason, Session
-from proxy.workers.channel import ChannelClosed, Message, WorkerChannel, adopt
+from proxy.workers.channel import MAX_LINE, ChannelClosed, Message, WorkerChannel, adopt
 from proxy.workers.primary import sessions_answer
 
 log = logging.getLogger(__name__)
@@ -25,6 +28,33 @@ WELCOME_TIMEOUT = 10.0  # seconds; the primary sends `welcome` right after start
 END_WAIT = 5.0  # seconds for a session ended by the API to be gone (as api KILL_WAIT)
 
 Remember = Callable[[str, datetime], None]  # (password, expires at)
+
+
+@dataclass(frozen=True, slots=True)
+class Welcome:
+    """What the primary gives a starting worker before it listens, and the channel it came on."""
+
+    mock_secret: bytes  # the same in every process: an unknown user gets one fake salt
+    secrets: list[tuple[str, datetime]]  # the live temporary passwords, to mask in the audit log
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+
+
+async def join_primary(fd: int) -> Welcome:
+    """Open the channel the primary passed down and read its `welcome`, its first line."""
+    reader, writer = await asyncio.open_unix_connection(sock=adopt(fd), limit=MAX_LINE)
+    try:
+        line = await asyncio.wait_for(reader.readline(), WELCOME_TIMEOUT)
+        if not line:
+            raise ChannelClosed("the primary closed before welcome")
+        message = json.loads(line)
+        if not isinstance(message, dict) or message.get("op") != "welcome":
+            raise ValueError("the primary's first line must be its welcome")
+        mock_secret = bytes.fromhex(str(message.get("mock_secret")))
+        return Welcome(mock_secret, _pairs(message.get("secrets")), reader, writer)
+    except BaseException:
+        writer.close()
+        raise
 
 
 class PrimaryLink:
@@ -41,18 +71,16 @@ class PrimaryLink:
         self._remember = remember
         self._stop = stop
         self._reload = reload  # the policy, when the primary got SIGHUP
-        self._welcome: asyncio.Future[Message] | None = None
         self._channel: WorkerChannel | None = None
         self._reader: asyncio.Task[None] | None = None
         self._closing = False  # we closed the channel ourselves (stopping)
 
-    async def connect(self, fd: int) -> Message:
-        """Open the channel and wait for `welcome`; returns it (the mock SCRAM secret, ...)."""
-        loop = asyncio.get_running_loop()
-        self._welcome = loop.create_future()
-        self._channel = await WorkerChannel.open(adopt(fd), self._handle)
-        self._reader = loop.create_task(self._serve(self._channel))
-        return await asyncio.wait_for(asyncio.shield(self._welcome), WELCOME_TIMEOUT)
+    def start(self, welcome: Welcome) -> None:
+        """Remember the welcome's secrets and serve the primary from now on."""
+        for password, expires_at in welcome.secrets:
+            self._remember(password, expires_at)
+        self._channel = WorkerChannel(welcome.reader, welcome.writer, self._handle)
+        self._reader = asyncio.get_running_loop().create_task(self._serve(self._channel))
 
     def notify(self, op: str, **fields: object) -> None:
         if self._channel is not None:
@@ -70,19 +98,12 @@ class PrimaryLink:
         try:
             await channel.run()
         finally:
-            if self._welcome is not None and not self._welcome.done():
-                self._welcome.set_exception(ChannelClosed("the primary closed before welcome"))
             if not self._closing:
                 log.warning("the primary process is gone; this worker stops")
                 self._stop()
 
     async def _handle(self, op: str, message: Message) -> Message | None:
-        if op == "welcome":
-            for password, expires_at in _pairs(message.get("secrets")):
-                self._remember(password, expires_at)
-            if self._welcome is not None and not self._welcome.done():
-                self._welcome.set_result(message)
-        elif op == "secret":
+        if op == "secret":
             self._remember(*_secret(message.get("password"), message.get("expires_at")))
         elif op == "cancel":
             self._cancel(message)

@@ -27,6 +27,7 @@ import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from proxy.errors import PgwardenError
 from proxy.session.session import Ending, SessionInfo
@@ -81,11 +82,12 @@ class WorkerSet:
         self._cancel_here = cancel_here
         self._keepers: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None  # set by start(), for share_secret
         self._first_failure = asyncio.Event()  # a worker died before it ever listened
 
     async def start(self) -> None:
         """Start every worker and wait until each listens; WorkersFailed if one does not."""
-        loop = asyncio.get_running_loop()
+        self._loop = loop = asyncio.get_running_loop()
         self._keepers = [loop.create_task(self._keep(w)) for w in self._workers.values()]
         all_ready = loop.create_task(self._all_ready())
         one_failed = loop.create_task(self._first_failure.wait())
@@ -110,6 +112,18 @@ class WorkerSet:
         for worker in self._workers.values():
             if worker.channel is not None and not worker.channel.closed:
                 worker.channel.notify(op, **fields)
+
+    def share_secret(self, password: str, expires_at: datetime) -> None:
+        """From any thread: queue a temporary password for every worker, in issue order.
+
+        The API issues passwords on its threads and answers on the loop after this call, so
+        (the loop running callbacks in order) every worker has it before the person who asked.
+        """
+        if self._loop is None:
+            return  # not started: a worker that starts later gets it in its welcome
+        self._loop.call_soon_threadsafe(
+            lambda: self.broadcast("secret", password=password, expires_at=expires_at.isoformat())
+        )
 
     def route_cancel(self, owner: int, process_id: int, secret: bytes) -> None:
         """A CancelRequest for `owner`'s key: checked there (or here, for the primary's)."""

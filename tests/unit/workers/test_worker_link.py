@@ -13,6 +13,7 @@ from proxy.runtime.auditing import SecretsToRedact
 from proxy.session.session import Ending, EndReason
 from proxy.workers import link as primary_link_module
 from proxy.workers.channel import ChannelClosed, WorkerChannel, channel_pair
+from proxy.workers.link import Welcome, join_primary
 from proxy.workers.shares import info_to_json
 from tests.fixtures.workers import (
     START,
@@ -25,7 +26,7 @@ from tests.fixtures.workers import (
 )
 
 
-def test_connect_returns_the_welcome_and_remembers_its_secrets() -> None:
+def test_the_welcome_gives_the_mock_secret_and_its_secrets_are_remembered() -> None:
     async def test() -> None:
         worker = Worker()
         async with primary_of(worker):
@@ -35,20 +36,17 @@ def test_connect_returns_the_welcome_and_remembers_its_secrets() -> None:
     run(test)
 
 
-def test_connect_gives_up_when_no_welcome_comes(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_joining_gives_up_when_no_welcome_comes(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(primary_link_module, "WELCOME_TIMEOUT", 0.05)
 
     async def test() -> None:
-        worker = Worker()
         primary_end, worker_end = channel_pair()
         primary = await WorkerChannel.open(primary_end, ignore)
         reading = asyncio.create_task(primary.run())
         with pytest.raises(TimeoutError):
-            await worker.link.connect(worker_end.detach())
-        primary.close()
-        await asyncio.wait_for(reading, WAIT)
-        assert await worker.finished() is None
-        assert worker.stops == 1  # the primary closed the channel
+            await join_primary(worker_end.detach())
+        await asyncio.wait_for(reading, WAIT)  # the worker closed its end: the primary sees it
+        assert primary.closed
 
     run(test)
 
@@ -67,17 +65,30 @@ def test_a_secret_sent_later_is_remembered_in_order() -> None:
     run(test)
 
 
+async def welcomed_with(**fields: object) -> Welcome:
+    """What `join_primary` makes of a welcome with these fields, sent over a real channel."""
+    primary_end, worker_end = channel_pair()
+    primary = await WorkerChannel.open(primary_end, ignore)
+    joining = asyncio.create_task(join_primary(worker_end.detach()))
+    primary.notify("welcome", **fields)
+    try:
+        return await asyncio.wait_for(joining, WAIT)
+    finally:
+        primary.close()
+
+
 def test_welcome_and_secret_are_remembered_when_handled_directly() -> None:
     async def test() -> None:
         worker = Worker()
-        assert await worker.handle("welcome", secrets=[["a", "2026-01-05T10:00:00Z"]]) is None
-        assert await worker.handle("welcome") is None  # no secrets at all: nothing to remember
+        welcome = await welcomed_with(secrets=[["a", "2026-01-05T10:00:00Z"]], mock_secret="ab")
+        assert welcome.secrets == [("a", datetime(2026, 1, 5, 10, 0, tzinfo=UTC))]
+        bare = await welcomed_with(mock_secret="ab")  # no secrets at all: nothing to remember
+        assert bare.secrets == []
         expires_at = "2026-01-05T11:00:00+00:00"
         assert await worker.handle("secret", password="b", expires_at=expires_at) is None
-        assert worker.remembered == [
-            ("a", datetime(2026, 1, 5, 10, 0, tzinfo=UTC)),
-            ("b", datetime(2026, 1, 5, 11, 0, tzinfo=UTC)),
-        ]
+        assert worker.remembered == [("b", datetime(2026, 1, 5, 11, 0, tzinfo=UTC))]
+        welcome.writer.close()
+        bare.writer.close()
 
     run(test)
 
@@ -116,9 +127,8 @@ def test_a_malformed_secret_is_a_value_error(fields: dict[str, object]) -> None:
 )
 def test_a_welcome_with_a_malformed_secret_is_a_value_error(secrets: list[object]) -> None:
     async def test() -> None:
-        worker = Worker()
         with pytest.raises(ValueError):  # noqa: PT011 - each case fails in its own words
-            await worker.handle("welcome", secrets=secrets)
+            await welcomed_with(secrets=secrets, mock_secret="ab")
 
     run(test)
 
@@ -273,15 +283,25 @@ def test_end_says_so_when_the_session_outlasts_the_wait(monkeypatch: pytest.Monk
     run(test)
 
 
-def test_connect_fails_at_once_when_the_primary_closes_before_its_welcome() -> None:
+def test_joining_fails_at_once_when_the_primary_closes_before_its_welcome() -> None:
     async def test() -> None:
-        worker = Worker()
         primary_end, worker_end = channel_pair()
         primary_end.close()  # the primary died right after starting this worker
         with pytest.raises(ChannelClosed, match="before welcome"):
-            await asyncio.wait_for(worker.link.connect(worker_end.detach()), WAIT / 2)
-        assert await worker.finished() is None
-        assert worker.stops == 1
+            await asyncio.wait_for(join_primary(worker_end.detach()), WAIT / 2)
+
+    run(test)
+
+
+def test_joining_refuses_a_first_line_that_is_not_the_welcome() -> None:
+    async def test() -> None:
+        primary_end, worker_end = channel_pair()
+        primary = await WorkerChannel.open(primary_end, ignore)
+        joining = asyncio.create_task(join_primary(worker_end.detach()))
+        primary.notify("secret", password="pw-1", expires_at="2026-01-05T11:00:00+00:00")
+        with pytest.raises(ValueError, match="first line must be its welcome"):
+            await asyncio.wait_for(joining, WAIT)
+        primary.close()
 
     run(test)
 

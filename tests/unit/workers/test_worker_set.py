@@ -17,6 +17,7 @@ from prometheus_client import (
 from proxy.session.registry import SessionRegistry
 from proxy.session.session import Ending, EndReason
 from proxy.workers.channel import WorkerChannel, channel_pair
+from proxy.workers.link import join_primary
 from proxy.workers.primary import WorkerSet
 from tests.fixtures.workers import (
     WAIT,
@@ -58,9 +59,9 @@ class Primary:
         )
         slot.channel = channel
         reading = asyncio.create_task(channel.run())
-        connecting = asyncio.create_task(worker.link.connect(worker_end.detach()))
+        joining = asyncio.create_task(join_primary(worker_end.detach()))
         channel.notify("welcome", **WELCOME)
-        await asyncio.wait_for(connecting, WAIT)
+        worker.link.start(await asyncio.wait_for(joining, WAIT))
         self._attached.append((worker, channel, reading))
         self.readers[index] = reading
         return channel
