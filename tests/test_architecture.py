@@ -39,7 +39,7 @@ MAY_IMPORT: dict[str, frozenset[str]] = {
     "config": BASE | {"policy", "wire"},
     "grants": BASE | {"auth", "policy"},
     "audit": BASE | {"config", "policy", "wire"},
-    "net": BASE | {"auth", "policy"},
+    "net": BASE | {"auth", "policy", "wire"},
     "upstream": BASE | {"auth", "config", "net", "policy", "wire"},
     "session": BASE | {"auth", "config", "grants", "net", "policy", "upstream", "wire"},
     "workers": BASE | {"audit", "config", "grants", "session"},

@@ -39,6 +39,30 @@ from proxy.audit.query_events import (
 )
 from proxy.audit.redact import MASK, Redactor, password_parameters
 from proxy.wire import (
+    BIND,
+    BIND_COMPLETE,
+    CLOSE,
+    CLOSE_COMPLETE,
+    COMMAND_COMPLETE,
+    COPY_BOTH_RESPONSE,
+    COPY_DATA,
+    COPY_DONE,
+    COPY_FAIL,
+    COPY_IN_RESPONSE,
+    COPY_OUT_RESPONSE,
+    DESCRIBE,
+    EMPTY_QUERY_RESPONSE,
+    ERROR_RESPONSE,
+    EXECUTE,
+    FUNCTION_CALL,
+    NO_DATA,
+    PARSE,
+    PARSE_COMPLETE,
+    PORTAL_SUSPENDED,
+    QUERY,
+    READY_FOR_QUERY,
+    ROW_DESCRIPTION,
+    SYNC,
     Bind,
     BindComplete,
     Close,
@@ -70,9 +94,15 @@ DEFAULT_MAX_PARAM_BYTES = 1024  # each Bind value / FunctionCall argument shown 
 _REDACT_MARGIN = 1024  # a value is redacted over this much beyond the cut, then cut
 
 # The message types the recorder needs to see (for the relay's frame scanners).
-CLIENT_TYPES = frozenset(b"QPBEFSDCdcf")
-UPSTREAM_TYPES = frozenset(b"123CIEZnsTGHWdc")
-_READY_FOR_QUERY, _ROW_DESCRIPTION = ord("Z"), ord("T")
+CLIENT_TYPES = frozenset((
+    QUERY, PARSE, BIND, EXECUTE, FUNCTION_CALL, SYNC, DESCRIBE, CLOSE,
+    COPY_DATA, COPY_DONE, COPY_FAIL,
+))  # fmt: skip
+UPSTREAM_TYPES = frozenset((
+    PARSE_COMPLETE, BIND_COMPLETE, CLOSE_COMPLETE, COMMAND_COMPLETE, EMPTY_QUERY_RESPONSE,
+    ERROR_RESPONSE, READY_FOR_QUERY, NO_DATA, PORTAL_SUSPENDED, ROW_DESCRIPTION,
+    COPY_IN_RESPONSE, COPY_OUT_RESPONSE, COPY_BOTH_RESPONSE, COPY_DATA, COPY_DONE,
+))  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,9 +197,9 @@ class SessionRecorder:
     def upstream_frame(self, frame: Frame) -> list[AuditEvent]:
         """`upstream` for an undecoded message: decodes only the messages whose content matters
         here (every query is answered with a ReadyForQuery, most with a RowDescription)."""
-        if frame.type == _READY_FOR_QUERY:
+        if frame.type == READY_FOR_QUERY:
             return self._ready()
-        if frame.type == _ROW_DESCRIPTION and not self._describing():
+        if frame.type == ROW_DESCRIPTION and not self._describing():
             return []
         return self.upstream(decode_backend(frame))
 

@@ -23,6 +23,7 @@ import hmac
 import re
 import secrets
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Literal
 
 from cryptography import x509
@@ -72,13 +73,27 @@ class ScramStateError(ScramProtocolError):
     """A SCRAM message arrived in a state where it is not allowed (or after the exchange ended)."""
 
 
+class CredentialRejection(StrEnum):
+    """Why an exchange ended in InvalidPasswordError. Internal (the log, the login-failure
+    counters): the client sees the same 28P01 for every one (SECURITY.md row 14). The values are
+    the texts the log shows."""
+
+    NO_CREDENTIAL = "no usable credential for this user (mock exchange)"
+    WRONG_PROOF = "wrong proof"
+    GRANT_ENDED = "the credential's grant ended during the exchange"
+
+
 class InvalidPasswordError(AuthError):
-    """The one failure a client sees for a bad password, an unknown user or a missing grant."""
+    """The one failure a client sees for a bad password, an unknown user or a missing grant.
+
+    `reason` says which it was, for pgwarden alone; `detail` holds its text for the log."""
 
     sqlstate = "28P01"
 
-    def __init__(self, username: str, *, detail: str | None = None) -> None:
-        super().__init__(f'password authentication failed for user "{username}"', detail=detail)
+    def __init__(self, username: str, reason: CredentialRejection) -> None:
+        message = f'password authentication failed for user "{username}"'
+        super().__init__(message, detail=reason.value)
+        self.reason = reason
 
 
 class UpstreamAuthError(AuthError):

@@ -37,6 +37,7 @@ from proxy.auth.scram_messages import (
     MECHANISM_PLUS,
     ChannelBindingError,
     ClientFirst,
+    CredentialRejection,
     Gs2Header,
     InvalidPasswordError,
     ScramProtocolError,
@@ -193,17 +194,17 @@ class ScramServer:
             return b"v=" + b64encode(signature).encode("ascii")
 
     def _check_outcome(self, proof_valid: bool) -> None:
-        """Fail with the one client-visible error; the reason goes to the log only."""
+        """Fail with the one client-visible error; its typed `reason` is for pgwarden only."""
         grant_holds = self._still_valid() if self._still_valid is not None else True
         if proof_valid and self._credentials.genuine and grant_holds:
             return
         if not self._credentials.genuine:
-            reason = "no usable credential for this user (mock exchange)"
+            reason = CredentialRejection.NO_CREDENTIAL
         elif not proof_valid:
-            reason = "wrong proof"
+            reason = CredentialRejection.WRONG_PROOF
         else:
-            reason = "the credential's grant ended during the exchange"
-        raise InvalidPasswordError(self.username, detail=reason)
+            reason = CredentialRejection.GRANT_ENDED
+        raise InvalidPasswordError(self.username, reason)
 
     def _server_nonce(self) -> str:
         nonce = self._nonce_factory()

@@ -40,12 +40,12 @@ from proxy.net.certs import (
     load_private_key,
 )
 from proxy.policy.models import UpstreamTlsMode
+from proxy.wire import ERROR_RESPONSE, SSL_ACCEPTED, SSL_REFUSED
 
 ALPN_PROTOCOL = "postgresql"  # PG_ALPN_PROTOCOL in PostgreSQL's pqcomm.h
 # PostgreSQL's own default ssl_min_protocol_version (since 13) on both sides; TLS 1.0/1.1 are
 # deprecated by RFC 8996.
 MINIMUM_TLS_VERSION = ssl.TLSVersion.TLSv1_2
-SSL_ACCEPTED, SSL_REFUSED, SSL_ERROR = b"S", b"N", b"E"  # answers to SSLRequest
 
 
 class UpstreamTlsError(PgwardenError):
@@ -165,7 +165,7 @@ def upstream_ssl_answer(mode: UpstreamTlsMode, received: bytes) -> UpstreamSslAc
         raise UpstreamTlsError(
             "the server sent unencrypted data after its answer to the SSL request"
         )
-    if received[:1] == SSL_ERROR:
+    if received and received[0] == ERROR_RESPONSE:
         raise UpstreamTlsError("the server sent an error response as its answer to the SSL request")
     raise UpstreamTlsError("the server sent an invalid answer to the SSL request")
 

@@ -52,9 +52,8 @@ from proxy.clock import Clock
 from proxy.config import AuditSettings, FsyncPolicy
 from proxy.grants.requests import AccessRequest, Action, IssuedCredential, Transition
 from proxy.session.observer import LoginFailure, SessionObserver
-from proxy.session.relay import COPY_DATA
 from proxy.session.session import Ending, Session
-from proxy.wire import Frame, decode_frontend
+from proxy.wire import COPY_DATA, Frame, decode_frontend
 
 log = logging.getLogger(__name__)
 

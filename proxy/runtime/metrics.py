@@ -5,13 +5,14 @@ from small fixed sets (end reasons, failure reasons, reload results) or from nam
 policy (targets, access levels): `policy_label` maps anything else to `_other`, so a client that
 sends random user or database names cannot create series (SECURITY.md row 45). No metric carries a
 user name, a secret or a query.
+
+This module only declares; `metrics_observer` feeds the numbers as sessions report them.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
@@ -19,9 +20,6 @@ from prometheus_client.registry import Collector
 
 from proxy import __version__
 from proxy.policy.models import Policy
-from proxy.session.observer import LoginFailure, SessionObserver
-from proxy.session.session import Ending, EndReason, Session
-from proxy.wire import Frame
 
 OTHER = "_other"  # the label value for anything not named in the policy
 
@@ -110,85 +108,7 @@ def policy_label(policy: Policy, target: str, level: str | None = None) -> tuple
     return target_value, level if level_known else OTHER
 
 
-class MetricsObserver(SessionObserver):
-    """Counts sessions, logins, queries and bytes as the session layer reports them."""
-
-    CLIENT_MESSAGES = frozenset(b"QSF")  # each answered by one ReadyForQuery: one "query"
-    UPSTREAM_MESSAGES = frozenset(b"Z")
-
-    def __init__(self, metrics: Metrics, policy: Callable[[], Policy]) -> None:
-        self._metrics = metrics
-        self._policy = policy
-        self._queries: dict[str, _QueryTimer] = {}
-
-    def login_failed(
-        self, user: str, target: str, source: str, reason: LoginFailure, detail: str
-    ) -> None:
-        (label,) = policy_label(self._policy(), target)
-        self._metrics.login_failures.labels(label, reason.value).inc()
-
-    def session_started(self, session: Session) -> None:
-        labels = policy_label(self._policy(), session.info.target, session.info.access_level)
-        self._metrics.sessions_started.labels(*labels).inc()
-        self._metrics.sessions_active.labels(*labels).inc()
-        self._queries[session.session_id] = _QueryTimer(self._metrics, labels, session.monotonic)
-
-    def session_ended(self, session: Session, ending: Ending) -> None:
-        timer = self._queries.pop(session.session_id, None)
-        labels = timer.labels if timer is not None else (OTHER, OTHER)
-        metrics = self._metrics
-        metrics.sessions_active.labels(*labels).dec()
-        metrics.sessions_ended.labels(*labels, ending.reason.value).inc()
-        now = session.monotonic()
-        metrics.session_duration.labels(labels[0]).observe(now - session.started)
-        metrics.bytes_relayed.labels(labels[0], "from_client").inc(session.relay.bytes_from_client)
-        metrics.bytes_relayed.labels(labels[0], "to_client").inc(session.relay.bytes_from_upstream)
-        if ending.reason is EndReason.EXPIRED:
-            metrics.kill_latency.observe(max(0.0, now - session.deadline))
-        if ending.reason is EndReason.REVOKED or ending.reason is EndReason.REMOVED:
-            metrics.kill_latency.observe(max(0.0, now - session.end_requested_at))
-
-    def client_frames(self, session: Session, frames: list[Frame]) -> None:
-        timer = self._queries.get(session.session_id)
-        if timer is not None:
-            queries = self.CLIENT_MESSAGES
-            timer.started(sum([frame.type in queries for frame in frames]))
-
-    def upstream_frames(self, session: Session, frames: list[Frame]) -> None:
-        timer = self._queries.get(session.session_id)
-        if timer is not None:
-            timer.finished(sum([frame.type == READY for frame in frames]))
-
-
-READY = ord("Z")
-
-
-class _QueryTimer:
-    """Per session: when each query in flight started (queries are answered in order)."""
-
-    __slots__ = ("_in_flight", "_monotonic", "_tally", "labels")
-
-    def __init__(
-        self, metrics: Metrics, labels: tuple[str, ...], monotonic: Callable[[], float]
-    ) -> None:
-        self.labels = labels
-        self._tally = metrics.queries.tally(labels[0])  # looked up once per session
-        self._monotonic = monotonic
-        self._in_flight: deque[float] = deque(maxlen=MAX_QUERIES_IN_FLIGHT)
-
-    def started(self, count: int) -> None:
-        if count:
-            now = self._monotonic()
-            self._in_flight.extend([now] * count)
-            self._tally.started += count
-
-    def finished(self, count: int) -> None:
-        now = self._monotonic()
-        for _ in range(min(count, len(self._in_flight))):
-            self._tally.observe(now - self._in_flight.popleft())
-
-
-class _Tally:
+class QueryTally:
     """One target's queries: how many started, and a histogram of how long they took."""
 
     __slots__ = ("buckets", "started", "total")
@@ -211,11 +131,11 @@ class QueryStats(Collector):
     in the histogram; each is exact on its own."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        self._tallies: dict[str, _Tally] = {}
+        self._tallies: dict[str, QueryTally] = {}
         registry.register(self)
 
-    def tally(self, target: str) -> _Tally:
-        return self._tallies.setdefault(target, _Tally())
+    def tally(self, target: str) -> QueryTally:
+        return self._tallies.setdefault(target, QueryTally())
 
     def collect(self) -> Iterator[Metric]:
         count = CounterMetricFamily(
@@ -239,7 +159,3 @@ class QueryStats(Collector):
 
 def _bound(bound: float) -> str:
     return "+Inf" if bound == float("inf") else repr(float(bound))
-
-
-# A client may pipeline many queries; beyond this many unanswered ones, the oldest are forgotten.
-MAX_QUERIES_IN_FLIGHT = 10_000

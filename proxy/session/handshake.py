@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from proxy.auth import AuthError, InvalidPasswordError, ScramServer
+from proxy.auth import AuthError, CredentialRejection, InvalidPasswordError, ScramServer
 from proxy.errors import PgwardenError
 from proxy.grants.decide import Allow
 from proxy.grants.requests import ActiveGrant
@@ -40,7 +40,11 @@ from proxy.session.observer import LoginFailure
 from proxy.session.opening import connect_for, forward_cancel, make_ready
 from proxy.session.session import Session
 from proxy.wire import (
+    GSSENC_REFUSED,
     NEED_DATA,
+    PASSWORD_MESSAGE,
+    SSL_ACCEPTED,
+    SSL_REFUSED,
     AuthenticationSASL,
     AuthenticationSASLContinue,
     AuthenticationSASLFinal,
@@ -60,7 +64,6 @@ from proxy.wire import (
 
 log = logging.getLogger(__name__)
 
-PASSWORD_MESSAGE = ord("p")
 # How long a TLS handshake may take: part of the login timeout, but bounded on its own too.
 TLS_HANDSHAKE_TIMEOUT = 10.0
 
@@ -117,7 +120,8 @@ async def negotiate_startup(
             await answer_ssl_request(conn, ctx)
         elif isinstance(request, GSSENCRequest):
             _refuse_unencrypted_extra(conn, "GSSENCRequest")
-            conn.peer.write(b"N")  # no GSSAPI encryption; the client may go on with SSL or plain
+            # No GSSAPI encryption; the client may go on with SSL or plain.
+            conn.peer.write(GSSENC_REFUSED)
         else:
             if isinstance(request, StartupMessage):
                 conn.reader.feed(conn.parser.take_pending_data())
@@ -136,9 +140,9 @@ async def answer_ssl_request(conn: ClientConnection, ctx: ProxyContext) -> None:
     """'S' and a TLS handshake when we have a certificate, else 'N'."""
     _refuse_unencrypted_extra(conn, "SSL request")
     if ctx.client_tls is None:
-        conn.peer.write(b"N")
+        conn.peer.write(SSL_REFUSED)
         return
-    conn.peer.write(b"S")
+    conn.peer.write(SSL_ACCEPTED)
     transport = conn.peer.transport
     assert transport is not None
     tls_transport = await asyncio.get_running_loop().start_tls(
@@ -195,17 +199,18 @@ def _login_failed(
 ) -> None:
     """Count the failure against the throttle, log why, and tell the observers."""
     ctx.throttle.record_failure(user, conn.source)
-    if refusal is not None:
-        reason, detail = refusal
-    elif isinstance(exc, InvalidPasswordError):
-        grant_ended = exc.detail is not None and "grant ended" in exc.detail
-        reason = LoginFailure.GRANT_ENDED if grant_ended else LoginFailure.WRONG_PASSWORD
-        detail = exc.detail or exc.message
-    else:
-        reason, detail = LoginFailure.PROTOCOL, exc.message
+    reason, detail = refusal if refusal is not None else exchange_failure(exc)
     log.info("login of %r to %r from %s failed: %s (%s)", user, target, conn.source, reason, detail)
     for observer in ctx.observers:
         observer.login_failed(user, target, conn.source, reason, detail)
+
+
+def exchange_failure(exc: PgwardenError) -> tuple[LoginFailure, str]:
+    """Why a login whose grant was found failed in the exchange, and the text the log shows."""
+    if isinstance(exc, InvalidPasswordError):
+        ended = exc.reason is CredentialRejection.GRANT_ENDED
+        return LoginFailure.GRANT_ENDED if ended else LoginFailure.WRONG_PASSWORD, exc.reason.value
+    return LoginFailure.PROTOCOL, exc.message
 
 
 def _require_tls_if_needed(conn: ClientConnection, target: TargetName, ctx: ProxyContext) -> None:

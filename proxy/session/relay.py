@@ -28,12 +28,24 @@ from enum import StrEnum
 
 from proxy.errors import PgwardenError
 from proxy.net.peer import Peer
-from proxy.wire import Frame, FrameScanner, RemoteProtocolError, TransactionStatus
+from proxy.wire import (
+    COPY_DATA,
+    ERROR_RESPONSE,
+    FUNCTION_CALL,
+    QUERY,
+    READY_FOR_QUERY,
+    SYNC,
+    TERMINATE,
+    Frame,
+    FrameScanner,
+    RemoteProtocolError,
+    Terminate,
+    TransactionStatus,
+)
 from proxy.wire.limits import DEFAULT_MAX_MESSAGE_LENGTH
 
-QUERY, SYNC, FUNCTION_CALL, TERMINATE = b"Q"[0], b"S"[0], b"F"[0], b"X"[0]
-TERMINATE_MESSAGE = b"X\0\0\0\4"
-READY_FOR_QUERY, ERROR_RESPONSE, COPY_DATA = b"Z"[0], b"E"[0], b"d"[0]
+# A chunk that is exactly one Terminate: the client leaving (`_leave`).
+TERMINATE_MESSAGE = Terminate().encode()
 # Each of these is answered by exactly one ReadyForQuery.
 ANSWERED_BY_READY = frozenset((QUERY, SYNC, FUNCTION_CALL))
 CLIENT_MESSAGES_OBSERVED = (*ANSWERED_BY_READY, TERMINATE)

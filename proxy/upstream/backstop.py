@@ -20,7 +20,8 @@ from proxy.upstream.connect import (
     connect_upstream,
     terminate_upstream,
 )
-from proxy.upstream.probe import QueryFailed, simple_query
+from proxy.upstream.oneshot import QueryFailed, simple_query
+from proxy.wire import TEXT_TRUE
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ async def _terminate(target: Target, process_id: int, ssl_context: ssl.SSLContex
         return False
     finally:
         await terminate_upstream(conn)
-    killed = rows == [(b"t",)]
+    killed = rows == [(TEXT_TRUE,)]
     if killed:
         log.warning("terminated backend %d of %r after its session", process_id, target.name)
     return killed

@@ -31,6 +31,7 @@ from proxy.auth import SaltedPasswordCache, ScramClient, UpstreamAuthError, md5_
 from proxy.errors import PgwardenError, Severity
 from proxy.net.peer import Peer
 from proxy.wire import (
+    AUTHENTICATION,
     NEED_DATA,
     AuthenticationCleartextPassword,
     AuthenticationGSS,
@@ -74,7 +75,6 @@ CHANNEL_BINDING_TYPE: Final = "tls-server-end-point"  # the only type Postgres s
 _SQLSTATE: Final = re.compile(r"[0-9A-Z]{5}")
 logger = logging.getLogger(__name__)
 
-_AUTHENTICATION: Final = ord("R")
 _Request = TypeVar("_Request", bound=AuthenticationRequest)
 _UNSUPPORTED: Final[dict[type, str]] = {
     AuthenticationKerberosV5: "Kerberos V5",
@@ -274,7 +274,7 @@ async def _next_request(stream: MessageStream) -> AuthenticationRequest:
     message = await stream.receive()
     if isinstance(message, ErrorResponse):
         raise refusal(message)
-    if isinstance(message, UnknownMessage) and message.type == _AUTHENTICATION:
+    if isinstance(message, UnknownMessage) and message.type == AUTHENTICATION:
         code = int.from_bytes(message.payload[:4], "big", signed=True)
         raise LoginFailure(f"the server asked for an unsupported authentication method ({code})")
     if not isinstance(message, AuthenticationRequest):

@@ -55,6 +55,13 @@ from proxy.upstream.login import (
     upstream_error,
 )
 from proxy.wire import (
+    BIND_COMPLETE,
+    COMMAND_COMPLETE,
+    DATA_ROW,
+    NOTICE_RESPONSE,
+    NOTIFICATION_RESPONSE,
+    PARAMETER_STATUS,
+    PARSE_COMPLETE,
     Bind,
     ErrorResponse,
     Execute,
@@ -75,10 +82,9 @@ RESET_TIMEOUT = 2.0  # seconds for DISCARD ALL to answer; a backend that takes l
 NEUTRAL_APPLICATION_NAME = "pgwarden"
 # Messages the server may send at any time: skipped while reading an answer (NoticeResponse,
 # ParameterStatus is tracked, NotificationResponse cannot remain after DISCARD ALL's UNLISTEN *).
-_ASYNC_TYPES = frozenset(b"NA")
-_PARAMETER_STATUS = ord("S")
-_SET_CONFIG_ANSWER = tuple(b"12DC")  # ParseComplete, BindComplete, DataRow, CommandComplete
-_RESET_ANSWER = tuple(b"C")
+_ASYNC_TYPES = frozenset((NOTICE_RESPONSE, NOTIFICATION_RESPONSE))
+_SET_CONFIG_ANSWER = (PARSE_COMPLETE, BIND_COMPLETE, DATA_ROW, COMMAND_COMPLETE)
+_RESET_ANSWER = (COMMAND_COMPLETE,)
 _RESET_TAG = b"DISCARD ALL\0"
 
 Connect = Callable[[UpstreamLogin], Awaitable[UpstreamConnection]]
@@ -278,7 +284,7 @@ async def _answer(
     statuses: dict[str, str] = {}
     while True:
         frame = await stream.receive_frame()
-        if frame.type == _PARAMETER_STATUS:
+        if frame.type == PARAMETER_STATUS:
             status = ParameterStatus.decode(frame.payload)
             statuses[status.name] = status.value
         elif frame.type in _ASYNC_TYPES:
@@ -288,7 +294,7 @@ async def _answer(
         elif frame.type == ErrorResponse.TYPE:
             raise refusal(ErrorResponse.decode(frame.payload))
         else:
-            if tag and frame.type == ord("C") and frame.payload != tag:
+            if tag and frame.type == COMMAND_COMPLETE and frame.payload != tag:
                 raise LoginFailure("the server's answer to the reset was not DISCARD ALL")
             seen.append(frame.type)
 

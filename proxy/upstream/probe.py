@@ -15,14 +15,13 @@ from dataclasses import dataclass
 from proxy.net.tls import upstream_ssl_context
 from proxy.policy.models import Policy, SecretRef, SecretUnavailable, Target
 from proxy.upstream.connect import (
-    UpstreamConnection,
     UpstreamError,
     UpstreamLogin,
     connect_upstream,
     terminate_upstream,
 )
-from proxy.upstream.login import MessageStream
-from proxy.wire import DataRow, ErrorResponse, Query, ReadyForQuery
+from proxy.upstream.oneshot import QueryFailed, simple_query
+from proxy.wire import TEXT_TRUE
 
 ROLE_FACTS = (
     "SELECT rolsuper, rolcreaterole, rolbypassrls, rolreplication, "
@@ -34,33 +33,11 @@ ROLE_FACTS = (
 ESCALATIONS = ("is a superuser", "has CREATEROLE", "has BYPASSRLS", "has REPLICATION")
 
 
-class QueryFailed(Exception):
-    """The server answered a probe query with an error."""
-
-
 @dataclass(frozen=True, slots=True)
 class RoleReport:
     where: str  # e.g. 'target orders level read-only (role orders_ro)'
     warnings: tuple[str, ...]
     notes: tuple[str, ...]
-
-
-async def simple_query(conn: UpstreamConnection, sql: str) -> list[tuple[bytes | None, ...]]:
-    """Run one simple-protocol query on a logged-in upstream connection; its rows as raw text.
-
-    Only for pgwarden's own constant queries: no client text may ever reach `sql`."""
-    stream = MessageStream(conn.peer)
-    stream.send(Query(sql).encode())
-    rows: list[tuple[bytes | None, ...]] = []
-    error: str | None = None
-    while not isinstance(message := await stream.receive(), ReadyForQuery):
-        if isinstance(message, DataRow):
-            rows.append(message.values)
-        elif isinstance(message, ErrorResponse):
-            error = message.message
-    if error is not None:
-        raise QueryFailed(error)
-    return rows
 
 
 async def inspect_policy_roles(policy: Policy) -> list[RoleReport]:
@@ -96,7 +73,7 @@ async def _inspect(
         return RoleReport(where, (f"cannot read its attributes: {exc}",), ())
     finally:
         await terminate_upstream(conn)
-    facts = [value == b"t" for value in rows[0]] if rows else [False] * 7
+    facts = [value == TEXT_TRUE for value in rows[0]] if rows else [False] * 7
     return RoleReport(where, tuple(_warnings(facts, control)), tuple(_notes(facts, control)))
 
 

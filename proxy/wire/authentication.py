@@ -20,9 +20,8 @@ from typing import ClassVar, Final
 from proxy.wire.errors import LocalProtocolError
 from proxy.wire.messages import UnknownMessage
 from proxy.wire.payload import INT32, PayloadReader, cstring, message, nullable, pack
+from proxy.wire.types import AUTHENTICATION, PASSWORD_MESSAGE
 
-AUTHENTICATION: Final = ord("R")
-AUTH_RESPONSE: Final = ord("p")
 MD5_SALT_LENGTH: Final = 4
 
 
@@ -206,7 +205,7 @@ def decode_authentication(payload: bytes) -> AuthenticationRequest | UnknownMess
 class AuthResponse:
     """A `p` message whose kind is not known yet; narrow it with a `decode_*` function below."""
 
-    TYPE: ClassVar[int] = AUTH_RESPONSE
+    TYPE: ClassVar[int] = PASSWORD_MESSAGE
     payload: bytes
 
     def encode(self) -> bytes:
@@ -217,7 +216,7 @@ class AuthResponse:
 class PasswordMessage:
     """A password, cleartext or MD5-hashed as the server asked."""
 
-    TYPE: ClassVar[int] = AUTH_RESPONSE
+    TYPE: ClassVar[int] = PASSWORD_MESSAGE
     password: str
 
     def encode(self) -> bytes:
@@ -228,7 +227,7 @@ class PasswordMessage:
 class SASLInitialResponse:
     """The chosen mechanism and the client-first message (None: no initial response)."""
 
-    TYPE: ClassVar[int] = AUTH_RESPONSE
+    TYPE: ClassVar[int] = PASSWORD_MESSAGE
     mechanism: str
     data: bytes | None
 
@@ -238,7 +237,7 @@ class SASLInitialResponse:
 
 @dataclass(frozen=True, slots=True)
 class SASLResponse:
-    TYPE: ClassVar[int] = AUTH_RESPONSE
+    TYPE: ClassVar[int] = PASSWORD_MESSAGE
     data: bytes
 
     def encode(self) -> bytes:
@@ -247,7 +246,7 @@ class SASLResponse:
 
 @dataclass(frozen=True, slots=True)
 class GSSResponse:
-    TYPE: ClassVar[int] = AUTH_RESPONSE
+    TYPE: ClassVar[int] = PASSWORD_MESSAGE
     data: bytes
 
     def encode(self) -> bytes:

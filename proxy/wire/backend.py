@@ -31,6 +31,27 @@ from proxy.wire.payload import (
     pack,
     uint32_array,
 )
+from proxy.wire.types import (
+    AUTHENTICATION,
+    BACKEND_KEY_DATA,
+    BIND_COMPLETE,
+    CLOSE_COMPLETE,
+    COMMAND_COMPLETE,
+    COPY_BOTH_RESPONSE,
+    COPY_IN_RESPONSE,
+    COPY_OUT_RESPONSE,
+    DATA_ROW,
+    EMPTY_QUERY_RESPONSE,
+    NEGOTIATE_PROTOCOL_VERSION,
+    NO_DATA,
+    NOTIFICATION_RESPONSE,
+    PARAMETER_DESCRIPTION,
+    PARAMETER_STATUS,
+    PARSE_COMPLETE,
+    PORTAL_SUSPENDED,
+    READY_FOR_QUERY,
+    ROW_DESCRIPTION,
+)
 
 # A protocol version as two UInt16: major in the high half, minor in the low half.
 VERSION: Final = Struct("!HH")
@@ -42,7 +63,7 @@ _STATUSES: Final = frozenset(TransactionStatus)
 
 @dataclass(frozen=True, slots=True)
 class ParameterStatus:
-    TYPE: ClassVar[int] = ord("S")
+    TYPE: ClassVar[int] = PARAMETER_STATUS
     name: str
     value: str
 
@@ -67,7 +88,7 @@ def check_cancel_key(key: bytes, error: Callable[[str], Exception]) -> None:
 class BackendKeyData:
     """The cancellation key. Protocol 3.0 keys are exactly 4 bytes: the session checks that."""
 
-    TYPE: ClassVar[int] = ord("K")
+    TYPE: ClassVar[int] = BACKEND_KEY_DATA
     process_id: int
     secret_key: bytes
 
@@ -85,7 +106,7 @@ class BackendKeyData:
 
 @dataclass(frozen=True, slots=True)
 class ReadyForQuery:
-    TYPE: ClassVar[int] = ord("Z")
+    TYPE: ClassVar[int] = READY_FOR_QUERY
     status: TransactionStatus
 
     def encode(self) -> bytes:
@@ -107,7 +128,7 @@ class NegotiateProtocolVersion:
     reads, a whole version code (major << 16 | minor), e.g. 196608 for 3.0.
     """
 
-    TYPE: ClassVar[int] = ord("v")
+    TYPE: ClassVar[int] = NEGOTIATE_PROTOCOL_VERSION
     protocol_major: int
     protocol_minor: int
     unrecognized_options: tuple[str, ...] = ()
@@ -132,7 +153,7 @@ class NegotiateProtocolVersion:
 
 @dataclass(frozen=True, slots=True)
 class CommandComplete:
-    TYPE: ClassVar[int] = ord("C")
+    TYPE: ClassVar[int] = COMMAND_COMPLETE
     tag: str
 
     def encode(self) -> bytes:
@@ -161,7 +182,7 @@ class FieldDescription:
 
 @dataclass(frozen=True, slots=True)
 class RowDescription:
-    TYPE: ClassVar[int] = ord("T")
+    TYPE: ClassVar[int] = ROW_DESCRIPTION
     fields: tuple[FieldDescription, ...]
 
     def encode(self) -> bytes:
@@ -186,7 +207,7 @@ class RowDescription:
 class DataRow:
     """Column values; None is SQL NULL (length -1)."""
 
-    TYPE: ClassVar[int] = ord("D")
+    TYPE: ClassVar[int] = DATA_ROW
     values: tuple[bytes | None, ...]
 
     def encode(self) -> bytes:
@@ -223,22 +244,22 @@ class _CopyResponse:
 
 @dataclass(frozen=True, slots=True)
 class CopyInResponse(_CopyResponse):
-    TYPE: ClassVar[int] = ord("G")
+    TYPE: ClassVar[int] = COPY_IN_RESPONSE
 
 
 @dataclass(frozen=True, slots=True)
 class CopyOutResponse(_CopyResponse):
-    TYPE: ClassVar[int] = ord("H")
+    TYPE: ClassVar[int] = COPY_OUT_RESPONSE
 
 
 @dataclass(frozen=True, slots=True)
 class CopyBothResponse(_CopyResponse):
-    TYPE: ClassVar[int] = ord("W")
+    TYPE: ClassVar[int] = COPY_BOTH_RESPONSE
 
 
 @dataclass(frozen=True, slots=True)
 class NotificationResponse:
-    TYPE: ClassVar[int] = ord("A")
+    TYPE: ClassVar[int] = NOTIFICATION_RESPONSE
     process_id: int
     channel: str
     payload: str
@@ -257,7 +278,7 @@ class NotificationResponse:
 
 @dataclass(frozen=True, slots=True)
 class ParameterDescription:
-    TYPE: ClassVar[int] = ord("t")
+    TYPE: ClassVar[int] = PARAMETER_DESCRIPTION
     type_oids: tuple[int, ...]
 
     def encode(self) -> bytes:
@@ -273,32 +294,32 @@ class ParameterDescription:
 
 @dataclass(frozen=True, slots=True)
 class EmptyQueryResponse(EmptyMessage):
-    TYPE: ClassVar[int] = ord("I")
+    TYPE: ClassVar[int] = EMPTY_QUERY_RESPONSE
 
 
 @dataclass(frozen=True, slots=True)
 class ParseComplete(EmptyMessage):
-    TYPE: ClassVar[int] = ord("1")
+    TYPE: ClassVar[int] = PARSE_COMPLETE
 
 
 @dataclass(frozen=True, slots=True)
 class BindComplete(EmptyMessage):
-    TYPE: ClassVar[int] = ord("2")
+    TYPE: ClassVar[int] = BIND_COMPLETE
 
 
 @dataclass(frozen=True, slots=True)
 class CloseComplete(EmptyMessage):
-    TYPE: ClassVar[int] = ord("3")
+    TYPE: ClassVar[int] = CLOSE_COMPLETE
 
 
 @dataclass(frozen=True, slots=True)
 class NoData(EmptyMessage):
-    TYPE: ClassVar[int] = ord("n")
+    TYPE: ClassVar[int] = NO_DATA
 
 
 @dataclass(frozen=True, slots=True)
 class PortalSuspended(EmptyMessage):
-    TYPE: ClassVar[int] = ord("s")
+    TYPE: ClassVar[int] = PORTAL_SUSPENDED
 
 
 BackendMessage = (
@@ -329,7 +350,7 @@ BackendMessage = (
 )
 
 _DECODERS: Final[dict[int, Callable[[bytes], BackendMessage]]] = {
-    ord("R"): decode_authentication,
+    AUTHENTICATION: decode_authentication,
     ParameterStatus.TYPE: ParameterStatus.decode,
     BackendKeyData.TYPE: BackendKeyData.decode,
     ReadyForQuery.TYPE: ReadyForQuery.decode,

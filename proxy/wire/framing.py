@@ -32,6 +32,7 @@ from proxy.wire.limits import (
     MIN_MESSAGE_LENGTH,
 )
 from proxy.wire.payload import HEADER
+from proxy.wire.types import READY_FOR_QUERY
 
 
 class NeedData(Enum):
@@ -56,9 +57,6 @@ class TransactionStatus(StrEnum):
     IDLE = "I"
     IN_TRANSACTION = "T"
     FAILED = "E"
-
-
-READY_FOR_QUERY: Final = ord("Z")
 
 
 def check_max_length(max_length: int) -> int:

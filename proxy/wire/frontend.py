@@ -27,6 +27,19 @@ from proxy.wire.payload import (
     pack,
     uint32_array,
 )
+from proxy.wire.types import (
+    BIND,
+    CLOSE,
+    COPY_FAIL,
+    DESCRIBE,
+    EXECUTE,
+    FLUSH,
+    FUNCTION_CALL,
+    PARSE,
+    QUERY,
+    SYNC,
+    TERMINATE,
+)
 
 # Describe and Close target a prepared statement ('S') or a portal ('P').
 Target = Literal["S", "P"]
@@ -37,7 +50,7 @@ TARGETS: Final = ("S", "P")
 class Query:
     """A simple-protocol query string."""
 
-    TYPE: ClassVar[int] = ord("Q")
+    TYPE: ClassVar[int] = QUERY
     query: str
 
     def encode(self) -> bytes:
@@ -53,7 +66,7 @@ class Query:
 
 @dataclass(frozen=True, slots=True)
 class Parse:
-    TYPE: ClassVar[int] = ord("P")
+    TYPE: ClassVar[int] = PARSE
     statement: str
     query: str
     param_types: tuple[int, ...] = ()
@@ -75,7 +88,7 @@ class Parse:
 class Bind:
     """Parameter values are None for SQL NULL (length -1)."""
 
-    TYPE: ClassVar[int] = ord("B")
+    TYPE: ClassVar[int] = BIND
     portal: str
     statement: str
     param_formats: tuple[int, ...] = ()
@@ -102,7 +115,7 @@ class Bind:
 class Execute:
     """Run a portal; max_rows 0 means no limit."""
 
-    TYPE: ClassVar[int] = ord("E")
+    TYPE: ClassVar[int] = EXECUTE
     portal: str
     max_rows: int = 0
 
@@ -135,7 +148,7 @@ def _decode_target(payload: bytes, what: str) -> tuple[Target, str]:
 
 @dataclass(frozen=True, slots=True)
 class Describe:
-    TYPE: ClassVar[int] = ord("D")
+    TYPE: ClassVar[int] = DESCRIBE
     kind: Target
     name: str
 
@@ -149,7 +162,7 @@ class Describe:
 
 @dataclass(frozen=True, slots=True)
 class Close:
-    TYPE: ClassVar[int] = ord("C")
+    TYPE: ClassVar[int] = CLOSE
     kind: Target
     name: str
 
@@ -165,7 +178,7 @@ class Close:
 class FunctionCall:
     """The fast-path function call; argument values are None for SQL NULL."""
 
-    TYPE: ClassVar[int] = ord("F")
+    TYPE: ClassVar[int] = FUNCTION_CALL
     function_oid: int
     arg_formats: tuple[int, ...] = ()
     args: tuple[bytes | None, ...] = ()
@@ -189,7 +202,7 @@ class FunctionCall:
 
 @dataclass(frozen=True, slots=True)
 class CopyFail:
-    TYPE: ClassVar[int] = ord("f")
+    TYPE: ClassVar[int] = COPY_FAIL
     message: str
 
     def encode(self) -> bytes:
@@ -205,17 +218,17 @@ class CopyFail:
 
 @dataclass(frozen=True, slots=True)
 class Sync(EmptyMessage):
-    TYPE: ClassVar[int] = ord("S")
+    TYPE: ClassVar[int] = SYNC
 
 
 @dataclass(frozen=True, slots=True)
 class Flush(EmptyMessage):
-    TYPE: ClassVar[int] = ord("H")
+    TYPE: ClassVar[int] = FLUSH
 
 
 @dataclass(frozen=True, slots=True)
 class Terminate(EmptyMessage):
-    TYPE: ClassVar[int] = ord("X")
+    TYPE: ClassVar[int] = TERMINATE
 
 
 FrontendMessage = (

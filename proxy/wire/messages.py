@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import ClassVar, Protocol, Self
 
 from proxy.wire.payload import PayloadReader, message
+from proxy.wire.types import COPY_DATA, COPY_DONE
 
 
 class Encodable(Protocol):
@@ -64,7 +65,7 @@ class UnknownMessage:
 class CopyData:
     """Part of a COPY data stream (F & B)."""
 
-    TYPE: ClassVar[int] = ord("d")
+    TYPE: ClassVar[int] = COPY_DATA
     data: bytes
 
     def encode(self) -> bytes:
@@ -79,4 +80,4 @@ class CopyData:
 class CopyDone(EmptyMessage):
     """The end of a COPY data stream (F & B)."""
 
-    TYPE: ClassVar[int] = ord("c")
+    TYPE: ClassVar[int] = COPY_DONE

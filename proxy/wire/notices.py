@@ -17,6 +17,7 @@ from typing import ClassVar, Final, Self
 from proxy.errors import PgwardenError, Severity
 from proxy.wire.errors import LocalProtocolError
 from proxy.wire.payload import PayloadReader, cstring, message
+from proxy.wire.types import ERROR_RESPONSE, NOTICE_RESPONSE
 
 # Field codes (PostgreSQL docs, "Error and Notice Message Fields").
 SEVERITY: Final = "S"
@@ -89,7 +90,7 @@ class _FieldsMessage:
 
 @dataclass(frozen=True, slots=True)
 class ErrorResponse(_FieldsMessage):
-    TYPE: ClassVar[int] = ord("E")
+    TYPE: ClassVar[int] = ERROR_RESPONSE
     fields: Fields
 
     def encode(self) -> bytes:
@@ -122,7 +123,7 @@ class ErrorResponse(_FieldsMessage):
 
 @dataclass(frozen=True, slots=True)
 class NoticeResponse(_FieldsMessage):
-    TYPE: ClassVar[int] = ord("N")
+    TYPE: ClassVar[int] = NOTICE_RESPONSE
     fields: Fields
 
     def encode(self) -> bytes:

@@ -38,6 +38,8 @@ UINT32 = Struct("!I")
 HEADER = Struct("!BI")
 
 NULL_LENGTH = -1  # an Int32 value length of -1 means SQL NULL (Bind, DataRow, FunctionCall)
+# A boolean in text format (DataRow values of a simple query): `t` or `f`.
+TEXT_TRUE = b"t"
 
 
 @lru_cache(maxsize=64)

@@ -20,6 +20,7 @@ from proxy.auth import (
     MECHANISM_PLUS,
     AuthError,
     ChannelBindingError,
+    CredentialRejection,
     InvalidPasswordError,
     ScramProtocolError,
     ScramServer,
@@ -209,6 +210,24 @@ def test_a_grant_that_ends_during_the_exchange_fails_like_a_wrong_password() -> 
     ended = failure(verifier_known=True, password="right", still_valid=lambda: False)
     assert ended.message == 'password authentication failed for user "alice"'
     assert ended.sqlstate == "28P01"
+
+
+@pytest.mark.parametrize(
+    ("known", "password", "still_valid", "reason"),
+    [
+        (True, "wrong", True, CredentialRejection.WRONG_PROOF),
+        (False, "right", True, CredentialRejection.NO_CREDENTIAL),
+        (True, "right", False, CredentialRejection.GRANT_ENDED),
+        (True, "wrong", False, CredentialRejection.WRONG_PROOF),  # a wrong proof is said first
+    ],
+)
+def test_the_failure_carries_a_typed_reason_and_its_text_for_the_log(
+    known: bool, password: str, still_valid: bool, reason: CredentialRejection
+) -> None:
+    failed = failure(verifier_known=known, password=password, still_valid=lambda: still_valid)
+    assert failed.reason is reason
+    assert failed.detail == reason.value
+    assert failed.message == 'password authentication failed for user "alice"'
 
 
 def test_the_grant_is_rechecked_at_the_last_step() -> None:
