@@ -28,11 +28,16 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 test: deps lint typecheck
-	$(BIN)/pytest --cov=proxy --cov-branch --cov-report=term:skip-covered
+	PGWARDEN_HYPOTHESIS_PROFILE=default $(BIN)/pytest --cov=proxy --cov-branch --cov-report=term:skip-covered
 	$(BIN)/coverage report --include='proxy/wire/*,proxy/auth/*' --fail-under=$(CORE_COVERAGE_MIN)
 
+# The quick loop while editing, not a replacement for `make test`. It runs on every core
+# (pytest-xdist: each test has its own tmp_path and binds port 0), and each Hypothesis property
+# test on a fifth of its examples (PGWARDEN_HYPOTHESIS_PROFILE=fast, tests/fixtures/examples.py):
+# once the real waits and the slow CLI start-up were gone, generating examples was most of what
+# was left. `make test` (CI) runs every test serially with the full example counts.
 unit: $(STAMP)
-	$(BIN)/pytest tests/unit tests/test_architecture.py
+	PGWARDEN_HYPOTHESIS_PROFILE=fast $(BIN)/pytest -n auto tests/unit tests/test_architecture.py
 
 # A throwaway Postgres + pgwarden + the guided walkthrough; PGWARDEN_DEMO_NONINTERACTIVE=1 exits after it.
 demo: deps $(STAMP)

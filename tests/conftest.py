@@ -1,4 +1,5 @@
-"""Shared fixtures: a real PostgreSQL per test session, and its log on failure."""
+"""Shared fixtures: a real PostgreSQL per test session, and its log on failure; and the Hypothesis
+profile of the run (tests/fixtures/examples.py)."""
 
 from __future__ import annotations
 
@@ -6,12 +7,15 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.fixtures.examples import load_profile
 from tests.fixtures.postgres import (
     PostgresServer,
     PostgresUnavailable,
     acquire_postgres,
     release_postgres,
 )
+
+load_profile()  # Hypothesis: full example counts, or the fast profile of `make unit`
 
 _SERVER_KEY = pytest.StashKey[PostgresServer]()
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -102,7 +102,9 @@ class Event:
 
 
 class Notifier:
-    """Builds events and delivers them to the policy's webhooks in the background."""
+    """Builds events and delivers them to the policy's webhooks in the background.
+
+    `sleep` waits out the delay before a retry (a test passes one it holds and releases)."""
 
     def __init__(
         self,
@@ -111,11 +113,13 @@ class Notifier:
         retry: RetryPolicy = RetryPolicy(),
         *,
         failures: Counter | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self._policy = policy
         self._clock = clock
         self.retry = retry
         self._failures_metric = failures
+        self._sleep = sleep
         self._loop: asyncio.AbstractEventLoop | None = None
         self._session: aiohttp.ClientSession | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -245,7 +249,7 @@ class Notifier:
             if not retryable or attempt == self.retry.attempts:
                 break
             log.info("notification %s to %s failed (%s); retrying", event.kind, name, why)
-            await asyncio.sleep(self.retry.delay(attempt))
+            await self._sleep(self.retry.delay(attempt))
         log.error("notification %s to %s failed for good: %s", event.kind, name, why)
         self._fail(event.kind)
 

@@ -120,6 +120,7 @@ class Session:
     started: float  # on the `monotonic` clock
     end_listeners: list[EndListener] = field(default_factory=list)
     observers: Sequence[SessionObserver] = ()
+    upstream_exit_grace: float = UPSTREAM_EXIT_GRACE  # seconds; tests pass a shorter one
     ending: Ending | None = None
     end_requested_at: float = 0.0  # on the `monotonic` clock, when terminate() was first called
     warnings_sent: set[float] = field(default_factory=set)  # offsets (s) already announced
@@ -232,7 +233,7 @@ class Session:
             return True
         self.upstream.write(Terminate().encode())
         try:
-            await asyncio.wait_for(self.upstream.wait_closed(), UPSTREAM_EXIT_GRACE)
+            await asyncio.wait_for(self.upstream.wait_closed(), self.upstream_exit_grace)
             return False
         except TimeoutError:
             self.upstream.abort()
@@ -241,7 +242,7 @@ class Session:
         else:
             log.warning(
                 "session %s: backend %d did not exit within %.1f s of Terminate",
-                self.session_id, self.info.backend_process_id, UPSTREAM_EXIT_GRACE,
+                self.session_id, self.info.backend_process_id, self.upstream_exit_grace,
             )  # fmt: skip
         return False
 

@@ -176,7 +176,7 @@ def test_an_announced_oversized_body_is_refused_before_it_is_sent(api: ApiHarnes
 def test_a_body_that_never_arrives_times_out(
     api: ApiHarness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(schemas, "BODY_TIMEOUT", 0.3)
+    monkeypatch.setattr(schemas, "BODY_TIMEOUT", 0.1)
     assert _announce_body(api, 100, b"{") == (408, "body_timeout")
     assert api.call("GET", "/healthz").status == 200
 

@@ -7,6 +7,7 @@ import asyncio
 import threading
 from dataclasses import replace
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -150,16 +151,43 @@ def test_a_client_error_is_not_retried(api: ApiHarness, policy: PolicyBox) -> No
         gone.close()
 
 
-def test_an_unreachable_receiver_never_delays_the_api(api: ApiHarness, policy: PolicyBox) -> None:
+class HeldRetries:
+    """The notifier's `sleep`: records each retry delay and holds every retry until released."""
+
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+        self.waiting = threading.Event()  # a delivery is waiting to retry
+        self._released = threading.Event()
+
+    async def sleep(self, delay: float) -> None:
+        self.delays.append(delay)
+        self.waiting.set()
+        while not self._released.is_set():
+            await asyncio.sleep(0.001)
+
+    def release(self) -> None:
+        self._released.set()
+
+
+def test_an_unreachable_receiver_never_delays_the_api(
+    tmp_path: Path, policy: PolicyBox, clock: FakeClock
+) -> None:
     # A port nobody listens on: every attempt is a connection error, retried in the background.
-    slow_retry = RetryPolicy(attempts=3, first_delay=0.5, max_delay=0.5, timeout=1.0)
-    api.notifier.retry = slow_retry
-    with_webhooks(policy, webhook("http://127.0.0.1:9/hook"))
-    reply = api.create()
-    assert reply.status == 201  # answered while the delivery still waits to retry
-    assert api.notifier.failures == 0
-    api.run(api.notifier.drain(10), timeout=15)
-    assert api.notifier.failures == 1
+    retry = RetryPolicy(attempts=3, first_delay=0.5, max_delay=0.5, timeout=1.0)
+    held = HeldRetries()
+    api = ApiHarness(tmp_path, policy, clock, retry=retry, sleep=held.sleep)
+    try:
+        with_webhooks(policy, webhook("http://127.0.0.1:9/hook"))
+        reply = api.create()
+        assert reply.status == 201  # answered though the delivery cannot go on until released
+        assert held.waiting.wait(10)  # the first attempt failed; the retry waits
+        assert api.notifier.failures == 0
+        held.release()
+        api.run(api.notifier.drain(10), timeout=15)
+        assert api.notifier.failures == 1
+        assert held.delays == [0.5, 0.5]  # attempts - 1 waits, as the policy says
+    finally:
+        api.close()
 
 
 def test_a_url_from_the_environment_is_used_and_checked(

@@ -10,13 +10,17 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from proxy.audit.events import LoginFailed
 from proxy.audit.fsio import FileSystem
 from proxy.audit.log import AuditLog, FsyncPolicy, SinkOptions
 from proxy.audit.records import head_path, log_files
+from proxy.cli import main
 from tests.fixtures.clock import FakeClock
+
+if TYPE_CHECKING:  # not at run time: the kill test's child process imports this module
+    import pytest
 
 KEY = b"0123456789abcdef-test-audit-key"
 QUIET = SinkOptions(head_interval=3600, retry_interval=0)  # heads only at open/rotate/close
@@ -127,3 +131,25 @@ def build_log(path: Path, count: int, *, max_file_bytes: int = 4096) -> None:
         log.append(event(n))
         log.flush()
     log.close()
+
+
+class VerifyCommand:
+    """`pgwarden audit verify ...` in this process, as `main` runs it: the exit status (argparse's
+    for a usage error), stdout and stderr. tests/unit/commands/test_audit_verify.py runs the
+    real process for what only a process shows (exit statuses, the environment)."""
+
+    def __init__(self, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+        self._capsys, self._monkeypatch = capsys, monkeypatch
+
+    def __call__(
+        self, *args: str | Path, env: dict[str, str] | None = None
+    ) -> tuple[int, str, str]:
+        for name, value in (env or {}).items():
+            self._monkeypatch.setenv(name, value)
+        self._capsys.readouterr()  # only this command's output
+        try:
+            code = main(["audit", "verify", *map(str, args)])
+        except SystemExit as exc:  # a usage error
+            code = exc.code if isinstance(exc.code, int) else 2
+        out, err = self._capsys.readouterr()
+        return code, out, err

@@ -38,6 +38,7 @@ from proxy.audit.query_events import (
 from proxy.audit.records import ENVELOPE, dump_fields
 from proxy.audit.redact import Redactor
 from proxy.session.session import EndReason
+from tests.fixtures.examples import examples
 
 KNOWN_SECRET = "pgw-Tmp-7Hq2xLz9Rw4K"  # one of pgwarden's own temporary passwords
 SECRETS = (KNOWN_SECRET,)
@@ -125,6 +126,9 @@ def instances(cls: type[AuditEvent]) -> st.SearchStrategy[AuditEvent]:
     return st.builds(cls, **fields)
 
 
+INSTANCES = {cls: instances(cls) for cls in EVENTS}  # built once, not for every example
+
+
 def reference(event: AuditEvent, redactor: Redactor = REDACTOR) -> str:
     return dump_fields(redactor.redact_record(event.to_record()))
 
@@ -135,12 +139,12 @@ def test_every_event_class_is_found() -> None:
 
 
 @pytest.mark.parametrize("cls", EVENTS, ids=lambda cls: cls.kind)
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 @given(data=st.data())
 def test_members_match_the_reference_for_any_values(
     cls: type[AuditEvent], data: st.DataObject
 ) -> None:
-    event = data.draw(instances(cls))
+    event = data.draw(INSTANCES[cls])
     members = event_members(event, REDACTOR.redact)
     assert members == reference(event)
     assert KNOWN_SECRET not in members

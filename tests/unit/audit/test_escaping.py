@@ -19,6 +19,7 @@ from proxy.audit.events import LoginFailed
 from proxy.audit.query_events import SimpleQuery
 from proxy.audit.records import Signer, dump_fields
 from proxy.audit.verify import verify
+from tests.fixtures.examples import examples
 from tests.unit.audit.helpers import KEY, open_log, records
 
 HOSTILE = [
@@ -75,7 +76,7 @@ def test_undecodable_bytes_round_trip_exactly(tmp_path: Path) -> None:
     assert b"\\udcff" in path.read_bytes()
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(st.text(st.characters(codec=None, exclude_categories=()), max_size=40))
 def test_any_text_makes_one_ascii_line_that_round_trips(text: str) -> None:
     signer = Signer(KEY)

@@ -16,6 +16,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from proxy.audit.redact import Redactor, password_parameters
+from tests.fixtures.examples import examples
 
 redact = Redactor().redact
 
@@ -170,7 +171,7 @@ SYNTAXES: dict[str, tuple[str, Callable[[str], str]]] = {
 }  # fmt: skip
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=examples(400), deadline=None)
 @given(secret=SECRETS, syntax=st.sampled_from(sorted(SYNTAXES)))
 def test_a_random_secret_never_survives_redaction(secret: str, syntax: str) -> None:
     if syntax == "dollar":
@@ -184,7 +185,7 @@ def test_a_random_secret_never_survives_redaction(secret: str, syntax: str) -> N
             assert window not in out or window in template, (text, out, window)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(secret=st.text(st.sampled_from("abcdefXYZ0123456789"), min_size=12, max_size=32))
 def test_a_known_secret_never_survives_whatever_surrounds_it(secret: str) -> None:
     redactor = Redactor(lambda: [secret])

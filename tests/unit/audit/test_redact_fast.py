@@ -24,6 +24,7 @@ from proxy.audit.redact import (
     MIN_SECRET_TEXT,
     Redactor,
 )
+from tests.fixtures.examples import examples
 
 HEX = "0123456789abcdef" * 2
 FRAGMENTS = [
@@ -47,7 +48,7 @@ def full_pass(text: str, secrets: Iterable[str] = ()) -> str:
     return text
 
 
-@settings(max_examples=2000, deadline=None)
+@settings(max_examples=examples(2000), deadline=None)
 @given(text=TEXTS)
 @example(text="ALTER ROLE x PaSsWoRd 'hunter2'")
 @example(text="SELECT 'Md5" + HEX.upper() + "'")
@@ -61,7 +62,7 @@ def test_the_prefilter_never_skips_a_text_the_patterns_would_change(text: str) -
     assert Redactor().redact(text) == full_pass(text)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(text=TEXTS, filler=st.sampled_from(["", "x" * MEMO_MAX_TEXT]))
 def test_redacting_twice_gives_the_same_result(text: str, filler: str) -> None:
     """The second call of a short text is served from the memo; a long one is never kept."""

@@ -5,6 +5,7 @@ primary's log says it started, so deleting one (with its head) does not go unnot
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -12,8 +13,7 @@ import pytest
 from proxy.audit.events import WorkerStarted
 from proxy.audit.records import head_path, log_files, worker_audit_path
 from proxy.audit.verify import verify, worker_of
-from tests.unit.audit.helpers import KEY, build_log, event, open_log
-from tests.unit.commands.test_audit_verify import pgwarden
+from tests.unit.audit.helpers import KEY, VerifyCommand, build_log, event, open_log
 
 
 def server(tmp_path: Path, workers: int) -> Path:
@@ -33,9 +33,16 @@ def server(tmp_path: Path, workers: int) -> Path:
     return config
 
 
-def verify_config(config: Path) -> tuple[int, str, str]:
-    done = pgwarden("--config", config, env={"AUDIT_KEY": KEY.decode()})
-    return done.returncode, done.stdout, done.stderr
+VerifyConfig = Callable[[Path], tuple[int, str, str]]
+
+
+@pytest.fixture
+def verify_config(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> VerifyConfig:
+    """`pgwarden audit verify --config CONFIG`: its exit status, stdout and stderr."""
+    command = VerifyCommand(capsys, monkeypatch)
+    return lambda config: command("--config", config, env={"AUDIT_KEY": KEY.decode()})
 
 
 @pytest.mark.parametrize(
@@ -48,7 +55,9 @@ def test_the_worker_of_a_file_is_read_from_its_name(name: str, worker: int) -> N
     assert worker_of(name) == worker
 
 
-def test_every_chain_verifies_and_each_gets_its_line(tmp_path: Path) -> None:
+def test_every_chain_verifies_and_each_gets_its_line(
+    tmp_path: Path, verify_config: VerifyConfig
+) -> None:
     code, out, err = verify_config(server(tmp_path, 3))
     assert code == 0, err
     lines = out.splitlines()
@@ -59,13 +68,15 @@ def test_every_chain_verifies_and_each_gets_its_line(tmp_path: Path) -> None:
     assert verify(tmp_path / "audit.jsonl", KEY).workers_started == {1, 2}
 
 
-def test_one_process_prints_one_line_as_before(tmp_path: Path) -> None:
+def test_one_process_prints_one_line_as_before(tmp_path: Path, verify_config: VerifyConfig) -> None:
     code, out, _ = verify_config(server(tmp_path, 1))
     assert code == 0
     assert out.startswith("ok: ")
 
 
-def test_a_deleted_worker_chain_fails_though_nothing_else_was_touched(tmp_path: Path) -> None:
+def test_a_deleted_worker_chain_fails_though_nothing_else_was_touched(
+    tmp_path: Path, verify_config: VerifyConfig
+) -> None:
     config = server(tmp_path, 3)
     chain = tmp_path / "audit.worker2.jsonl"
     for file in [*log_files(chain), head_path(chain)]:
@@ -76,7 +87,9 @@ def test_a_deleted_worker_chain_fails_though_nothing_else_was_touched(tmp_path: 
     assert f"{tmp_path / 'audit.worker1.jsonl'}: ok:" in out
 
 
-def test_a_chain_put_in_another_workers_place_fails(tmp_path: Path) -> None:
+def test_a_chain_put_in_another_workers_place_fails(
+    tmp_path: Path, verify_config: VerifyConfig
+) -> None:
     config = server(tmp_path, 3)
     one, two = tmp_path / "audit.worker1.jsonl", tmp_path / "audit.worker2.jsonl"
     for file in [*log_files(one), head_path(one)]:

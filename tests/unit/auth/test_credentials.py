@@ -20,6 +20,7 @@ from proxy.auth import (
     make_verifier,
     salted_password,
 )
+from tests.fixtures.examples import examples
 from tests.unit.auth.helpers import RFC_ITERATIONS, RFC_PASSWORD, RFC_SALT
 
 # Computed from the RFC 7677 example with the formulas of RFC 5802, independently of our code.
@@ -43,7 +44,7 @@ def test_verifier_round_trips_through_postgres_format() -> None:
     assert ScramVerifier.parse(verifier.to_postgres()) == verifier
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=examples(30), deadline=None)
 @given(
     iterations=st.integers(1, 2**31 - 1),
     salt=st.binary(min_size=1, max_size=64),

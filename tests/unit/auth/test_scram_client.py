@@ -21,6 +21,7 @@ from proxy.auth import (
     make_verifier,
 )
 from proxy.auth import scram_client as scram_client_module
+from tests.fixtures.examples import examples
 from tests.unit.auth.helpers import (
     CB_DATA,
     CLIENT_NONCE,
@@ -39,7 +40,7 @@ SALT = base64.b64encode(b"0123456789abcdef").decode()
 PASSWORDS = st.text(st.characters(exclude_categories=["Cs"]), max_size=40)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=examples(40), deadline=None)
 @given(password=PASSWORDS, bind=st.booleans(), salt=st.binary(min_size=1, max_size=32))
 def test_client_logs_in_to_our_server_with_any_password(
     password: str, bind: bool, salt: bytes
@@ -242,7 +243,7 @@ def test_split_api_lets_the_caller_run_pbkdf2_elsewhere() -> None:
     assert final.endswith(b"p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=")
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(data=st.binary(max_size=300))
 def test_any_server_first_raises_only_upstream_errors(data: bytes) -> None:
     cli = started()
@@ -252,7 +253,7 @@ def test_any_server_first_raises_only_upstream_errors(data: bytes) -> None:
         assert cli.state is ClientState.FAILED
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(data=st.one_of(st.binary(max_size=200), st.text("ve=,x+/AB0").map(str.encode)))
 def test_any_server_final_raises_only_upstream_errors(data: bytes) -> None:
     cli, _ = completed_until_server_final()

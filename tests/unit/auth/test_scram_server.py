@@ -28,6 +28,7 @@ from proxy.auth import (
     ServerState,
 )
 from proxy.auth import scram_server as scram_server_module
+from tests.fixtures.examples import examples
 from tests.unit.auth.helpers import (
     CB_DATA,
     CLIENT_NONCE,
@@ -408,7 +409,9 @@ def test_client_bound_to_another_certificate_is_refused() -> None:
 # --- fuzzing (row 12) ----------------------------------------------------------------------------
 
 SCRAMISH = st.text(alphabet="nypcmarsiv=,,,-_+/ab0*\x00é", max_size=60).map(str.encode)
-FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(
+    max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 
 
 @FUZZ

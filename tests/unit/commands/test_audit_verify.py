@@ -1,5 +1,6 @@
-"""`pgwarden audit verify` as a process: exit 0 only when the log verifies, 1 when it does not,
-2 when the log or the key cannot be read."""
+"""`pgwarden audit verify`: exit 0 only when the log verifies, 1 when it does not, 2 when the log
+or the key cannot be read. The real process (`python -m proxy`) for what only a process shows:
+its exit statuses and a key from its environment; `main` in this process for the rest."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 
 from proxy.audit.records import log_files
 from proxy.audit.verify import verify
-from tests.unit.audit.helpers import KEY, build_log, lines_of, write_lines
+from tests.unit.audit.helpers import KEY, VerifyCommand, build_log, lines_of, write_lines
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -29,6 +30,13 @@ def pgwarden(
         text=True,
         timeout=60,
     )
+
+
+@pytest.fixture
+def in_process(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> VerifyCommand:
+    return VerifyCommand(capsys, monkeypatch)
 
 
 @pytest.fixture
@@ -61,14 +69,24 @@ def test_a_tampered_log_exits_1_and_names_the_record(log: Path, tmp_path: Path) 
     assert "are missing" in result.stderr
 
 
-def test_the_server_config_supplies_key_and_path(log: Path, tmp_path: Path) -> None:
+def test_a_usage_error_exits_2() -> None:
+    result = pgwarden("--key-env", "AUDIT_KEY", "--key-file", "key")
+    assert result.returncode == 2
+    assert "not allowed with argument" in result.stderr
+    assert result.stdout == ""
+
+
+def test_the_server_config_supplies_key_and_path(
+    log: Path, tmp_path: Path, in_process: VerifyCommand
+) -> None:
     config = tmp_path / "pgwarden.yaml"
     config.write_text(
         f"paths:\n  policy: policy.yaml\n  state: state.db\n  audit_log: {log.name}\n"
         "audit:\n  hmac_key_env: AUDIT_KEY\n"
     )
-    result = pgwarden("--config", config, env={"AUDIT_KEY": KEY.decode()})
-    assert result.returncode == 0, result.stderr
+    code, out, err = in_process("--config", config, env={"AUDIT_KEY": KEY.decode()})
+    assert code == 0, err
+    assert out == f"{verify(log, KEY).summary()}\n"
 
 
 @pytest.mark.parametrize(
@@ -81,8 +99,9 @@ def test_the_server_config_supplies_key_and_path(log: Path, tmp_path: Path) -> N
     ],
 )
 def test_unreadable_input_exits_2(
-    log: Path, args: list[str], env: dict[str, str], message: str
+    log: Path, args: list[str], env: dict[str, str], message: str, in_process: VerifyCommand
 ) -> None:
-    result = pgwarden(*[a.format(log=log) for a in args], env=env)
-    assert result.returncode == 2
-    assert message in result.stderr
+    code, out, err = in_process(*[a.format(log=log) for a in args], env=env)
+    assert code == 2
+    assert message in err
+    assert out == ""

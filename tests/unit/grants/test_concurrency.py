@@ -8,11 +8,13 @@ counts.
 
 from __future__ import annotations
 
-import multiprocessing
+import contextlib
+import pickle
 import sqlite3
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -25,6 +27,7 @@ from proxy.policy.models import Policy, UserName
 from tests.fixtures.clock import FakeClock
 from tests.fixtures.grants import ALICE, GROUPS, PolicyBox, make_policy, new_request
 
+ROOT = Path(__file__).resolve().parents[3]
 APPROVERS = [UserName(f"approver{n:02}") for n in range(50)]
 
 
@@ -131,14 +134,57 @@ def test_approve_racing_cancel_leaves_one_consistent_outcome(
     assert outcomes <= {RequestState.ACTIVE, RequestState.CANCELLED}
 
 
-def _approve_in_a_process(db_path: str, request_id: str, approver: str, required: int) -> str:
-    """Runs in a child process: its own interpreter, its own connection."""
-    with SqliteStore(db_path) as store:
-        service = GrantService(store, FakeClock(), lambda: crowd_policy(required))
-        try:
-            return service.approve(RequestId(request_id), UserName(approver)).state.value
-        except LifecycleError:
-            return "refused"
+# One approver in its own interpreter, with its own connection: it gets ready, says so, waits for
+# the parent's "go" (so that every approver starts at the same moment), approves, prints the state.
+# The policy comes pickled (hex) in its arguments: the child imports proxy's grants and no more.
+APPROVER = """
+import pickle, sys
+from proxy.grants.lifecycle import GrantService, LifecycleError
+from proxy.grants.requests import RequestId
+from proxy.grants.store import SqliteStore
+from proxy.policy.models import UserName
+from tests.fixtures.clock import FakeClock
+
+db_path, request_id, approver, policy = sys.argv[1:]
+current = pickle.loads(bytes.fromhex(policy))
+with SqliteStore(db_path) as store:
+    service = GrantService(store, FakeClock(), lambda: current)
+    print("ready", flush=True)
+    sys.stdin.readline()
+    try:
+        print(service.approve(RequestId(request_id), UserName(approver)).state.value)
+    except LifecycleError:
+        print("refused")
+"""
+
+
+def approve_in_processes(
+    db_path: Path, request_id: str, approvers: list[UserName], policy: Policy
+) -> list[str]:
+    """Start one approver process each, let them all approve at once; what each printed."""
+    pickled = pickle.dumps(policy).hex()
+    with contextlib.ExitStack() as stack:
+        children = [
+            stack.enter_context(
+                subprocess.Popen(
+                    [sys.executable, "-c", APPROVER, str(db_path), request_id, who, pickled],
+                    cwd=ROOT,
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    text=True,
+                )
+            )
+            for who in approvers
+        ]
+        stack.callback(lambda: [child.kill() for child in children if child.poll() is None])
+        for child in children:
+            assert child.stdout is not None
+            assert child.stdout.readline() == "ready\n"
+        for child in children:
+            assert child.stdin is not None
+            child.stdin.write("go\n")
+            child.stdin.flush()
+        return [child.communicate(timeout=60)[0].strip() for child in children]
 
 
 def test_concurrent_approvers_in_separate_processes(
@@ -147,13 +193,7 @@ def test_concurrent_approvers_in_separate_processes(
     required, workers = 6, 8
     policy.current = crowd_policy(required)
     request = new_request(service)
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=context) as pool:
-        futures = [
-            pool.submit(_approve_in_a_process, str(db_path), request.id, who, required)
-            for who in APPROVERS[:workers]
-        ]
-        states = sorted(f.result(timeout=60) for f in futures)
+    states = approve_in_processes(db_path, request.id, APPROVERS[:workers], policy.current)
     assert states.count("refused") == workers - required
     assert states.count("active") == 1
     assert count(db_path, "SELECT count(*) FROM approvals") == required

@@ -18,6 +18,7 @@ from proxy.policy.models import (
     UserName,
 )
 from proxy.policy.policy_file import PolicyError, PolicyUnreadable, load_policy, parse_policy
+from tests.fixtures.examples import examples
 from tests.fixtures.policy_samples import ROW_42, VALID, BadPolicy, edit
 
 REPO = Path(__file__).resolve().parents[3]
@@ -299,7 +300,7 @@ def test_every_truncation_of_a_valid_file_is_rejected_or_valid_never_a_crash() -
     assert outcomes == {"valid", "rejected"}
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(st.text(alphabet=st.sampled_from(list("ab:-[]{}, \n'\"&*!#|>?1.")), max_size=60))
 def test_arbitrary_text_is_a_policy_or_a_policy_error(text: str) -> None:
     assert outcome(text) in {"valid", "rejected"}
@@ -309,7 +310,7 @@ ODD_VALUES = ["", "~", "[]", "{}", "[1, [2]]", "{a: {b: c}}", "true", "-1", "1.5
 ODD_VALUES += ["2026-01-01", '"\\u0000"', "9" * 30, "'a b'", "[a, a]", "{password: x}"]
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(st.data())
 def test_any_value_in_any_place_is_reported_not_crashed_on(data: st.DataObject) -> None:
     lines = VALID.splitlines(keepends=True)

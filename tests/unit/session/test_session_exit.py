@@ -17,7 +17,6 @@ import pytest
 
 from proxy.net.peer import Peer
 from proxy.session.session import (
-    UPSTREAM_EXIT_GRACE,
     Ending,
     EndReason,
     Session,
@@ -27,6 +26,7 @@ from proxy.session.session import (
 from proxy.wire import DataRow, ErrorResponse, Query, ReadyForQuery, Terminate, TransactionStatus
 
 TEST_TIMEOUT = 10.0
+EXIT_GRACE = 0.05  # the session's upstream_exit_grace here (production: UPSTREAM_EXIT_GRACE)
 FATAL_TEXT = 'pgwarden: access to "orders" (read-only) expired at 10:00:00 UTC'
 
 
@@ -94,7 +94,7 @@ async def harness(*, upstream_exits: bool = True) -> AsyncIterator[Harness]:
         info=info(), client=client, upstream=upstream,
         upstream_handle=UpstreamHandle(cancel=lambda: cancels.append(1), terminate_backend=reap),
         cancel_process_id=7, cancel_secret=b"abcd", max_client_message=1 << 20,
-        monotonic=lambda: 0.0, deadline=3600.0, started=0.0,
+        monotonic=lambda: 0.0, deadline=3600.0, started=0.0, upstream_exit_grace=EXIT_GRACE,
     )  # fmt: skip
     session.start()
     try:
@@ -158,7 +158,7 @@ def test_a_backend_that_ignores_terminate_is_reaped_after_the_grace() -> None:
             h.session.terminate(expiry())
             await h.session.wait_ended()
             assert h.reaped == [4242]
-            assert loop.time() - started >= UPSTREAM_EXIT_GRACE * 0.9
+            assert loop.time() - started >= EXIT_GRACE * 0.9
 
     run(main)
 

@@ -56,7 +56,7 @@ from tests.fixtures.fake_upstream import (
 
 TEST_TIMEOUT = 20.0  # the whole test body, whatever happens
 TIMEOUT = 5.0  # login and set_config bound: every failure here is immediate except the stalls
-STALL = 0.3
+STALL = 0.15  # the bound a stall test injects: short, since each test waits it out
 ROLE, DATABASE, TARGET = "orders_ro", "orders", "orders-db"
 ALICE: StartupParameters = (("application_name", "pgwarden:alice:r1"), ("client_encoding", "UTF8"))
 BOB: StartupParameters = (("application_name", "pgwarden:bob:r2"), ("DateStyle", "ISO, DMY"))

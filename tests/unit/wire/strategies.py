@@ -8,10 +8,13 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
 from proxy import wire as w
+from tests.fixtures.examples import examples
 
 # Moderate example counts keep the whole wire suite to a few seconds; deadline=None because
 # CI machines vary.
-SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(
+    max_examples=examples(150), deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 
 # Protocol Strings: any text without NUL or surrogates (surrogates stand for undecodable bytes and
 # are not round-trip material).

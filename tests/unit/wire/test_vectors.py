@@ -183,7 +183,10 @@ def test_backend_message_matches_its_documented_bytes(message: object, wire: byt
     assert w.decode_backend(_frame(wire)) == message
 
 
-@pytest.mark.parametrize(("message", "decode", "wire"), AUTH_RESPONSES, ids=repr)
+# Ids name the decoder by name, not by its repr (an address differs between processes: xdist).
+@pytest.mark.parametrize(
+    ("message", "decode", "wire"), AUTH_RESPONSES, ids=lambda v: getattr(v, "__name__", repr(v))
+)
 def test_auth_response_matches_its_documented_bytes(
     message: object, decode: object, wire: bytes
 ) -> None:
