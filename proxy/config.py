@@ -29,9 +29,14 @@ DEFAULT_API_LISTEN = "127.0.0.1:8080"
 DEFAULT_LOGIN_TIMEOUT = timedelta(seconds=10)
 MAX_LOGIN_TIMEOUT = timedelta(minutes=5)
 DEFAULT_MAX_SESSIONS = 1000
-DEFAULT_MAX_SESSIONS_PER_SOURCE = 50
-DEFAULT_MAX_PREAUTH_CONNECTIONS = 200  # connections that have not logged in yet
-DEFAULT_MAX_PREAUTH_PER_SOURCE = 20
+# One address may be an application server's pool or an office NAT: 200 concurrent logins and
+# sessions from it must succeed, with room to spare when worker processes split the caps.
+DEFAULT_MAX_SESSIONS_PER_SOURCE = 250
+# Connections that have not logged in yet: each holds at most its unread inbox (256 KiB,
+# proxy/net/peer.py) and one pre-auth message (64 KiB) for at most the login timeout, so 500
+# bound a flood's memory to ~160 MiB; two sources at their own cap are needed to fill them.
+DEFAULT_MAX_PREAUTH_CONNECTIONS = 500
+DEFAULT_MAX_PREAUTH_PER_SOURCE = 250
 # After login a message is buffered whole before it is relayed (so it can be audited): 64 MiB
 # admits very large queries and bytea parameters yet keeps one session's worst case far below
 # Postgres's own 1 GiB limit, which would let a handful of sessions exhaust the host's memory.
@@ -48,10 +53,13 @@ DEFAULT_LONG_SESSION_THRESHOLD = timedelta(hours=8)
 # index in its low bits (proxy/session/registry.py), which caps the count.
 MAX_WORKERS = 64
 MAX_POOL_IDLE = 1000  # idle upstream backends kept per role (each is a Postgres process)
-# Failed-login throttling: a token bucket per user name and per source address
-# (proxy/auth/throttle.py).
-DEFAULT_THROTTLE_PER_USER = (10, timedelta(seconds=6))  # burst 10, one more every 6 s
-DEFAULT_THROTTLE_PER_SOURCE = (30, timedelta(seconds=2))
+# Failed-login throttling (proxy/auth/throttle.py), token buckets of `burst` failures, then one
+# more every `refill_every`: an address is refused when its own bucket, or the bucket of the user
+# name it tries, is empty; a user name failing from everywhere gets its failures answered late,
+# never refused (a stranger must not be able to lock anyone out).
+DEFAULT_THROTTLE_PER_SOURCE = (30, timedelta(seconds=2))  # burst 30, one more every 2 s
+DEFAULT_THROTTLE_PER_USER_AND_SOURCE = (10, timedelta(seconds=6))
+DEFAULT_THROTTLE_PER_USER = (10, timedelta(seconds=6))
 
 
 class ConfigError(DocumentError):
@@ -139,8 +147,17 @@ class Limits:
     max_preauth_connections: int
     max_preauth_per_source: int
     max_message_bytes: int
+    # `failed_logins.per_user`: failures of one user name from any address. Since the throttle
+    # stopped refusing on it (anyone could lock a user out), an empty bucket only delays the
+    # answers to that name's further failures.
     failed_logins_per_user: ThrottleSettings
+    # `failed_logins.per_source`: failures of any kind from one address; empty: refused.
     failed_logins_per_source: ThrottleSettings
+    # `failed_logins.per_user_and_source`: failed passwords for one user name from one address;
+    # empty: that name is refused from that address.
+    failed_logins_per_user_and_source: ThrottleSettings = ThrottleSettings(
+        DEFAULT_THROTTLE_PER_USER_AND_SOURCE[0], DEFAULT_THROTTLE_PER_USER_AND_SOURCE[1]
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -356,6 +373,9 @@ def _limits(f: Fields) -> Limits | None:
     per_source_throttle = _throttle(
         throttles.section_or_empty("per_source"), DEFAULT_THROTTLE_PER_SOURCE
     )
+    per_pair = _throttle(
+        throttles.section_or_empty("per_user_and_source"), DEFAULT_THROTTLE_PER_USER_AND_SOURCE
+    )
     throttles.finish()
     f.finish()
     _at_most(f, "max_sessions_per_source", per_source, "max_sessions", sessions)
@@ -363,6 +383,8 @@ def _limits(f: Fields) -> Limits | None:
     if sessions is None or per_source is None or preauth is None or preauth_per_source is None:
         return None
     if message_bytes is None or per_user is None or per_source_throttle is None:
+        return None
+    if per_pair is None:
         return None
     return Limits(
         sessions,
@@ -372,6 +394,7 @@ def _limits(f: Fields) -> Limits | None:
         message_bytes,
         per_user,
         per_source_throttle,
+        per_pair,
     )
 
 

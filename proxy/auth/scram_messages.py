@@ -81,6 +81,9 @@ class CredentialRejection(StrEnum):
     NO_CREDENTIAL = "no usable credential for this user (mock exchange)"
     WRONG_PROOF = "wrong proof"
     GRANT_ENDED = "the credential's grant ended during the exchange"
+    # No exchange at all: too many failed logins from this address, or for this user name from
+    # it (throttle.py); refused with the same 28P01 before any work.
+    THROTTLED = "refused unchecked: too many failed logins"
 
 
 class InvalidPasswordError(AuthError):

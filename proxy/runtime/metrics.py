@@ -55,6 +55,11 @@ class Metrics:
             "pgwarden_login_failures_total", "Refused logins, by internal reason",
             ["target", "reason"], registry=registry,
         )  # fmt: skip
+        self.connections_refused = Counter(
+            "pgwarden_connections_refused_total",
+            "Connections refused at an admission cap (53300), by the cap that refused them",
+            ["reason"], registry=registry,
+        )  # fmt: skip
         self.queries = QueryStats(registry)
         self.bytes_relayed = Counter(
             "pgwarden_bytes_relayed_total", "Bytes relayed, by direction",

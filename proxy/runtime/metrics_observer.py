@@ -1,5 +1,5 @@
 """The session observer that feeds the metrics: `MetricsObserver` counts sessions, logins,
-queries and bytes into the objects `metrics` declares.
+refused connections, queries and bytes into the objects `metrics` declares.
 
 It lives beside the runtime's other observer (the auditor), apart from the declarations:
 `metrics` says what is exported, this module says when each number moves. Query durations are
@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 from proxy.policy.models import Policy
 from proxy.runtime.metrics import OTHER, Metrics, policy_label
+from proxy.session.admission import Cap
 from proxy.session.observer import LoginFailure, SessionObserver
 from proxy.session.session import Ending, EndReason, Session
 from proxy.wire import FUNCTION_CALL, QUERY, READY_FOR_QUERY, SYNC, Frame
@@ -33,6 +34,9 @@ class MetricsObserver(SessionObserver):
         self._metrics = metrics
         self._policy = policy
         self._queries: dict[str, _QueryTimer] = {}
+
+    def connection_refused(self, source: str, cap: Cap) -> None:
+        self._metrics.connections_refused.labels(cap.value).inc()
 
     def login_failed(
         self, user: str, target: str, source: str, reason: LoginFailure, detail: str

@@ -21,6 +21,7 @@ from proxy.net.tls import upstream_ssl_context
 from proxy.policy.models import Policy, Upstream, UpstreamTlsMode
 from proxy.session.admission import Admission, AdmissionLimits
 from proxy.session.observer import SessionObserver
+from proxy.session.quiet_log import QuietLog
 from proxy.session.registry import SessionRegistry
 from proxy.session.session import Session
 from proxy.upstream.pool import UpstreamPool
@@ -63,6 +64,11 @@ class ProxyContext:
     _upstream_contexts: dict[tuple[UpstreamTlsMode, Path | None], ssl.SSLContext | None] = field(
         default_factory=dict
     )
+    # Lines about floods (refused connections, throttled logins), rate-limited on our clock.
+    quiet_log: QuietLog = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.quiet_log = QuietLog(self.clock.monotonic)
 
     def upstream_ssl_context(self, upstream: Upstream) -> ssl.SSLContext | None:
         """The TLS context for an upstream, built once per (mode, CA file)."""

@@ -20,6 +20,13 @@ pre-auth slot; the relay holds a live slot. Any error becomes one FATAL ErrorRes
 SQLSTATE (internal details go to the log only), then the connection closes. Nothing the client
 sends reaches the database before the login and the grant check have passed (row 25): bytes
 pipelined behind the password wait in the reader and are forwarded after login.
+
+A connection over an admission cap runs the same line in a *refusing* slot, as far as its
+StartupMessage, and is then told FATAL 53300 (refusals.py): Postgres answers the SSLRequest before
+it refuses, and clients show its reason only then. A login whose source or (user, source) pair is
+throttled is refused right after its StartupMessage with the 28P01 of a wrong password
+(throttling.py). A client that leaves before starting up (EOF, Terminate, a failed or abandoned
+TLS handshake) is closed without a word and a DEBUG line: nothing is wrong with pgwarden.
 """
 
 from __future__ import annotations
@@ -27,18 +34,25 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from proxy.auth import AuthError, CredentialRejection, InvalidPasswordError, ScramServer
+from proxy.auth import AuthError, ScramServer, ServerState
 from proxy.errors import PgwardenError
 from proxy.grants.decide import Allow
 from proxy.grants.requests import ActiveGrant
 from proxy.net.peer import Peer, PeerClosed
 from proxy.policy.models import TargetName, UserName
-from proxy.session.admission import Stage
+from proxy.session.admission import Refusal, Stage
 from proxy.session.context import ProxyContext
 from proxy.session.login import ClientConnection, Login
 from proxy.session.observer import LoginFailure
 from proxy.session.opening import connect_for, forward_cancel, make_ready
+from proxy.session.refusals import AdmissionRefused
 from proxy.session.session import Session
+from proxy.session.throttling import (
+    LoginThrottled,
+    login_abandoned,
+    login_failed,
+    refuse_if_throttled,
+)
 from proxy.wire import (
     GSSENC_REFUSED,
     NEED_DATA,
@@ -55,6 +69,7 @@ from proxy.wire import (
     RemoteProtocolError,
     SSLRequest,
     StartupMessage,
+    TerminateBeforeStartup,
     decode_sasl_initial_response,
     decode_sasl_response,
     login_names,
@@ -66,13 +81,31 @@ log = logging.getLogger(__name__)
 
 # How long a TLS handshake may take: part of the login timeout, but bounded on its own too.
 TLS_HANDSHAKE_TIMEOUT = 10.0
+# A refused connection has this long (or the login timeout, if shorter) to send its startup
+# packet: a real client sends it within milliseconds, and a refusal is not worth holding longer.
+REFUSAL_TIMEOUT = 3.0
 
 
-async def serve_connection(peer: Peer, source: str, ctx: ProxyContext) -> None:
-    """Everything that happens on one accepted client connection, until it closes."""
+class StalledWhileRefused(Exception):
+    """A connection over a cap sent no startup packet in time: closed without a word."""
+
+
+# Ways a connection ends before starting up that are worth no answer and no more than a DEBUG
+# line: a cancel request (Postgres never answers one), a client that hung up or broke its TLS
+# handshake (it cannot hear us), a Terminate (it is leaving), a silent refused connection.
+_SILENT_ENDS = (PeerClosed, TerminateBeforeStartup, MalformedCancelRequest, StalledWhileRefused)
+
+
+async def serve_connection(
+    peer: Peer, source: str, ctx: ProxyContext, refusal: Refusal | None = None
+) -> None:
+    """Everything that happens on one accepted client connection, until it closes.
+
+    With a `refusal` the connection holds a refusing slot, not a pre-auth one, and is told the
+    refusal after its startup packet."""
     conn = ClientConnection(peer, source)
     try:
-        session = await _log_in(conn, ctx)
+        session = await _log_in(conn, ctx, refusal)
     except BaseException as exc:
         _reject(conn, exc)
         if not isinstance(exc, Exception):
@@ -84,8 +117,16 @@ async def serve_connection(peer: Peer, source: str, ctx: ProxyContext) -> None:
     await session.wait_ended()
 
 
-async def _log_in(conn: ClientConnection, ctx: ProxyContext) -> Session | None:
+async def _log_in(
+    conn: ClientConnection, ctx: ProxyContext, refusal: Refusal | None
+) -> Session | None:
     """The steps up to the relay, under the login timeout; None for a CancelRequest."""
+    if refusal is not None:
+        try:
+            await _refuse(conn, ctx, refusal)
+            return None  # a CancelRequest: forwarded, no reply
+        finally:
+            ctx.admission.release(Stage.REFUSING, conn.source)
     try:
         async with asyncio.timeout(ctx.login_timeout):
             request = await negotiate_startup(conn, ctx)
@@ -97,6 +138,20 @@ async def _log_in(conn: ClientConnection, ctx: ProxyContext) -> Session | None:
         return await make_ready(conn, login, upstream, ctx)
     finally:
         ctx.admission.release(Stage.PREAUTH, conn.source)
+
+
+async def _refuse(conn: ClientConnection, ctx: ProxyContext, refusal: Refusal) -> None:
+    """Up to the StartupMessage, then raise AdmissionRefused (a CancelRequest is forwarded)."""
+    try:
+        async with asyncio.timeout(min(ctx.login_timeout, REFUSAL_TIMEOUT)):
+            request = await negotiate_startup(conn, ctx)
+    except TimeoutError:
+        # Over a cap and silent too: nothing to tell it, and no log line per such connection.
+        raise StalledWhileRefused("no startup packet in time") from None
+    if isinstance(request, CancelRequest):
+        forward_cancel(request, ctx)  # a Ctrl-C still works while logins are full
+        return
+    raise AdmissionRefused(refusal, conn.source)
 
 
 # -- startup and TLS --------------------------------------------------------------------------
@@ -145,10 +200,15 @@ async def answer_ssl_request(conn: ClientConnection, ctx: ProxyContext) -> None:
     conn.peer.write(SSL_ACCEPTED)
     transport = conn.peer.transport
     assert transport is not None
-    tls_transport = await asyncio.get_running_loop().start_tls(
-        transport, conn.peer, ctx.client_tls.context, server_side=True,
-        ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT,
-    )  # fmt: skip
+    try:
+        tls_transport = await asyncio.get_running_loop().start_tls(
+            transport, conn.peer, ctx.client_tls.context, server_side=True,
+            ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT,
+        )  # fmt: skip
+    except OSError as exc:
+        # The client hung up, or does not speak TLS after all (WRONG_VERSION_NUMBER, a port
+        # scanner): after our 'S' no plaintext answer can be read, and pgwarden is not at fault.
+        raise PeerClosed(f"TLS handshake failed: {exc!r}") from exc
     assert tls_transport is not None
     conn.peer.replace_transport(tls_transport)
     conn.tls = True
@@ -171,7 +231,8 @@ async def authenticate(conn: ClientConnection, startup: StartupMessage, ctx: Pro
     names = login_names(startup)
     user, target = UserName(names.user), TargetName(names.database)
     _require_tls_if_needed(conn, target, ctx)
-    grant, refusal = _grant_for_login(conn, user, target, ctx)
+    refuse_if_throttled(conn, user, target, ctx)
+    grant, refusal = _grant_for_login(user, target, ctx)
     scram = ScramServer(
         user, grant.verifier if grant is not None else None,
         mock_secret=ctx.mock_secret,
@@ -181,36 +242,17 @@ async def authenticate(conn: ClientConnection, startup: StartupMessage, ctx: Pro
     try:
         await _scram_exchange(conn, scram)
     except (AuthError, RemoteProtocolError) as exc:
-        _login_failed(conn, user, target, ctx, refusal=refusal, exc=exc)
+        await login_failed(conn, user, target, ctx, refusal=refusal, exc=exc)
+        raise
+    except (PeerClosed, asyncio.CancelledError):
+        # Hanging up before the first SCRAM message is how psql asks for a password: free.
+        # Hanging up or stalling (the login timeout cancels us) after it is abandoning.
+        if scram.state is ServerState.AWAITING_CLIENT_FINAL:
+            login_abandoned(conn, user, target, ctx)
         raise
     assert grant is not None  # a mock exchange never succeeds
     log.info("login of %r to %r from %s with grant %s", user, target, conn.source, grant.request_id)
     return Login(user, target, grant, startup)
-
-
-def _login_failed(
-    conn: ClientConnection,
-    user: UserName,
-    target: TargetName,
-    ctx: ProxyContext,
-    *,
-    refusal: tuple[LoginFailure, str] | None,
-    exc: PgwardenError,
-) -> None:
-    """Count the failure against the throttle, log why, and tell the observers."""
-    ctx.throttle.record_failure(user, conn.source)
-    reason, detail = refusal if refusal is not None else exchange_failure(exc)
-    log.info("login of %r to %r from %s failed: %s (%s)", user, target, conn.source, reason, detail)
-    for observer in ctx.observers:
-        observer.login_failed(user, target, conn.source, reason, detail)
-
-
-def exchange_failure(exc: PgwardenError) -> tuple[LoginFailure, str]:
-    """Why a login whose grant was found failed in the exchange, and the text the log shows."""
-    if isinstance(exc, InvalidPasswordError):
-        ended = exc.reason is CredentialRejection.GRANT_ENDED
-        return LoginFailure.GRANT_ENDED if ended else LoginFailure.WRONG_PASSWORD, exc.reason.value
-    return LoginFailure.PROTOCOL, exc.message
 
 
 def _require_tls_if_needed(conn: ClientConnection, target: TargetName, ctx: ProxyContext) -> None:
@@ -225,11 +267,9 @@ def _require_tls_if_needed(conn: ClientConnection, target: TargetName, ctx: Prox
 
 
 def _grant_for_login(
-    conn: ClientConnection, user: UserName, target: TargetName, ctx: ProxyContext
+    user: UserName, target: TargetName, ctx: ProxyContext
 ) -> tuple[ActiveGrant | None, tuple[LoginFailure, str] | None]:
     """The grant whose credential this login is checked against, or None and why not."""
-    if ctx.throttle.is_throttled(user, conn.source):
-        return None, (LoginFailure.THROTTLED, "too many failed logins for this user or source")
     decision = ctx.grants.login_decision(user, target, ctx.clock.now())
     if isinstance(decision, Allow):
         return decision.grant, None
@@ -294,8 +334,11 @@ def _reject(conn: ClientConnection, exc: BaseException) -> None:
 
 
 def _error_response_for(conn: ClientConnection, exc: BaseException) -> ErrorResponse | None:
-    if isinstance(exc, MalformedCancelRequest | PeerClosed):
-        return None  # Postgres never answers a cancel; a closed peer cannot hear us
+    if isinstance(exc, _SILENT_ENDS):
+        log.debug("connection from %s ended before login: %r", conn.source, exc)
+        return None
+    if isinstance(exc, AdmissionRefused | LoginThrottled):
+        return ErrorResponse.from_error(exc)  # logged, rate-limited, where it was decided
     if isinstance(exc, TimeoutError):
         log.info("login from %s timed out", conn.source)
         return ErrorResponse.fatal(

@@ -1,5 +1,5 @@
-"""What the session layer tells the rest of pgwarden: logins refused, sessions begun and ended,
-and the messages that cross the relay.
+"""What the session layer tells the rest of pgwarden: connections and logins refused, sessions
+begun and ended, and the messages that cross the relay.
 
 Metrics and audit implement `SessionObserver`; the session layer calls every registered observer
 at these points and knows nothing else about them. `client_frames` is called with the complete
@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from proxy.wire import Frame
 
 if TYPE_CHECKING:
+    from proxy.session.admission import Cap
     from proxy.session.session import Ending, Session
 
 
@@ -31,8 +32,12 @@ class LoginFailure(StrEnum):
     NO_ACTIVE_GRANT = "no_active_grant"
     WRONG_PASSWORD = "wrong_password"  # noqa: S105 - a label, not a password
     GRANT_ENDED = "grant_ended_during_login"
-    THROTTLED = "throttled"
+    # Refused unchecked (proxy/auth/throttle.py): too many failures from this address, or for
+    # this user name from this address.
+    THROTTLED_SOURCE = "throttled_source"
+    THROTTLED_USER_AND_SOURCE = "throttled_user_and_source"
     PROTOCOL = "protocol_violation"
+    ABANDONED = "abandoned_exchange"  # the client hung up or stalled in the SCRAM exchange
 
 
 class SessionObserver:
@@ -45,6 +50,10 @@ class SessionObserver:
 
     CLIENT_MESSAGES: frozenset[int] = frozenset()
     UPSTREAM_MESSAGES: frozenset[int] = frozenset()
+
+    def connection_refused(self, source: str, cap: Cap) -> None:
+        """A connection was refused because `cap` was reached (53300, or a silent close when
+        even the refusals are over their cap)."""
 
     def login_failed(
         self, user: str, target: str, source: str, reason: LoginFailure, detail: str

@@ -17,9 +17,11 @@ from collections.abc import Awaitable
 
 from proxy.errors import PgwardenError
 from proxy.policy.models import AccessLevelName, SecretUnavailable
+from proxy.session import refusals
 from proxy.session.admission import Stage
 from proxy.session.context import ProxyContext
 from proxy.session.login import ClientConnection, Login
+from proxy.session.refusals import AdmissionRefused
 from proxy.session.session import Session, SessionInfo, UpstreamHandle
 from proxy.upstream.backstop import terminate_backend
 from proxy.upstream.connect import (
@@ -112,11 +114,10 @@ async def make_ready(
     conn: ClientConnection, login: Login, upstream: UpstreamConnection, ctx: ProxyContext
 ) -> Session:
     """Register the session, tell the client it is logged in, and start relaying."""
-    if not ctx.admission.try_acquire(Stage.LIVE, conn.source):
+    if (refusal := ctx.admission.admit(Stage.LIVE, conn.source)) is not None:
         upstream.peer.abort()
-        raise PgwardenError(
-            "pgwarden: too many sessions; try again later", sqlstate=sqlstate.TOO_MANY_CONNECTIONS
-        )
+        refusals.report(ctx, conn.source, refusal, told=True)
+        raise AdmissionRefused(refusal, conn.source)
     process_id, secret = ctx.registry.new_cancel_key()
     now, started = ctx.clock.now(), ctx.clock.monotonic()
     session = Session(

@@ -1,7 +1,10 @@
 """The Postgres-facing listener and its lifecycle: start, serve, shut down with a grace period.
 
-Each accepted connection takes a pre-auth slot (global and per source address) or is refused at
-once with 53300; then one task runs it (`handshake.serve_connection`) until it closes. Shutdown
+Each accepted connection takes a pre-auth slot (global and per source address); then one task
+runs it (`handshake.serve_connection`) until it closes. A connection over a cap is refused as
+Postgres refuses one: its task answers the SSLRequest, reads the startup packet and sends FATAL
+53300 with the cap and its value; past the (small) cap on refusals in progress it is closed at
+once without a byte. Either way the refusal is counted and logged, rate-limited. Shutdown
 stops accepting, ends every live session through its one exit with FATAL 57P01 "pgwarden is shutting
 down", cancels logins in progress (they get the same message), and gives everything `grace`
 seconds to finish before the remaining connections are aborted.
@@ -13,6 +16,7 @@ import asyncio
 import logging
 
 from proxy.net.peer import Peer
+from proxy.session import refusals
 from proxy.session.admission import Stage
 from proxy.session.context import ProxyContext
 from proxy.session.handshake import serve_connection
@@ -72,13 +76,20 @@ class ProxyServer:
 
     def accepted(self, peer: Peer) -> None:
         source = _source_address(peer)
-        if self._closing or not self.ctx.admission.try_acquire(Stage.PREAUTH, source):
-            message = SHUTDOWN_MESSAGE if self._closing else "pgwarden: too many connections"
-            code = sqlstate.ADMIN_SHUTDOWN if self._closing else sqlstate.TOO_MANY_CONNECTIONS
-            peer.write(ErrorResponse.fatal(code, message).encode())
+        if self._closing:
+            peer.write(ErrorResponse.fatal(sqlstate.ADMIN_SHUTDOWN, SHUTDOWN_MESSAGE).encode())
             peer.close()
             return
-        task = asyncio.get_running_loop().create_task(serve_connection(peer, source, self.ctx))
+        admission = self.ctx.admission
+        refusal = admission.admit(Stage.PREAUTH, source)
+        if refusal is not None:
+            told = admission.admit(Stage.REFUSING, source) is None
+            refusals.report(self.ctx, source, refusal, told=told)
+            if not told:
+                peer.abort()  # a flood past every cap: it costs us nothing more
+                return
+        coroutine = serve_connection(peer, source, self.ctx, refusal)
+        task = asyncio.get_running_loop().create_task(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._finished)
 

@@ -71,6 +71,7 @@ from proxy.wire.errors import (
     MalformedCancelRequest,
     ProtocolError,
     RemoteProtocolError,
+    TerminateBeforeStartup,
 )
 from proxy.wire.framing import (
     NEED_DATA,
@@ -269,6 +270,7 @@ __all__ = [
     "StartupRequest",
     "Sync",
     "Terminate",
+    "TerminateBeforeStartup",
     "TransactionStatus",
     "UnknownMessage",
     "check_database_name",

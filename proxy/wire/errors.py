@@ -38,6 +38,15 @@ class MalformedCancelRequest(RemoteProtocolError):
     """
 
 
+class TerminateBeforeStartup(RemoteProtocolError):
+    """The client sent Terminate ('X') where a startup packet belongs: it is leaving.
+
+    node-postgres does this when it gives up on a connection before starting up. Postgres reads
+    the bytes as an invalid length, logs that and closes without a reply; a reply would only reach
+    a client that is gone (or crash one that is not expecting it). The session closes silently.
+    """
+
+
 class InvalidStartupName(RemoteProtocolError):
     """A user or database name pgwarden refuses (too long, or with control characters).
 

@@ -12,6 +12,8 @@ Two rules the session builds on:
   (CVE-2021-23214): the session must refuse them, never parse them.
 - A client asking for protocol 3.x with x > 0, or sending `_pq_.` options, gets exactly one
   NegotiateProtocolVersion (`negotiate_protocol_version`) and continues with 3.0.
+- A Terminate message instead of a startup packet (a client giving up) raises
+  `TerminateBeforeStartup`, which the session answers with silence, not an invalid length.
 
 Name checks and the database-defaults-to-user rule are in `names`.
 """
@@ -27,15 +29,22 @@ from typing import ClassVar, Final
 from proxy.wire import sqlstate
 from proxy.wire.backend import NegotiateProtocolVersion, check_cancel_key
 from proxy.wire.buffer import ReceiveBuffer
-from proxy.wire.errors import LocalProtocolError, MalformedCancelRequest, RemoteProtocolError
+from proxy.wire.errors import (
+    LocalProtocolError,
+    MalformedCancelRequest,
+    RemoteProtocolError,
+    TerminateBeforeStartup,
+)
 from proxy.wire.framing import NEED_DATA, NeedData
 from proxy.wire.limits import (
     CANCEL_REQUEST_HEADER_LENGTH,
     ENCRYPTION_REQUEST_LENGTH,
     MAX_STARTUP_PACKET_LENGTH,
+    MIN_MESSAGE_LENGTH,
     MIN_STARTUP_PACKET_LENGTH,
 )
 from proxy.wire.payload import INT32, pack
+from proxy.wire.types import TERMINATE
 
 # Request codes: 1234 in the high 16 bits, so that no protocol version can collide with them.
 CANCEL_REQUEST_CODE: Final = 80877102  # 1234.5678
@@ -50,6 +59,10 @@ PROTOCOL_OPTION_PREFIX: Final = "_pq_."
 # The fixed part of a startup packet: its length and its code (or major/minor version).
 HEAD: Final = Struct("!iI")
 VERSION: Final = Struct("!HH")
+# A Terminate message ('X', Int32 4) where a startup packet belongs: read as a startup length, its
+# first four bytes are 'X' 0 0 0, far above any real one; the fifth is the 4 of its own length.
+TERMINATE_AS_LENGTH: Final = TERMINATE << 24
+TERMINATE_HEAD: Final = Struct("!iB")
 
 Pairs = tuple[tuple[str, str], ...]
 
@@ -175,6 +188,11 @@ class StartupParser:
         if len(self._buffer) < INT32.size:
             return None
         (length,) = self._buffer.unpack(INT32)
+        if length == TERMINATE_AS_LENGTH:
+            if len(self._buffer) < TERMINATE_HEAD.size:
+                return None  # one more byte tells a Terminate from a bad length
+            if self._buffer.unpack(TERMINATE_HEAD)[1] == MIN_MESSAGE_LENGTH:
+                raise TerminateBeforeStartup("the client sent Terminate before starting up")
         _check_length(length)
         if len(self._buffer) < length:
             return None

@@ -7,10 +7,12 @@ restarts the others (`proxy/workers/primary.py`). Every process reads the same p
 state store, so logins, revocations and expiry work in each one on its own. What they cannot
 share by reading a file is handled here:
 
-- **limits** (`share_limits`): admission caps and failed-login buckets are kept per process, so
-  each worker gets 1/N of every cap (at least 1) and its buckets refill N times slower. The whole
-  server never admits more than configured (unless a cap is smaller than N), at the price that one
-  source near its cap may be refused slightly before it reaches it.
+- **limits** (`share_limits`): admission caps and failed-login buckets (per source, per user
+  and source, per user) are kept per process, so each worker gets 1/N of every cap (at least 1)
+  and its buckets hold 1/N of the burst and refill N times slower: the kernel spreads one
+  client's connections over the workers, so together they count its failures as one bucket
+  would. The whole server never admits more than configured (unless a cap is smaller than N), at
+  the price that one source near its cap may be refused slightly before it reaches it.
 - **the audit log** (`proxy.audit.records.worker_audit_path`): each worker writes its own MAC
   chain, next to the primary's: `audit.log`, `audit.worker1.log`, ...; `pgwarden audit verify
   --config` checks all.
@@ -45,6 +47,7 @@ def share_limits(limits: Limits, workers: int) -> Limits:
         max_preauth_per_source=cap(limits.max_preauth_per_source),
         failed_logins_per_user=bucket(limits.failed_logins_per_user),
         failed_logins_per_source=bucket(limits.failed_logins_per_source),
+        failed_logins_per_user_and_source=bucket(limits.failed_logins_per_user_and_source),
     )
 
 

@@ -15,6 +15,7 @@ from proxy.config import (
     ListenAddress,
     PoolSettings,
     ServerConfig,
+    ThrottleSettings,
     load_config,
     parse_config,
     parse_listen,
@@ -55,9 +56,13 @@ def test_only_paths_and_audit_are_required_and_the_rest_defaults_safely() -> Non
     assert config.proxy.tls is None
     assert config.proxy.login_timeout == timedelta(seconds=10)
     assert config.limits.max_sessions == 1000
-    assert config.limits.max_sessions_per_source == 50
-    assert config.limits.max_preauth_connections == 200
-    assert config.limits.max_preauth_per_source == 20
+    assert config.limits.max_sessions_per_source == 250
+    assert config.limits.max_preauth_connections == 500
+    assert config.limits.max_preauth_per_source == 250
+    throttles = config.limits
+    assert throttles.failed_logins_per_source == ThrottleSettings(30, timedelta(seconds=2))
+    assert throttles.failed_logins_per_user_and_source == ThrottleSettings(10, timedelta(seconds=6))
+    assert throttles.failed_logins_per_user == ThrottleSettings(10, timedelta(seconds=6))
     assert config.sessions.warn_before == (timedelta(minutes=5), timedelta(minutes=1))
     assert config.sessions.long_session_threshold == timedelta(hours=8)
     assert config.sessions.shutdown_grace == timedelta(seconds=10)
@@ -153,6 +158,27 @@ def test_every_problem_is_reported_at_once_with_its_path() -> None:
         "sessions.shutdown_grace: must be longer than zero (line 10)",
         "notifications: unknown key (expected one of: api, audit, limits, paths, proxy, "
         "sessions, upstream_pool) (line 11)",
+    ]
+
+
+def test_failed_login_buckets_are_set_per_source_per_user_and_source_and_per_user() -> None:
+    config = parse_config(
+        MINIMAL
+        + "limits:\n  failed_logins:\n"
+        + "    per_source: {burst: 100, refill_every: 1s}\n"
+        + "    per_user_and_source: {burst: 5, refill_every: 1m}\n"
+        + "    per_user: {burst: 50, refill_every: 10s}\n"
+    )
+    limits = config.limits
+    assert limits.failed_logins_per_source == ThrottleSettings(100, timedelta(seconds=1))
+    assert limits.failed_logins_per_user_and_source == ThrottleSettings(5, timedelta(minutes=1))
+    assert limits.failed_logins_per_user == ThrottleSettings(50, timedelta(seconds=10))
+
+
+def test_an_unknown_failed_logins_key_is_named_with_the_three_that_exist() -> None:
+    assert problems_of(MINIMAL + "limits: {failed_logins: {account_lockout: {burst: 1}}}\n") == [
+        "limits.failed_logins.account_lockout: unknown key (expected one of: per_source, "
+        "per_user, per_user_and_source) (line 3)"
     ]
 
 

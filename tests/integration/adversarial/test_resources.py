@@ -3,7 +3,8 @@
 Cancel requests arrive on fresh, unauthenticated connections carrying only a key: every key that is
 not a live session's own must do nothing, get no reply and be closed, and pgwarden's keys must not
 be the upstream's. Slowloris connections must each end at the login timeout counted from accept,
-the per-source pre-auth cap must refuse the 21st, and real logins must keep working meanwhile.
+and real logins must keep working meanwhile. The pre-auth caps themselves, and how a connection
+over one is refused, are tested in test_admission.py.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ from tests.fixtures.adversary import (
     CLOSE_TIMEOUT,
     QUERY_CANCELED,
     SSL_REQUEST,
-    TOO_MANY_CONNECTIONS,
     Credential,
     LoggedIn,
     UpstreamSpy,
@@ -175,8 +175,9 @@ def test_valid_cancel_key_cancels_only_its_own_sessions_query(
 def test_cancel_request_connections_do_not_stay_open(
     pgwarden: RunningPgwarden, credential: Credential
 ) -> None:
-    # More than the per-source pre-auth cap at once: each cancel connection is closed without a
-    # reply, or (beyond the cap, while the others still hold their slots) refused with 53300.
+    # Many at once: each cancel connection is closed without a reply (over a pre-auth cap too: a
+    # refused connection's CancelRequest is forwarded and gets no reply either; 53300 answers
+    # only a StartupMessage).
     conns: list[RawPg] = []
     outcomes: list[str] = []
     try:
@@ -192,12 +193,8 @@ def test_cancel_request_connections_do_not_stay_open(
             except TimeoutError:
                 outcomes.append("open")
                 continue
-            if data == b"":
-                outcomes.append("closed")
-            else:
-                expect_fatal(conn, TOO_MANY_CONNECTIONS)
-                outcomes.append("refused")
-        assert "open" not in outcomes, outcomes
+            outcomes.append("closed" if data == b"" else f"answered {data!r}")
+        assert set(outcomes) == {"closed"}, outcomes
     finally:
         for conn in conns:
             conn.close()
@@ -317,30 +314,6 @@ def test_slowloris_connections_end_at_the_login_timeout_while_real_logins_work(
     assert wait_for(lambda: preauth_count(slow_pgwarden) == 0)
     assert spy.roles == [RO_ROLE]  # only the real login went upstream
     assert_still_serving(slow_pgwarden, *slow_credential)
-
-
-def test_21st_concurrent_preauth_connection_from_one_source_is_refused_53300(
-    pgwarden: RunningPgwarden, spy: UpstreamSpy, credential: Credential
-) -> None:
-    assert wait_for(lambda: preauth_count(pgwarden) == 0)
-    live = log_in(pgwarden, credential)
-    idle: list[RawPg] = []
-    try:
-        for _ in range(20):
-            idle.append(connect(pgwarden.port))
-        assert wait_for(lambda: preauth_count(pgwarden) == 20), preauth_count(pgwarden)
-        with connect(pgwarden.port) as extra:
-            expect_fatal(extra, TOO_MANY_CONNECTIONS)
-        assert first_value(simple_query(live.conn, "SELECT 'unaffected'")) == "unaffected"
-        for conn in idle:  # the twenty waited on are not disturbed by the refusal
-            assert not is_readable(conn.sock, 0.0)
-    finally:
-        for conn in idle:
-            conn.close()
-        live.close()
-    assert spy.roles == [RO_ROLE]  # the live session's login only
-    assert wait_for(lambda: preauth_count(pgwarden) == 0)
-    assert_still_serving(pgwarden, *credential)
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,8 @@ import pytest
 
 from proxy.auth import CredentialRejection, InvalidPasswordError, ScramProtocolError
 from proxy.errors import PgwardenError
-from proxy.session.handshake import exchange_failure
 from proxy.session.observer import LoginFailure
+from proxy.session.throttling import exchange_failure
 from proxy.wire import RemoteProtocolError
 
 

@@ -69,6 +69,34 @@ def test_startup_packet_longer_than_10000_bytes_is_rejected_before_buffering() -
         parser.next_message()
 
 
+# A Terminate ('X', length 4) where a startup packet belongs: a client leaving (node-postgres).
+TERMINATE_CASES = {
+    "terminate_alone": (b"X\0\0\0\x04", w.TerminateBeforeStartup),
+    "terminate_and_more": (b"X\0\0\0\x04garbage", w.TerminateBeforeStartup),
+    "x_with_another_length": (b"X\0\0\0\x05", w.RemoteProtocolError),
+}
+
+
+@pytest.mark.parametrize(("data", "error"), TERMINATE_CASES.values(), ids=TERMINATE_CASES.keys())
+def test_a_terminate_before_startup_is_told_apart_from_an_invalid_length(
+    data: bytes, error: type[w.RemoteProtocolError]
+) -> None:
+    parser = w.StartupParser()
+    parser.feed(data)
+    with pytest.raises(w.RemoteProtocolError) as info:
+        parser.next_message()
+    assert type(info.value) is error
+
+
+def test_a_terminate_split_before_its_last_byte_waits_for_it() -> None:
+    parser = w.StartupParser()
+    parser.feed(b"X\0\0\0")
+    assert parser.next_message() is w.NEED_DATA
+    parser.feed(b"\x04")
+    with pytest.raises(w.TerminateBeforeStartup):
+        parser.next_message()
+
+
 def test_startup_packet_of_exactly_10000_bytes_is_accepted() -> None:
     body = V3 + b"user\0bob\0options\0"
     body += b"x" * (MAX_STARTUP_PACKET_LENGTH - 4 - len(body) - 2) + b"\0\0"

@@ -52,6 +52,7 @@ def make_limits(
         max_message_bytes=1 << 20,
         failed_logins_per_user=ThrottleSettings(user_burst, timedelta(seconds=6)),
         failed_logins_per_source=ThrottleSettings(source_burst, timedelta(seconds=2)),
+        failed_logins_per_user_and_source=ThrottleSettings(user_burst, timedelta(seconds=6)),
     )
 
 
@@ -67,6 +68,7 @@ def test_each_of_n_workers_gets_a_floored_nth_of_every_cap_and_a_slower_bucket()
     assert (share.max_preauth_connections, share.max_preauth_per_source) == (12, 1)
     assert share.failed_logins_per_user == ThrottleSettings(2, timedelta(seconds=24))
     assert share.failed_logins_per_source == ThrottleSettings(7, timedelta(seconds=8))
+    assert share.failed_logins_per_user_and_source == ThrottleSettings(2, timedelta(seconds=24))
     assert share.max_message_bytes == limits.max_message_bytes
 
 
@@ -76,6 +78,7 @@ def test_a_cap_smaller_than_the_worker_count_still_admits_one_per_worker() -> No
     assert (share.max_preauth_connections, share.max_preauth_per_source) == (1, 1)
     assert share.failed_logins_per_user.burst == 1
     assert share.failed_logins_per_source.burst == 1
+    assert share.failed_logins_per_user_and_source.burst == 1
 
 
 caps = st.integers(min_value=1, max_value=100_000)
@@ -83,17 +86,18 @@ caps = st.integers(min_value=1, max_value=100_000)
 
 @given(
     workers=st.integers(min_value=2, max_value=MAX_WORKERS),
-    totals=st.tuples(caps, caps, caps, caps, caps, caps),
+    totals=st.tuples(caps, caps, caps, caps, caps, caps, caps),
     refill=st.integers(min_value=1, max_value=3600),
 )
 def test_shares_never_add_up_to_more_than_a_cap_of_at_least_n(
-    workers: int, totals: tuple[int, int, int, int, int, int], refill: int
+    workers: int, totals: tuple[int, int, int, int, int, int, int], refill: int
 ) -> None:
     every = timedelta(seconds=refill)
     limits = replace(
         make_limits(totals[:4]),
         failed_logins_per_user=ThrottleSettings(totals[4], every),
         failed_logins_per_source=ThrottleSettings(totals[5], every),
+        failed_logins_per_user_and_source=ThrottleSettings(totals[6], every),
     )
     share = share_limits(limits, workers)
     pairs = [
@@ -103,13 +107,22 @@ def test_shares_never_add_up_to_more_than_a_cap_of_at_least_n(
         (limits.max_preauth_per_source, share.max_preauth_per_source),
         (limits.failed_logins_per_user.burst, share.failed_logins_per_user.burst),
         (limits.failed_logins_per_source.burst, share.failed_logins_per_source.burst),
+        (
+            limits.failed_logins_per_user_and_source.burst,
+            share.failed_logins_per_user_and_source.burst,
+        ),
     ]
     for total, one in pairs:
         assert one >= 1
         assert one == max(1, total // workers)
         if total >= workers:
             assert one * workers <= total
-    for rule in (share.failed_logins_per_user, share.failed_logins_per_source):
+    buckets = (
+        share.failed_logins_per_user,
+        share.failed_logins_per_source,
+        share.failed_logins_per_user_and_source,
+    )
+    for rule in buckets:
         assert rule.refill_every == every * workers  # N buckets refill as fast as one did
     assert share.max_message_bytes == limits.max_message_bytes
 
