@@ -4,6 +4,10 @@ Exit status: 0 valid (warnings may be printed), 1 invalid (every problem printed
 with its path in the document), 2 the file could not be read. The summary goes to stdout; problems
 and warnings go to stderr, prefixed `FILE:` and `warning:` so that they grep well.
 
+`policy check --connect` also logs in as every mapped role (`proxy/upstream/probe.py`); a role
+that cannot log in, can escape its level, or (a control role) cannot terminate backends is a
+finding: printed once, `FILE: target ...: what; how to fix it`, and the exit status is 1.
+
 Warnings are things that work but that an admin probably did not mean: a target that cannot
 terminate backends, unencrypted upstream traffic over the network, a secret that is not there
 right now (the server reads secrets at use time, so this is not an error of the file).
@@ -13,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import sys
 from collections.abc import Iterator, Mapping, Sequence
@@ -60,13 +65,29 @@ def run_policy_check(args: argparse.Namespace) -> int:
         return _unreadable(exc)
     except PolicyError as exc:
         return _invalid(exc, "policy")
-    warnings = policy_warnings(policy, os.environ)
+    connect = bool(getattr(args, "connect", False))
+    # With --connect each role's secret is used for real, and a missing one is a finding there.
+    warnings = policy_warnings(policy, os.environ, role_secrets=not connect)
     summary = describe_policy(policy)
-    if getattr(args, "connect", False):
-        reports = asyncio.run(inspect_policy_roles(policy))
-        summary += [f"{r.where}: {note}" for r in reports for note in r.notes]
-        warnings += [f"{r.where}: {warning}" for r in reports for warning in r.warnings]
+    if not connect:
+        _print(summary, warnings)
+        return EXIT_OK
+    # A failed login is a finding, printed once below; the warning the upstream module logs for
+    # a server's log would repeat it.
+    logging.getLogger("proxy.upstream").setLevel(logging.ERROR)
+    reports = asyncio.run(inspect_policy_roles(policy))
+    summary += [f"{r.where}: {note}" for r in reports for note in r.notes]
     _print(summary, warnings)
+    findings = [f"{r.where}: {finding}" for r in reports for finding in r.findings]
+    for finding in findings:
+        print(f"{policy.source}: {finding}", file=sys.stderr)
+    if findings:
+        print(
+            f"{policy.source}: valid policy, but {len(findings)} problem(s) with its roles "
+            "(--connect); fix them before pgwarden uses it",
+            file=sys.stderr,
+        )
+        return EXIT_INVALID
     return EXIT_OK
 
 
@@ -147,9 +168,14 @@ def _describe_rule(rule: ApprovalRule, indent: str) -> Iterator[str]:
         )
 
 
-def policy_warnings(policy: Policy, environ: Mapping[str, str]) -> list[str]:
+def policy_warnings(
+    policy: Policy, environ: Mapping[str, str], *, role_secrets: bool = True
+) -> list[str]:
+    """`role_secrets`: also warn about the roles' secrets that are not there right now."""
     warnings = [
-        w for target in policy.targets.values() for w in _target_warnings(policy, target, environ)
+        w
+        for target in policy.targets.values()
+        for w in _target_warnings(policy, target, environ if role_secrets else None)
     ]
     members = {g for user in policy.users.values() for g in user.groups}
     for group in sorted(policy.admin_groups - members):
@@ -157,14 +183,17 @@ def policy_warnings(policy: Policy, environ: Mapping[str, str]) -> list[str]:
     return warnings
 
 
-def _target_warnings(policy: Policy, target: Target, environ: Mapping[str, str]) -> Iterator[str]:
+def _target_warnings(
+    policy: Policy, target: Target, environ: Mapping[str, str] | None
+) -> Iterator[str]:
+    """`environ` None: leave out the roles' secrets."""
     where = f"target {target.name}"
     if target.control is None:
         yield (
             f"{where}: no control role: sessions can be ended, but a backend that outlives its "
             "grant cannot be terminated without a role with pg_signal_backend"
         )
-    else:
+    elif environ is not None:
         yield from _secret_warnings(f"{where} control role", target.control.password, environ)
     up = target.upstream
     if up.tls in _CLEARTEXT_MODES and not is_loopback(up.host):
@@ -174,7 +203,8 @@ def _target_warnings(policy: Policy, target: Target, environ: Mapping[str, str])
             "use tls: require or verify-full"
         )
     for name, level in target.access_levels.items():
-        yield from _secret_warnings(f"{where} level {name}", level.password, environ)
+        if environ is not None:
+            yield from _secret_warnings(f"{where} level {name}", level.password, environ)
     rules = [("", target.approval)]
     rules += [(f" level {n}", lv.approval) for n, lv in target.access_levels.items() if lv.approval]
     for suffix, rule in rules:
@@ -226,8 +256,9 @@ def describe_config(config: ServerConfig) -> list[str]:
         f"{limits.max_preauth_connections} logging in "
         f"({limits.max_preauth_per_source} per source), "
         f"messages up to {_size(limits.max_message_bytes)}",
-        f"failed logins: per user {_throttle(limits.failed_logins_per_user)}; "
-        f"per source {_throttle(limits.failed_logins_per_source)}",
+        f"failed logins: per source {_throttle(limits.failed_logins_per_source)}; "
+        f"per user and source {_throttle(limits.failed_logins_per_user_and_source)}; "
+        f"per user (delays only) {_throttle(limits.failed_logins_per_user)}",
         f"sessions: warned {_list([fmt(w) for w in sessions.warn_before])} before the end; "
         f"long after {fmt(sessions.long_session_threshold)}; "
         f"shutdown grace {fmt(sessions.shutdown_grace)}",

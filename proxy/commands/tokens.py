@@ -5,7 +5,9 @@ directly, so they work whether or not `pgwarden serve` is running. `create` prin
 only its SHA-256 digest is stored (`auth.py`). `list` never shows a secret.
 
 Exit status: 0 done; 1 refused (unknown user, unknown or already revoked token); 2 the config,
-policy or state file cannot be used.
+policy or state file cannot be used (one line per problem, naming the setting and the fix, as
+`pgwarden serve` says it). A command that fails creates no state file: `create` checks the user
+against the policy first, and `list` and `revoke` do not create one that is not there yet.
 """
 
 from __future__ import annotations
@@ -21,12 +23,18 @@ from pathlib import Path
 from proxy.api.auth import new_token
 from proxy.api.views import timestamp
 from proxy.clock import SYSTEM_CLOCK
-from proxy.config import ServerConfig, load_config
+from proxy.config import ConfigError, ServerConfig, load_config
 from proxy.errors import PgwardenError
 from proxy.grants.store import SqliteStore
 from proxy.grants.store_schema import TokenRecord
 from proxy.policy.models import UserName
-from proxy.policy.policy_file import load_policy
+from proxy.runtime.startup import (
+    StartupError,
+    check_file_location,
+    config_problem,
+    load_startup_policy,
+    open_store,
+)
 
 DEFAULT_CONFIG = "pgwarden.yaml"
 
@@ -50,12 +58,15 @@ def add_revoke_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_create(args: argparse.Namespace) -> int:
-    def create(config: ServerConfig, store: SqliteStore) -> int:
-        policy = load_policy(config.paths.policy)
+    def known_user(config: ServerConfig) -> str | None:
+        policy = load_startup_policy(config)
+        if args.user in policy.users:
+            return None
+        known = ", ".join(sorted(policy.users)[:20])
+        return f"{args.user!r} is not a user in the policy {policy.source} ({known})"
+
+    def insert(config: ServerConfig, store: SqliteStore) -> int:
         user = UserName(args.user)
-        if user not in policy.users:
-            known = ", ".join(sorted(policy.users)[:20])
-            return _refuse(f"{args.user!r} is not a user in the policy {policy.source} ({known})")
         secret, record = new_token(user, SYSTEM_CLOCK.now())
         with store.write() as tx:
             tx.insert_token(record)
@@ -70,7 +81,7 @@ def run_create(args: argparse.Namespace) -> int:
             )
         return 0
 
-    return _with_store(args, create)
+    return _with_store(args, insert, create=True, refuse=known_user)
 
 
 def run_list(args: argparse.Namespace) -> int:
@@ -109,14 +120,35 @@ def run_revoke(args: argparse.Namespace) -> int:
     return _with_store(args, revoke)
 
 
-def _with_store(args: argparse.Namespace, work: Callable[[ServerConfig, SqliteStore], int]) -> int:
+def _with_store(
+    args: argparse.Namespace,
+    work: Callable[[ServerConfig, SqliteStore], int],
+    *,
+    create: bool = False,
+    refuse: Callable[[ServerConfig], str | None] = lambda config: None,
+) -> int:
+    """Run `work` on the config's state store. `create`: make the store if it is not there yet
+    (else say so and make nothing); `refuse`: the command's own check, before the store opens."""
     try:
         config = load_config(_config_path(args))
-        with SqliteStore(config.paths.state) as store:
+    except ConfigError as exc:
+        return _unusable(config_problem(exc, "--config or PGWARDEN_CONFIG"))
+    try:
+        if (why := refuse(config)) is not None:
+            return _refuse(why)
+        state = config.paths.state
+        check_file_location("paths.state", state)
+        if not create and not state.exists():
+            return _unusable(
+                f"paths.state: {state} does not exist yet; `pgwarden serve` or "
+                "`pgwarden token create` creates it"
+            )
+        with open_store(state) as store:
             return work(config, store)
-    except PgwardenError as exc:
-        print(f"pgwarden: {exc}", file=sys.stderr)
-        return 2
+    except StartupError as exc:
+        return _unusable(*exc.problems)
+    except PgwardenError as exc:  # the store refused the work itself
+        return _unusable(str(exc))
 
 
 def _config_path(args: argparse.Namespace) -> Path:
@@ -127,6 +159,12 @@ def _config_path(args: argparse.Namespace) -> Path:
 def _refuse(message: str) -> int:
     print(f"pgwarden: {message}", file=sys.stderr)
     return 1
+
+
+def _unusable(*problems: str) -> int:
+    for problem in problems:
+        print(f"pgwarden: {problem}", file=sys.stderr)
+    return 2
 
 
 def _token_view(record: TokenRecord) -> dict[str, object]:

@@ -358,6 +358,12 @@ class SqliteStore:
         self._closed = False
         try:
             self._open_schema(self._connection())
+        except sqlite3.Error as exc:  # a directory that is not there, a file that is no database
+            self.close()
+            raise StoreError(
+                f"cannot open {self.path} as a state database ({exc}); point it at pgwarden's "
+                "state file, or at a new file in a writable directory"
+            ) from exc
         except BaseException:
             self.close()
             raise

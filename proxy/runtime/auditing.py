@@ -45,7 +45,6 @@ from proxy.audit.events import (
 )
 from proxy.audit.query_events import CopyDirection
 from proxy.audit.recorder import CLIENT_TYPES, UPSTREAM_TYPES, QueryLimits, SessionRecorder
-from proxy.audit.records import load_key
 from proxy.audit.redact import Redactor
 from proxy.audit.sink_state import SinkOptions
 from proxy.clock import Clock
@@ -275,19 +274,16 @@ _BUILDERS: dict[Action, Callable[[AccessRequest, Transition], AuditEvent]] = {
 
 
 def open_audit_log(
-    settings: AuditSettings, path: Path, clock: Clock, secrets: SecretsToRedact
+    settings: AuditSettings, key: bytes, path: Path, clock: Clock, secrets: SecretsToRedact
 ) -> AuditLog:
-    """The server's audit log, per the config; AuditUnavailable or SecretUnavailable if not."""
+    """The server's audit log, per the config, chained with `key`; AuditUnavailable if not.
+    Its directory must exist (`startup.py` checked it: pgwarden creates no directories)."""
     options = SinkOptions(
         fsync=settings.fsync,
         fsync_interval=settings.fsync_interval.total_seconds(),
         max_file_bytes=settings.max_file_bytes,
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return AuditLog(
-        path, load_key(settings.hmac_key), clock=clock, options=options,
-        redactor=Redactor(secrets),
-    )  # fmt: skip
+    return AuditLog(path, key, clock=clock, options=options, redactor=Redactor(secrets))
 
 
 def query_limits(settings: AuditSettings) -> QueryLimits:

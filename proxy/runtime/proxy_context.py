@@ -3,6 +3,8 @@
 The limits are this process's share of the server's (`share_limits`: with N worker processes each
 admits 1/N); the login throttle, admission limits, client TLS and the hooks other parts give
 (observers, the upstream pool, where another process's CancelRequest goes) are all set here, once.
+The client TLS context is built by `server_tls` during the startup checks (`startup.py`), so that
+a bad certificate stops the start before any file is created.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ def build_context(
     observers: list[SessionObserver],
     upstream_pool: UpstreamPool | None = None,
     cancel_elsewhere: Cancel = None,
+    client_tls: ClientTls | None = None,
 ) -> ProxyContext:
     limits = share_limits(config.limits, config.proxy.workers)
     return ProxyContext(
@@ -52,8 +55,9 @@ def build_context(
         clock=clock,
         throttle=LoginThrottle(
             clock.monotonic,
-            per_user=_rule(limits.failed_logins_per_user),
             per_source=_rule(limits.failed_logins_per_source),
+            per_user_and_source=_rule(limits.failed_logins_per_user_and_source),
+            per_user=_rule(limits.failed_logins_per_user),
         ),
         admission=Admission(
             AdmissionLimits(
@@ -63,7 +67,7 @@ def build_context(
                 max_sessions_per_source=limits.max_sessions_per_source,
             )
         ),
-        client_tls=_client_tls(config),
+        client_tls=client_tls,
         registry=registry,
         login_timeout=config.proxy.login_timeout.total_seconds(),
         max_client_message=limits.max_message_bytes,
@@ -78,7 +82,8 @@ def _rule(settings: ThrottleSettings) -> ThrottleRule:
     return ThrottleRule(settings.burst, settings.refill_every.total_seconds())
 
 
-def _client_tls(config: ServerConfig) -> ClientTls | None:
+def server_tls(config: ServerConfig) -> ClientTls | None:
+    """The client-facing TLS of `proxy.tls`, or None; CertificateError names a bad file."""
     files = config.proxy.tls
     if files is None:
         return None

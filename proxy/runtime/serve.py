@@ -2,9 +2,11 @@
 
 Builds, from the server config: the policy holder (reloaded when the file changes and on SIGHUP),
 the state store and grant service, the client-facing TLS context, the login throttle and
-admission limits, the Postgres listener, the webhook notifier and the HTTP API (`proxy/api`);
-then runs the housekeeping loop (policy reload check, lapse/expiry sweep) once a second until
-told to stop, and shuts down with the configured grace.
+admission limits, the Postgres listener, the webhook notifier and the HTTP API (`proxy/api`) —
+after checking everything a person can get wrong, so that a failed start leaves nothing behind
+(`startup.py`: the checks, the order files are opened in, and why); then runs the housekeeping
+loop (policy reload check, lapse/expiry sweep) once a second until told to stop, and shuts down
+with the configured grace.
 
 `Runtime` is the in-process form the tests use: `start()` returns once the listener is bound.
 The jobs it runs each second are in `housekeeping.py`, the sessions' dependencies in
@@ -18,7 +20,7 @@ import contextlib
 import functools
 import logging
 import signal
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -33,7 +35,7 @@ from proxy.audit import AuditLog
 from proxy.audit.records import worker_audit_path
 from proxy.audit.redact import Redactor
 from proxy.clock import SYSTEM_CLOCK, Clock
-from proxy.config import ServerConfig
+from proxy.config import ListenAddress, ServerConfig
 from proxy.errors import PgwardenError
 from proxy.grants.lifecycle import GrantService
 from proxy.grants.requests import AccessRequest, Action, IssuedCredential, RequestId, Transition
@@ -44,7 +46,6 @@ from proxy.runtime.auditing import (
     LifecycleAuditor,
     SecretsToRedact,
     SessionAuditor,
-    open_audit_log,
     query_limits,
 )
 from proxy.runtime.housekeeping import (
@@ -58,6 +59,14 @@ from proxy.runtime.housekeeping import (
 from proxy.runtime.metrics import Metrics, policy_label
 from proxy.runtime.metrics_observer import MetricsObserver
 from proxy.runtime.proxy_context import Cancel, build_context, new_mock_secret
+from proxy.runtime.startup import (
+    check_startup,
+    discard_new_state,
+    listen_error,
+    open_audit,
+    open_store,
+)
+from proxy.session.context import ClientTls
 from proxy.session.enforcer import EnforcementSettings, Enforcer
 from proxy.session.registry import SessionRegistry
 from proxy.session.server import ProxyServer
@@ -121,6 +130,7 @@ class Runtime:
     workers: WorkerSet | None = field(init=False, default=None)  # the primary's, when workers > 1
     link: PrimaryLink | None = field(init=False, default=None)  # a worker's channel to the primary
     _tasks: list[asyncio.Task[None]] = field(init=False, default_factory=list)
+    _new_state: bool = field(init=False, default=False)  # this run created the state file
     # The threads that read and write the store for housekeeping and enforcement: `stop` waits
     # for them before it closes the store (a cancelled task does not stop its thread).
     _store_work: ThreadPoolExecutor = field(
@@ -129,6 +139,32 @@ class Runtime:
     )
 
     def __post_init__(self) -> None:
+        config = self.config
+        # Checks first, creating nothing; then the state store; then the audit log (startup.py
+        # says why in this order). A failure from here on closes what was opened.
+        audit_path = worker_audit_path(config.paths.audit_log, self.worker)
+        listen = self.welcome is None
+        checked = check_startup(config, audit_path, self._policy_reloaded, listen=listen)
+        self.policy = checked.policy
+        self._new_state = not config.paths.state.exists()
+        self.store = open_store(config.paths.state, on_commit=self._committed)
+        self.redact = SecretsToRedact()
+        try:
+            self.audit = open_audit(
+                config.audit, checked.audit_key, audit_path, self.clock, self.redact
+            )
+        except BaseException:
+            self.discard()
+            raise
+        try:
+            self._build(checked.client_tls)
+        except BaseException:
+            self.audit.close()
+            self.discard()
+            raise
+
+    def _build(self, client_tls: ClientTls | None) -> None:
+        """Everything else: objects in memory, given their hooks as they are made."""
         config, clock = self.config, self.clock
         # One registry per runtime: /metrics serves it, and tests may run several runtimes.
         self.metrics_registry = CollectorRegistry()
@@ -136,12 +172,7 @@ class Runtime:
         self.metrics = Metrics(self.metrics_registry)
         if config.upstream_pool.enabled:
             self.pool = UpstreamPool(config.upstream_pool, clock.monotonic)
-        self.policy = PolicyHolder.open(config.paths.policy, on_reload=self._policy_reloaded)
-        self.redact = SecretsToRedact()
-        audit_path = worker_audit_path(config.paths.audit_log, self.worker)
-        self.audit = open_audit_log(config.audit, audit_path, clock, self.redact)
         self.lifecycle_auditor = LifecycleAuditor(self.audit, self._request, self._approvals)
-        self.store = SqliteStore(config.paths.state, on_commit=self._committed)
         self.grants = GrantService(
             self.store, clock, self._current_policy, on_credential=self._credential_issued
         )
@@ -155,7 +186,7 @@ class Runtime:
         # Every process of one server gives an unknown user the same fake salt (row 14).
         mock_secret = self.welcome.mock_secret if self.welcome else new_mock_secret()
         cancel_elsewhere = self._other_processes(registry, mock_secret)
-        self.server = self._proxy_server(registry, mock_secret, cancel_elsewhere)
+        self.server = self._proxy_server(registry, mock_secret, cancel_elsewhere, client_tls)
         self.enforcer = Enforcer(
             registry, self.grants, self._current_policy, clock,
             settings=EnforcementSettings(
@@ -191,11 +222,16 @@ class Runtime:
         return self.workers.route_cancel
 
     def _proxy_server(
-        self, registry: SessionRegistry[Session], mock_secret: bytes, cancel_elsewhere: Cancel
+        self,
+        registry: SessionRegistry[Session],
+        mock_secret: bytes,
+        cancel_elsewhere: Cancel,
+        client_tls: ClientTls | None,
     ) -> ProxyServer:
         ctx = build_context(
             self.config, self._current_policy, self.grants, self.clock, registry,
             mock_secret=mock_secret, cancel_elsewhere=cancel_elsewhere, upstream_pool=self.pool,
+            client_tls=client_tls,
             # The auditor first: when it refuses a session (fail closed), nothing else counts it.
             observers=[self.auditor, MetricsObserver(self.metrics, self._current_policy)],
         )  # fmt: skip
@@ -286,9 +322,9 @@ class Runtime:
             await self.server.start()
             self.link.notify("ready")
         else:
-            await self.server.start()
+            await _listen(self.server.start, "proxy.listen", self.config.proxy.listen)
             self.notifier.bind(loop)
-            await self.api.start()
+            await _listen(self.api.start, "api.listen", self.config.api.listen)
             if self.workers is not None:
                 await self.workers.start()
         self._tasks = [
@@ -319,6 +355,20 @@ class Runtime:
         self.auditor.flush()
         self.audit.close()
 
+    def discard(self) -> None:
+        """After a start that failed: close the store, and remove its file if this run made it
+        (no server used it). The audit log is the caller's to close."""
+        self.store.close()
+        if self._new_state:
+            discard_new_state(self.config.paths.state)
+
+
+async def _listen(start: Callable[[], Awaitable[None]], setting: str, at: ListenAddress) -> None:
+    try:
+        await start()
+    except OSError as exc:  # checked free at startup: another process took it since
+        raise listen_error(setting, at, exc) from None
+
 
 def _cancel_here(registry: SessionRegistry[Session], process_id: int, secret: bytes) -> None:
     """A CancelRequest for one of this process's keys, routed here from another process."""
@@ -333,22 +383,25 @@ async def serve(
     """Run until SIGTERM or SIGINT; SIGHUP reloads the policy (in every worker)."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+    # Before anything opens: a SIGTERM while starting stops the server once it has started (its
+    # audit log closed cleanly), instead of killing it half-way.
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    # Ctrl-C reaches the whole process group; a worker waits for the primary's `stop` instead,
+    # so that the primary never sees it exit first and starts it again.
+    loop.add_signal_handler(signal.SIGINT, stop.set if worker is None else lambda: None)
     if worker is None:
         runtime = Runtime(config, config_path=config_path)
     else:  # take the primary's secrets before building anything that listens
         joined = await join_primary(worker.channel_fd)
         config = worker_config(config, worker.port)
         runtime = Runtime(config, worker=worker.index, welcome=joined, on_primary_lost=stop.set)
+    loop.add_signal_handler(signal.SIGHUP, runtime.reload_policy)
     try:
         await runtime.start()
     except BaseException:
         await runtime.stop()  # what did start (listener, API, workers) ends cleanly
+        runtime.discard()  # a state file made for a server that never served
         raise
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    # Ctrl-C reaches the whole process group; a worker waits for the primary's `stop` instead,
-    # so that the primary never sees it exit first and starts it again.
-    loop.add_signal_handler(signal.SIGINT, stop.set if worker is None else lambda: None)
-    loop.add_signal_handler(signal.SIGHUP, runtime.reload_policy)
     await stop.wait()
     log.info("stopping: ending sessions (grace %s)", config.sessions.shutdown_grace)
     await runtime.stop()

@@ -5,6 +5,11 @@ row 23), so the roles themselves must be right. This logs in as each mapped role
 what would let it escape its level: superuser, CREATEROLE, BYPASSRLS or REPLICATION (row 24),
 and what PUBLIC grants by default that a read-only role inherits (creating large objects and
 temporary tables). For a control role it checks membership of `pg_signal_backend`.
+
+A report's `findings` are what must be fixed before pgwarden can use the role safely: it cannot
+log in (with why and what to change), it can escape its level, a control role cannot terminate
+backends. Each says how to fix it, and the check fails while there are any. Its `notes` are
+advice (what PUBLIC grants by default), not failures.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from proxy.net.certs import CertificateError
 from proxy.net.tls import upstream_ssl_context
 from proxy.policy.models import Policy, SecretRef, SecretUnavailable, Target
 from proxy.upstream.connect import (
@@ -22,6 +28,11 @@ from proxy.upstream.connect import (
 )
 from proxy.upstream.oneshot import QueryFailed, simple_query
 from proxy.wire import TEXT_TRUE
+from proxy.wire.sqlstate import (
+    INVALID_AUTHORIZATION_SPECIFICATION,
+    INVALID_CATALOG_NAME,
+    INVALID_PASSWORD,
+)
 
 ROLE_FACTS = (
     "SELECT rolsuper, rolcreaterole, rolbypassrls, rolreplication, "
@@ -30,14 +41,20 @@ ROLE_FACTS = (
     "pg_has_role(current_user, 'pg_signal_backend', 'MEMBER') "
     "FROM pg_roles WHERE rolname = current_user"
 )
-ESCALATIONS = ("is a superuser", "has CREATEROLE", "has BYPASSRLS", "has REPLICATION")
+# (what the role has, the attribute that takes it away) for the first four facts.
+ESCALATIONS = (
+    ("is a superuser", "NOSUPERUSER"),
+    ("has CREATEROLE", "NOCREATEROLE"),
+    ("has BYPASSRLS", "NOBYPASSRLS"),
+    ("has REPLICATION", "NOREPLICATION"),
+)
 
 
 @dataclass(frozen=True, slots=True)
 class RoleReport:
     where: str  # e.g. 'target orders level read-only (role orders_ro)'
-    warnings: tuple[str, ...]
-    notes: tuple[str, ...]
+    findings: tuple[str, ...]  # to fix before pgwarden uses the role; each says how
+    notes: tuple[str, ...]  # advice
 
 
 async def inspect_policy_roles(policy: Policy) -> list[RoleReport]:
@@ -58,31 +75,77 @@ async def _inspect(
     target: Target, role: str, secret: SecretRef, where: str, control: bool
 ) -> RoleReport:
     try:
+        password = secret.read()
+    except SecretUnavailable as exc:
+        return RoleReport(where, (f"cannot log in: {_missing_secret(secret, exc)}",), ())
+    try:
         login = UpstreamLogin.for_upstream(
-            target.upstream, role=role, password=secret.read(), target=target.name,
+            target.upstream, role=role, password=password, target=target.name,
             startup_parameters=(("application_name", "pgwarden-policy-check"),),
         )  # fmt: skip
-        conn = await connect_upstream(
-            login, ssl_context=upstream_ssl_context(target.upstream.tls, target.upstream.ca_file)
-        )
-    except (UpstreamError, SecretUnavailable) as exc:
-        return RoleReport(where, (f"cannot log in: {exc}",), ())
+        ssl_context = upstream_ssl_context(target.upstream.tls, target.upstream.ca_file)
+        conn = await connect_upstream(login, ssl_context=ssl_context)
+    except CertificateError as exc:
+        return RoleReport(where, (f"cannot log in: {exc.message}",), ())
+    except UpstreamError as exc:
+        return RoleReport(where, (_login_failed(exc, target, role, secret),), ())
     try:
         rows = await simple_query(conn, ROLE_FACTS)
     except QueryFailed as exc:
-        return RoleReport(where, (f"cannot read its attributes: {exc}",), ())
+        return RoleReport(where, (f"cannot read its attributes in pg_roles: {exc}",), ())
     finally:
         await terminate_upstream(conn)
     facts = [value == TEXT_TRUE for value in rows[0]] if rows else [False] * 7
-    return RoleReport(where, tuple(_warnings(facts, control)), tuple(_notes(facts, control)))
+    findings = tuple(_findings(facts, role, control))
+    return RoleReport(where, findings, tuple(_notes(facts, control)))
 
 
-def _warnings(facts: list[bool], control: bool) -> Iterator[str]:
-    for flag, what in zip(facts[:4], ESCALATIONS, strict=True):
+def _missing_secret(secret: SecretRef, exc: SecretUnavailable) -> str:
+    if secret.env is not None:
+        return f"its password variable {secret.env} is not set (or empty); export it"
+    cause = exc.__cause__
+    why = "is empty"
+    if isinstance(cause, OSError):
+        why = f"cannot be read ({cause.strerror or cause})"
+    return f"its password file {secret.file} {why}; write the role's password into it"
+
+
+def _login_failed(exc: UpstreamError, target: Target, role: str, secret: SecretRef) -> str:
+    """Why the login failed ("could not log in ...", "the database refused the login ..."), and
+    what to change: the password, pg_hba.conf, the upstream."""
+    what = str(exc).removeprefix("pgwarden: ")
+    up = target.upstream
+    if not exc.refused:  # no answer from a database at all
+        return (
+            f"{what}; check that PostgreSQL runs at {up.host}:{up.port} (the upstream of target "
+            f"{target.name}) and accepts connections from this host"
+        )
+    if exc.sqlstate == INVALID_PASSWORD:
+        fix = (
+            f"make the password in {secret.describe()} the role's "
+            f"(ALTER ROLE {role} PASSWORD '...'), or point the level at the right secret"
+        )
+    elif exc.sqlstate == INVALID_AUTHORIZATION_SPECIFICATION:
+        fix = f"let {role} log in from this host in pg_hba.conf, and check that it has LOGIN"
+    elif exc.sqlstate == INVALID_CATALOG_NAME:
+        fix = f"correct upstream.database ({up.database}) of target {target.name}"
+    else:
+        fix = f"fix the role {role} or its password"
+    return f"{what}; {fix}"
+
+
+def _findings(facts: list[bool], role: str, control: bool) -> Iterator[str]:
+    for flag, (what, remedy) in zip(facts[:4], ESCALATIONS, strict=True):
         if flag:
-            yield f"{what}: it can escape any access level (SECURITY.md row 24)"
+            yield (
+                f"{what}: it can escape any access level (SECURITY.md row 24); "
+                f"ALTER ROLE {role} {remedy}, or map a role without it"
+            )
     if control and not facts[6]:
-        yield "is not a member of pg_signal_backend: it cannot terminate lingering backends"
+        yield (
+            "is not a member of pg_signal_backend: it cannot terminate lingering backends; "
+            f"GRANT pg_signal_backend TO {role}"
+        )
 
 
 def _notes(facts: list[bool], control: bool) -> Iterator[str]:

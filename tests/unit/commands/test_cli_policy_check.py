@@ -121,6 +121,26 @@ def test_an_unreadable_file_exits_2_with_a_clear_message(
     assert err.count(f"pgwarden: cannot read {path}: ") == 2
 
 
+def test_connect_reports_each_missing_role_secret_once_as_a_finding(tmp_path: Path) -> None:
+    # No database is reached: every role's secret is missing, so no login is tried.
+    text = VALID
+    for name in SECRETS:
+        text = edit(f"password_env: {name}", f"password_env: PGWARDEN_TEST_UNSET_{name}", text)
+    path = write(tmp_path, text)
+    result = pgwarden("policy", "check", "--connect", str(path))
+    assert result.returncode == EXIT_INVALID
+    assert "Traceback" not in result.stderr
+    for where, name in [("control role pgw_control", "CONTROL_PW"),
+                        ("level read-only (role orders_ro)", "RO_PW"),
+                        ("level read-write (role orders_rw)", "RW_PW")]:  # fmt: skip
+        variable = f"PGWARDEN_TEST_UNSET_{name}"
+        assert result.stderr.count(variable) == 1  # the finding, and no warning besides it
+        assert (
+            f"{path}: target orders {where}: cannot log in: its password variable {variable} "
+            "is not set (or empty); export it"
+        ) in result.stderr.splitlines()
+
+
 def test_a_valid_policy_has_no_warnings_when_everything_is_in_place(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
