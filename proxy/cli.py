@@ -94,6 +94,10 @@ COMMANDS: tuple[Command, ...] = (
     Command(("token", "revoke"), "revoke an API token",
             "tokens", "add_revoke_arguments", "run_revoke"),
     # The people's side: clients of the HTTP API (PGWARDEN_URL, PGWARDEN_TOKEN).
+    Command(("targets",), "list what you may request: levels, limits, approvers, auto-approval",
+            "overview", "add_arguments", "run_targets", client=True),
+    Command(("status",), "show your active grants (with time left) and pending requests",
+            "overview", "add_arguments", "run_status", client=True),
     Command(("request",), "ask for time-boxed access to a target",
             "requests", "add_request", "run_request", client=True),
     Command(("requests",), "list the requests you can see",

@@ -12,11 +12,14 @@ every `/api/v1/...` call needs `Authorization: Bearer <token>` (`auth.py`); erro
     POST   /api/v1/requests/{id}/cancel        (the requester)
     POST   /api/v1/requests/{id}/revoke        {reason?}
     POST   /api/v1/requests/{id}/credentials   a new temporary password (the requester, once active)
+    GET    /api/v1/targets                     what the caller may request: limits, approvers
+    GET    /api/v1/status                      the caller's pending requests and active grants
     GET    /api/v1/sessions                    live sessions the caller may see
     DELETE /api/v1/sessions/{id}               end one {reason?} (admins, approvers of its target)
     GET    /healthz  /readyz  /metrics         no token (liveness, readiness, Prometheus)
 
 Modules: `app.py` (routes, middlewares, health), `requests_routes.py`, `sessions_routes.py`,
-`access.py` (who sees what), `auth.py` (tokens), `schemas.py` (input), `views.py` (output),
-`errors.py`, `context.py` (dependencies), `server.py` (listener), `tokens.py` (`pgwarden token`).
+`caller_routes.py` (targets, status), `access.py` (who sees what), `auth.py` (tokens),
+`schemas.py` (input), `views.py` (output), `errors.py`, `context.py` (dependencies),
+`server.py` (listener), `tokens.py` (`pgwarden token`).
 """

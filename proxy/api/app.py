@@ -19,7 +19,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from proxy.api import requests_routes, sessions_routes
+from proxy.api import caller_routes, requests_routes, sessions_routes
 from proxy.api.auth import authenticate, bearer_secret
 from proxy.api.context import CONTEXT, USER, ApiContext, ReadinessCheck
 from proxy.api.errors import error_middleware
@@ -43,6 +43,7 @@ def build_app(ctx: ApiContext) -> web.Application:
             web.get("/metrics", metrics),
             *requests_routes.routes(),
             *sessions_routes.routes(),
+            *caller_routes.routes(),
         ]
     )
     return app

@@ -3,7 +3,8 @@
 One shape per thing, used by every endpoint that returns it, so that a script reading `GET
 /requests/{id}` and a webhook receiver see the same fields. Instants are ISO 8601 in UTC with a
 `Z`; durations are written as in the policy (`2h`) with `*_seconds` beside them for scripts.
-Nothing here ever includes a password, a verifier or a token.
+Nothing here ever includes a password, a verifier or a token; the targets' views never include
+their upstream (host, database), roles or secret references either.
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from proxy.grants.requests import AccessRequest, Approval, RequestState, Transition
-from proxy.grants.rules import count_approvals, rule_or_none
+from proxy.grants.rules import auto_approval_limit, count_approvals, requestable, rule_or_none
 from proxy.policy.durations import format_duration
-from proxy.policy.models import Policy
+from proxy.policy.models import AccessLevelName, Policy, Target, UserName
 from proxy.session.session import SessionInfo
 
 JsonObject = dict[str, Any]
@@ -118,3 +119,42 @@ def session_view(info: SessionInfo) -> JsonObject:
         "started_at": timestamp(info.started_at),
         "ends_at": timestamp(info.grant_ends_at),
     }
+
+
+def targets_view(policy: Policy, user: UserName) -> JsonObject:
+    """What `user` may request: each target and level, its limit, its approvers, and the
+    auto-approval that applies to `user` (never the rules of other people)."""
+    return {"targets": [target_view(policy, user, t) for t in requestable(policy, user)]}
+
+
+def target_view(policy: Policy, user: UserName, target: Target) -> JsonObject:
+    return {
+        "name": target.name,
+        "description": target.description,
+        "require_client_tls": target.require_client_tls,
+        "access_levels": [
+            _level_view(policy, user, target, level) for level in sorted(target.access_levels)
+        ],
+    }
+
+
+def _level_view(
+    policy: Policy, user: UserName, target: Target, level: AccessLevelName
+) -> JsonObject:
+    rule = target.approval_for(level)
+    auto = auto_approval_limit(policy, user, target, level)
+    return {
+        "name": level,
+        **_span("max_duration", target.max_duration_for(level)),
+        "approval": {
+            "required": rule.required_approvals,
+            "approver_groups": sorted(rule.approver_groups),
+            "approver_users": sorted(rule.approver_users),
+            "require_reason": rule.require_reason,
+        },
+        "auto_approval": None if auto is None else _span("max_duration", auto),
+    }
+
+
+def _span(name: str, span: timedelta) -> JsonObject:
+    return {name: format_duration(span), f"{name}_seconds": int(span.total_seconds())}

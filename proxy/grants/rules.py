@@ -12,14 +12,26 @@ was removed from the approver groups before the quorum was reached no longer cou
 
 from __future__ import annotations
 
+import difflib
+import json
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 
 from proxy.errors import PgwardenError, Severity
 from proxy.grants.requests import AccessRequest, Action, Approval, RequestState
-from proxy.policy.models import ApprovalRule, AutoApproval, Policy, UserName
+from proxy.policy.models import (
+    AccessLevelName,
+    ApprovalRule,
+    AutoApproval,
+    Policy,
+    Target,
+    UserName,
+)
 
 # Free text (reasons, comments) is stored, shown to approvers and written to audit lines: bound it.
 MAX_TEXT_LENGTH = 2000
+# Ends the message for an unknown target or level: where to see the names one may use.
+LIST_HINT = " (pgwarden targets lists what you may request)"
 
 
 class NotPermitted(PgwardenError):
@@ -48,16 +60,44 @@ def granted_duration(policy: Policy, draft: AccessRequest) -> timedelta:
         raise NotPermitted(f"user {draft.requester!r} is not in the policy")
     target = policy.targets.get(draft.target)
     if target is None:
-        raise InvalidRequest(f"unknown target {draft.target!r}")
+        names = [t.name for t in requestable(policy, draft.requester)]
+        suggestion = did_you_mean(draft.target, names)
+        raise InvalidRequest(f"unknown target {quoted(draft.target)}{suggestion}{LIST_HINT}")
     level = draft.access_level
     if level not in target.access_levels:
-        raise InvalidRequest(f"target {draft.target!r} has no access level {level!r}")
+        suggestion = did_you_mean(level, target.access_levels)
+        raise InvalidRequest(
+            f"target {quoted(target.name)} has no access level {quoted(level)}{suggestion}"
+            f"{LIST_HINT}"
+        )
     if draft.requested_duration <= timedelta(0):
         raise InvalidRequest("the duration must be positive")
     check_text("reason", draft.reason)
     if target.approval_for(level).require_reason and not draft.reason.strip():
         raise InvalidRequest(f"a reason is required for {level!r} on {draft.target!r}")
     return min(draft.requested_duration, target.max_duration_for(level))
+
+
+def requestable(policy: Policy, user: UserName) -> tuple[Target, ...]:
+    """The targets `user` may request, by name, each with all its levels: every target for a user
+    in the policy (approval rules decide who approves, not who asks), none for anyone else."""
+    if user not in policy.users:
+        return ()
+    return tuple(policy.targets[name] for name in sorted(policy.targets))
+
+
+def did_you_mean(name: str, candidates: Iterable[str]) -> str:
+    """`; did you mean "shop"?` for the candidates closest to `name` (case aside), or ``."""
+    by_folded = {c.casefold(): c for c in sorted(candidates)}
+    close = difflib.get_close_matches(name.casefold(), list(by_folded), n=3, cutoff=0.6)
+    if not close:
+        return ""
+    return "; did you mean " + " or ".join(quoted(by_folded[c]) for c in close) + "?"
+
+
+def quoted(name: str) -> str:
+    """A name in double quotes, escaped as in JSON (names never hold control characters)."""
+    return json.dumps(name, ensure_ascii=False)
 
 
 def rule_or_none(policy: Policy, request: AccessRequest) -> ApprovalRule | None:
@@ -81,15 +121,31 @@ def require_rule(policy: Policy, request: AccessRequest) -> ApprovalRule:
 def matching_auto_approval(policy: Policy, request: AccessRequest) -> AutoApproval | None:
     """The first auto-approval rule covering this requester, level and (granted) duration."""
     rule = rule_or_none(policy, request)
-    groups = policy.groups_of(request.requester)
     for auto in () if rule is None else rule.auto_approve:
         if (
-            (request.requester in auto.users or groups & auto.groups)
-            and request.access_level in auto.access_levels
+            _auto_applies(policy, auto, request.requester, request.access_level)
             and request.duration <= auto.max_duration
         ):
             return auto
     return None
+
+
+def auto_approval_limit(
+    policy: Policy, user: UserName, target: Target, level: AccessLevelName
+) -> timedelta | None:
+    """The longest request of `user` for `level` on `target` that an auto-approval rule makes
+    active at once (never above the level's maximum); None if no rule applies to `user`."""
+    rule = target.approval_for(level)
+    limits = [a.max_duration for a in rule.auto_approve if _auto_applies(policy, a, user, level)]
+    return min(max(limits), target.max_duration_for(level)) if limits else None
+
+
+def _auto_applies(
+    policy: Policy, auto: AutoApproval, user: UserName, level: AccessLevelName
+) -> bool:
+    """Whether `auto` covers `user` (by name or group) and `level`, whatever the duration."""
+    in_rule = user in auto.users or bool(policy.groups_of(user) & auto.groups)
+    return in_rule and level in auto.access_levels
 
 
 def count_approvals(policy: Policy, request: AccessRequest, approvals: tuple[Approval, ...]) -> int:

@@ -41,8 +41,8 @@ def test_a_duration_above_the_maximum_is_clamped_and_says_so(api: ApiHarness) ->
 @pytest.mark.parametrize(
     ("fields", "code", "wanted"),
     [
-        ({"target": "nope"}, "invalid_request", "unknown target 'nope'"),
-        ({"access_level": "admin"}, "invalid_request", "has no access level 'admin'"),
+        ({"target": "nope"}, "invalid_request", 'unknown target "nope" (pgwarden targets'),
+        ({"access_level": "admin"}, "invalid_request", 'has no access level "admin"'),
         ({"reason": ""}, "invalid_request", "a reason is required"),
         ({"duration": "90"}, "invalid_body", "duration: needs a unit"),
         ({"duration": "31d"}, "invalid_body", "duration: 31d is longer than the maximum"),

@@ -11,7 +11,6 @@ import sys
 import textwrap
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Protocol
 
 import pytest
 
@@ -20,31 +19,7 @@ from proxy.commands import render
 from proxy.commands.client_config import ClientConfigError, load_client_config
 from proxy.commands.requests import describe, wait_for_decision
 from proxy.commands.transport import ApiClient
-from tests.fixtures.api import ApiHarness
-
-Run = tuple[int, str, str]
-
-
-class RunAs(Protocol):
-    def __call__(self, user: str, *argv: str) -> Run: ...
-
-
-@pytest.fixture
-def as_user(
-    api: ApiHarness, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> RunAs:
-    """`as_user(name, *argv)`: run `pgwarden argv...` as that user; (status, stdout, stderr)."""
-    monkeypatch.setenv("PGWARDEN_URL", f"http://127.0.0.1:{api.server.port}")
-    monkeypatch.setenv("XDG_CONFIG_HOME", "/nonexistent")
-
-    def run(user: str, *argv: str) -> Run:
-        monkeypatch.setenv("PGWARDEN_TOKEN", api.token(user))
-        capsys.readouterr()
-        status = main(list(argv))
-        out, err = capsys.readouterr()
-        return status, out, err
-
-    return run
+from tests.fixtures.api import ApiHarness, RunAs
 
 
 def test_request_approve_credentials_as_people_see_them(api: ApiHarness, as_user: RunAs) -> None:
