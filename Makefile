@@ -11,9 +11,11 @@ CORE_COVERAGE_MIN ?= 90
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
 		{ echo "pgwarden needs Python 3.11 or newer (set PYTHON=...)"; exit 1; }
+	@echo "Installing pgwarden and its dev tools into $(VENV) (once; about 30 s, quiet unless it fails) ..."
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
+	@echo "Installed: $(BIN)/pgwarden (to type \`pgwarden\`: export PATH=\"$(abspath $(BIN)):\$$PATH\")"
 	@touch $@
 
 # PostgreSQL's server and clients, installed with apt-get only when missing.

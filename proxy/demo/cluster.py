@@ -140,8 +140,18 @@ def start_local_cluster(bindir: Path | None = None) -> LocalCluster:
         )
     ids = _demote_to("postgres")
     root = Path(tempfile.mkdtemp(prefix="pgwarden-pg-"))
-    datadir, pwfile = root / "data", root / "pwfile"
     password = secrets.token_urlsafe(18)
+    try:
+        return _init_and_start(bindir, ids, root, password)
+    except BaseException:  # Ctrl-C or a failure half-way: leave nothing behind
+        shutil.rmtree(root, ignore_errors=True)
+        raise
+
+
+def _init_and_start(
+    bindir: Path, ids: tuple[int, int] | None, root: Path, password: str
+) -> LocalCluster:
+    datadir, pwfile = root / "data", root / "pwfile"
     pwfile.write_text(password + "\n")
     if ids is not None:
         os.chown(root, *ids)
@@ -159,12 +169,16 @@ def start_local_cluster(bindir: Path | None = None) -> LocalCluster:
     )  # fmt: skip
     _configure(cluster)
     atexit.register(cluster.stop)  # a crashed process must not leave a postmaster behind
-    _run_as(
-        ids,
-        [str(bindir / "pg_ctl"), "-D", str(datadir), "-l", str(cluster.log_path), "-w", "-t",
-         str(START_TIMEOUT_SECONDS), "start"],
-        timeout=START_TIMEOUT_SECONDS + 10,
-    )  # fmt: skip
+    try:
+        _run_as(
+            ids,
+            [str(bindir / "pg_ctl"), "-D", str(datadir), "-l", str(cluster.log_path), "-w", "-t",
+             str(START_TIMEOUT_SECONDS), "start"],
+            timeout=START_TIMEOUT_SECONDS + 10,
+        )  # fmt: skip
+    except BaseException:
+        cluster.stop()  # pg_ctl may have started the postmaster before it was interrupted
+        raise
     return cluster
 
 

@@ -66,14 +66,15 @@ CONFIG = """\
 proxy: {{listen: "127.0.0.1:{proxy_port}"}}
 api: {{listen: "127.0.0.1:{api_port}"}}
 paths: {{policy: policy.yaml, state: state.db, audit_log: audit/audit.jsonl}}
-audit: {{hmac_key_env: DEMO_AUDIT_KEY}}
+audit: {{hmac_key_file: audit.key}}
 sessions: {{shutdown_grace: 2s}}
 """
 
 
 @dataclass
 class DemoSecrets:
-    """The role passwords and the audit key, handed to pgwarden through its environment."""
+    """The role passwords (handed to pgwarden through its environment) and the audit key (a file
+    beside the config, so `pgwarden audit verify --config` finds it in a second terminal)."""
 
     ro: str = field(default_factory=lambda: secrets.token_urlsafe(16))
     rw: str = field(default_factory=lambda: secrets.token_urlsafe(16))
@@ -83,7 +84,7 @@ class DemoSecrets:
     def environment(self) -> dict[str, str]:
         return {
             "DEMO_RO_PASSWORD": self.ro, "DEMO_RW_PASSWORD": self.rw,
-            "DEMO_CONTROL_PASSWORD": self.control, "DEMO_AUDIT_KEY": self.audit_key,
+            "DEMO_CONTROL_PASSWORD": self.control,
         }  # fmt: skip
 
 
@@ -121,9 +122,14 @@ def create_shop(cluster: LocalCluster, demo: DemoSecrets) -> None:
     run_sql(cluster, DATABASE, SCHEMA)
 
 
-def write_files(directory: Path, cluster: LocalCluster, proxy_port: int, api_port: int) -> Path:
-    """policy.yaml and pgwarden.yaml for the demo; returns the config's path."""
+def write_files(
+    directory: Path, cluster: LocalCluster, demo: DemoSecrets, proxy_port: int, api_port: int
+) -> Path:
+    """policy.yaml, pgwarden.yaml and the audit key (mode 600) for the demo; returns the config."""
     (directory / "audit").mkdir(parents=True, exist_ok=True)
+    key = directory / "audit.key"
+    key.touch(mode=0o600)
+    key.write_text(demo.audit_key)
     (directory / "policy.yaml").write_text(POLICY.format(port=cluster.port))
     config = directory / "pgwarden.yaml"
     config.write_text(CONFIG.format(proxy_port=proxy_port, api_port=api_port))

@@ -4,7 +4,9 @@ A throwaway PostgreSQL with a sample database, `pgwarden serve` as its own proce
 and psql as a person would type them: alice asks for read-only access, carol approves, alice
 queries, a write is refused, carol revokes while alice's query runs and the session ends with its
 message; then the audit log is verified. pgwarden stays up for the user to try things until
-Ctrl-C (not with PGWARDEN_DEMO_NONINTERACTIVE=1), and everything is removed at the end.
+Ctrl-C (not with PGWARDEN_DEMO_NONINTERACTIVE=1), with commands to paste into a second terminal
+(`handover.py`); everything is stopped and removed at the end, Ctrl-C at any point included, and
+the demo says what it stopped and removed.
 """
 
 from __future__ import annotations
@@ -15,17 +17,25 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from proxy.clock import SYSTEM_CLOCK
 from proxy.demo.cluster import LocalCluster, PostgresUnavailable, free_loopback_port
 from proxy.demo.cluster import start_local_cluster as start_cluster
+from proxy.demo.handover import (
+    BLOCK_START,
+    EXPLANATION,
+    explain_audit_summary,
+    path_line,
+    second_terminal_block,
+)
 from proxy.demo.sample import DemoSecrets, PsqlMissing, create_shop, psql_binary, write_files
 
 START_TIMEOUT = 30.0
@@ -44,7 +54,7 @@ class Demo:
         self.directory = directory
         self.cluster = cluster
         self.proxy_port, self.api_port = free_loopback_port(), free_loopback_port()
-        self.config = write_files(directory, cluster, self.proxy_port, self.api_port)
+        self.config = write_files(directory, cluster, secrets, self.proxy_port, self.api_port)
         self.server_env = {**os.environ, **secrets.environment()}
         self.tokens: dict[str, str] = {}
         self.server: subprocess.Popen[bytes] | None = None
@@ -168,71 +178,126 @@ def expect_error(result: subprocess.CompletedProcess[str], fragment: str) -> str
     return result.stderr
 
 
-def epilogue(demo: Demo, secrets: DemoSecrets) -> None:
-    audit_log = demo.directory / "audit" / "audit.jsonl"
+def epilogue(demo: Demo) -> None:
     say("\n7. everything above is in the audit log, and the chain verifies:")
-    say(f"  $ pgwarden audit verify {audit_log}")
+    args = ("audit", "verify", "--config", str(demo.config))
+    say(f"  $ pgwarden {shlex.join(args)}")
     result = subprocess.run(  # noqa: S603
-        [sys.executable, "-m", "proxy", "audit", "verify", str(audit_log), "--key-env",
-         "DEMO_AUDIT_KEY"], env={**os.environ, **secrets.environment()}, capture_output=True,
-        text=True, timeout=COMMAND_TIMEOUT, check=False,
+        [sys.executable, "-m", "proxy", *args], capture_output=True, text=True,
+        timeout=COMMAND_TIMEOUT, check=False,
     )  # fmt: skip
     say(indent(result.stdout + result.stderr))
     if result.returncode != 0:
         raise DemoFailed("the audit log did not verify")
+    if explained := explain_audit_summary(result.stdout):
+        say(indent(explained))
     say(f"\n   metrics: http://127.0.0.1:{demo.api_port}/metrics")
 
 
 def try_it_yourself(demo: Demo) -> None:
-    say("\npgwarden is still running. Try it in another terminal:")
-    say(f"  export PGWARDEN_URL=http://127.0.0.1:{demo.api_port}")
-    say(f"  export PGWARDEN_TOKEN={demo.tokens['alice']}     # alice")
-    say(f"  (carol's token, to approve: {demo.tokens['carol']})")
-    say("  pgwarden request shop --access read-only --duration 5m --reason 'trying pgwarden'")
-    say(f"  (config and logs in {demo.directory})")
-    say("Press Ctrl-C to stop and clean up.")
-    with suppress(KeyboardInterrupt):
+    asked = demo.pgwarden("alice", "request", "shop", "--access", "read-only", "--duration",
+                          "10m", "--reason", "trying pgwarden", "--json")  # fmt: skip
+    lines = second_terminal_block(
+        api_port=demo.api_port, alice=demo.tokens["alice"], carol=demo.tokens["carol"],
+        request_id=json.loads(asked)["id"], config=demo.config,
+    )  # fmt: skip
+    say(f"\npgwarden is still running. {BLOCK_START}, pasting these lines as they are:")
+    for line in lines:
+        say(f"  {line}")
+    say(EXPLANATION)
+    say(f"Config, state, audit log and pgwarden.log are in {demo.directory}.")
+    say("Press Ctrl-C here to stop pgwarden and PostgreSQL and remove their files.")
+    try:
         while demo.server is not None and demo.server.poll() is None:
             time.sleep(0.5)
+    except KeyboardInterrupt as exc:
+        say(f"\n{_why(exc)}: stopping the demo.")
+        return
+    if demo.server is not None and demo.server.poll() is not None:
+        say(f"pgwarden exited by itself (status {demo.server.returncode}); see {demo.log}")
 
 
 @contextmanager
 def demo_world() -> Iterator[tuple[Demo, DemoSecrets]]:
     say("pgwarden demo: starting a throwaway PostgreSQL with a sample database ...")
-    cluster = start_cluster()
+    cleaned: list[str] = []
+    try:
+        cluster = start_cluster()
+    except KeyboardInterrupt as exc:
+        say(f"\n{_why(exc)}: stopped while PostgreSQL was starting; its files were removed.")
+        raise
     directory = Path(tempfile.mkdtemp(prefix="pgwarden-demo-"))
     try:
         secrets = DemoSecrets()
         create_shop(cluster, secrets)
         demo = Demo(directory, cluster, secrets)
-        demo.start_server()
-        say(f"pgwarden is up: Postgres clients on 127.0.0.1:{demo.proxy_port}, "
-            f"API on 127.0.0.1:{demo.api_port}, database on 127.0.0.1:{cluster.port}")  # fmt: skip
         try:
+            demo.start_server()
+            say(f"pgwarden is up: Postgres clients on 127.0.0.1:{demo.proxy_port}, API on "
+                f"127.0.0.1:{demo.api_port}, database on 127.0.0.1:{cluster.port}")  # fmt: skip
             demo.token_for("alice")
             demo.token_for("carol")
             yield demo, secrets
         finally:
-            demo.stop_server()
+            _quietly(demo.stop_server)
+            if demo.server is not None:
+                cleaned.append(f"pgwarden (pid {demo.server.pid})")
+    except KeyboardInterrupt as exc:
+        say(f"\n{_why(exc)}: stopping the demo.")
+        raise
     finally:
-        cluster.stop()
+        _quietly(cluster.stop)
+        cleaned.append(f"PostgreSQL on 127.0.0.1:{cluster.port}")
         shutil.rmtree(directory, ignore_errors=True)
+        say(f"Stopped {' and '.join(cleaned)}; removed {directory} (config, state, audit log) "
+            f"and {cluster.root} (the database).")  # fmt: skip
+
+
+def _why(interrupt: KeyboardInterrupt) -> str:
+    """ "Ctrl-C", or the signal that `_stop_on` turned into an interrupt."""
+    return str(interrupt.args[0]) if interrupt.args else "Ctrl-C"
+
+
+def _stop_on(signum: int, _frame: object) -> None:
+    """SIGTERM and SIGHUP (a closed terminal) clean up as Ctrl-C does."""
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def _quietly(cleanup: Callable[[], None]) -> None:
+    """Run a cleanup step deaf to Ctrl-C and the stop signals, so a second one leaves nothing."""
+    stops = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = [signal.signal(stop, signal.SIG_IGN) for stop in stops]
+    try:
+        cleanup()
+    finally:
+        for stop, handler in zip(stops, previous, strict=True):
+            signal.signal(stop, handler)
 
 
 def run(args: argparse.Namespace) -> int:
     interactive = os.environ.get("PGWARDEN_DEMO_NONINTERACTIVE") != "1" and sys.stdin.isatty()
+    for stop in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(stop, _stop_on)
+    finished = False
     try:
-        with demo_world() as (demo, secrets):
+        with demo_world() as (demo, _):
             walkthrough(demo)
-            epilogue(demo, secrets)
+            epilogue(demo)
             say("\nThe demo ran to the end: request, approval, credential, query, refusal, "
                 "revocation, verified audit log.")  # fmt: skip
+            finished = True
             if interactive:
                 try_it_yourself(demo)
     except (DemoFailed, PostgresUnavailable, PsqlMissing, subprocess.CalledProcessError) as exc:
         detail = exc.stderr if isinstance(exc, subprocess.CalledProcessError) else ""
         print(f"pgwarden demo: {exc}\n{detail}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        # What was stopped and removed is already said. 130 = 128 + SIGINT, as a shell says it;
+        # a Ctrl-C once the story has run (even a hair before the "Press Ctrl-C" wait) is its end.
+        say(f"To type pgwarden's commands in your shell: {path_line()}")
+        return 0 if finished else 130
+    say(f"To type pgwarden's commands in your shell: {path_line()}")
     return 0
 
 

@@ -1,0 +1,173 @@
+"""`make demo` as a person meets it: the commands it prints work when pasted, and Ctrl-C cleans up.
+
+The demo runs in its own process group with a terminal on stdin (so it stays up, as it does for a
+person); the block it prints is pasted into a separate bash with the venv off PATH and no
+PGWARDEN_* variables, and Ctrl-C is the terminal's: SIGINT to the whole process group.
+"""
+
+from __future__ import annotations
+
+import os
+import pty
+import queue
+import re
+import signal
+import subprocess
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from proxy.demo.handover import BLOCK_START
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+VENV_BIN = ROOT / ".venv" / "bin"
+STARTUP_SECONDS = 180
+STOPPED = re.compile(
+    r"^Stopped pgwarden \(pid \d+\) and PostgreSQL on \S+; removed (\S+) .* and (\S+) "
+)
+
+
+class RunningDemo:
+    """`make demo` with a pty on stdin; its stdout read line by line on a thread."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self._primary, replica = pty.openpty()
+        self.process = subprocess.Popen(
+            ["make", "--no-print-directory", "demo"], cwd=ROOT, env=env, stdin=replica,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        )  # fmt: skip
+        os.close(replica)
+        self.lines: list[str] = []
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self._queue.put(line.rstrip("\n"))
+        self._queue.put(None)
+
+    def read_until(self, prefix: str, timeout: float = STARTUP_SECONDS) -> None:
+        while True:
+            line = self._queue.get(timeout=timeout)
+            assert line is not None, "the demo ended early:\n" + self.output()
+            self.lines.append(line)
+            if line.startswith(prefix):
+                return
+
+    def ctrl_c(self, sent: signal.Signals = signal.SIGINT) -> tuple[str, str]:
+        """SIGINT to the process group, as a terminal sends it; the rest of stdout and stderr."""
+        os.killpg(self.process.pid, sent)
+        self.process.wait(timeout=60)
+        while (line := self._queue.get(timeout=10)) is not None:
+            self.lines.append(line)
+        assert self.process.stderr is not None
+        return self.output(), self.process.stderr.read()
+
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=30)
+        for pipe in (self.process.stdout, self.process.stderr):
+            if pipe is not None:
+                pipe.close()
+        os.close(self._primary)
+
+
+@contextmanager
+def running_demo(**extra: str) -> Iterator[RunningDemo]:
+    demo = RunningDemo({**os.environ, **extra})
+    try:
+        yield demo
+    finally:
+        demo.close()
+
+
+def pasted_block(lines: list[str]) -> list[str]:
+    """The commands under the "Try it in another terminal" line, without their indentation."""
+    start = next(i for i, line in enumerate(lines) if BLOCK_START in line) + 1
+    block: list[str] = []
+    for line in lines[start:]:
+        if not line.startswith("  "):
+            break
+        block.append(line[2:])
+    return block
+
+
+def a_fresh_shell_env(home: Path) -> dict[str, str]:
+    """A second terminal: no venv on PATH, no PGWARDEN_* variables, an empty home."""
+    path = [p for p in os.environ.get("PATH", "").split(":") if p and Path(p) != VENV_BIN]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PGWARDEN", "VIRTUAL_ENV"))}
+    return {**env, "PATH": ":".join(path) or "/usr/bin:/bin", "HOME": str(home)}
+
+
+def run_pasted(block: list[str], env: dict[str, str]) -> list[tuple[str, int, str]]:
+    """Each line in one bash, in order (exports carry over); each line's status and output."""
+    marker = "__pgwarden_test_status__"
+    script = "".join(f"{line}\necho {marker} $?\n" for line in block)
+    result = subprocess.run(
+        ["bash", "--noprofile", "--norc"], input=script, env=env, capture_output=True,
+        text=True, timeout=120, check=False,
+    )  # fmt: skip
+    statuses = re.findall(rf"^{marker} (\d+)$", result.stdout, flags=re.MULTILINE)
+    outputs = re.split(rf"^{marker} \d+\n", result.stdout, flags=re.MULTILINE)
+    assert len(statuses) == len(block), result.stdout + result.stderr
+    return [(line, int(s), out) for line, s, out in zip(block, statuses, outputs, strict=False)]
+
+
+def assert_cleaned_up(out: str, err: str) -> None:
+    assert "Traceback" not in out + err, out + err
+    stopped = [m for line in out.splitlines() if (m := STOPPED.match(line))]
+    assert stopped, out
+    for directory in stopped[0].groups():
+        assert not Path(directory).exists(), f"{directory} is still there"
+
+
+def test_the_printed_commands_work_in_a_second_terminal_and_ctrl_c_cleans_up(
+    tmp_path: Path,
+) -> None:
+    env = a_fresh_shell_env(tmp_path)
+    assert subprocess.run(["bash", "-c", "command -v pgwarden"], env=env, check=False).returncode
+    with running_demo() as demo:
+        demo.read_until("Press Ctrl-C")
+        block = pasted_block(demo.lines)
+        assert block[0] == f'export PATH="{VENV_BIN}:$PATH"'
+        assert any(line.startswith("pgwarden requests") for line in block)
+        assert any(line.startswith("pgwarden audit verify") for line in block)
+        results = run_pasted(block, env)
+        failed = [(line, status, out) for line, status, out in results if status != 0]
+        assert not failed, failed
+        by_command = {line.split()[1] if line.startswith("pgwarden") else line: out
+                      for line, _, out in results}  # fmt: skip
+        assert "pending" in by_command["requests"]
+        assert "ok: " in by_command["audit"]
+        assert "1200" in by_command["psql"]
+        out, err = demo.ctrl_c()
+    assert "Ctrl-C: stopping the demo." in out
+    assert_cleaned_up(out, err)
+    assert (
+        out.splitlines()[-1]
+        == f'To type pgwarden\'s commands in your shell: export PATH="{VENV_BIN}:$PATH"'
+    )
+
+
+@pytest.mark.parametrize(
+    ("sent", "said"), [(signal.SIGINT, "Ctrl-C"), (signal.SIGTERM, "SIGTERM")], ids=["int", "term"]
+)
+def test_ctrl_c_during_the_walkthrough_says_what_it_stopped_and_removed(
+    sent: signal.Signals, said: str
+) -> None:
+    with running_demo(PGWARDEN_DEMO_NONINTERACTIVE="1") as demo:
+        demo.read_until("2. carol")
+        out, err = demo.ctrl_c(sent)
+    assert f"{said}: stopping the demo." in out
+    assert "The demo ran to the end" not in out
+    assert_cleaned_up(out, err)
