@@ -37,9 +37,10 @@ test: deps lint typecheck
 # (pytest-xdist: each test has its own tmp_path and binds port 0), and each Hypothesis property
 # test on a fifth of its examples (PGWARDEN_HYPOTHESIS_PROFILE=fast, tests/fixtures/examples.py):
 # once the real waits and the slow CLI start-up were gone, generating examples was most of what
-# was left. `make test` (CI) runs every test serially with the full example counts.
+# was left. Bytecode is cached even where the environment says not to (each worker compiles
+# proxy/ again otherwise). `make test` (CI) runs every test serially with the full example counts.
 unit: $(STAMP)
-	PGWARDEN_HYPOTHESIS_PROFILE=fast $(BIN)/pytest -n auto tests/unit tests/test_architecture.py
+	PYTHONDONTWRITEBYTECODE= PGWARDEN_HYPOTHESIS_PROFILE=fast $(BIN)/pytest -n auto tests/unit tests/test_architecture.py
 
 # A throwaway Postgres + pgwarden + the guided walkthrough; PGWARDEN_DEMO_NONINTERACTIVE=1 exits after it.
 demo: deps $(STAMP)

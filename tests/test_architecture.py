@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import ast
+import functools
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -96,7 +97,9 @@ def proxy_imports(tree: ast.AST) -> Iterator[str]:
                 yield node.module
 
 
+@functools.cache
 def parse(path: Path) -> ast.Module:
+    """Each module is parsed once per run: every rule below walks the same trees (read only)."""
     return ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
 
 
