@@ -104,6 +104,9 @@ class ProxySettings:
     tls: TlsFiles | None
     login_timeout: timedelta
     workers: int = 1  # processes accepting on `listen` (proxy/workers/primary.py)
+    # pg_stat_activity shows `pgwarden:<user>:<grant> <client's name>` as application_name; off:
+    # the client's application_name reaches the database untouched (proxy/session/opening.py).
+    identity_in_application_name: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,10 +293,13 @@ def _proxy(f: Fields, base_dir: Path | None) -> ProxySettings | None:
         "login_timeout", default=DEFAULT_LOGIN_TIMEOUT, maximum=MAX_LOGIN_TIMEOUT
     )
     workers = f.integer("workers", default=1, low=1, high=MAX_WORKERS)
+    identity = f.boolean("identity_in_application_name", default=True)
     f.finish()
     if listen is None or login_timeout is None or workers is None or (tls_fields and tls is None):
         return None
-    return ProxySettings(listen, tls, login_timeout, workers)
+    if identity is None:
+        return None
+    return ProxySettings(listen, tls, login_timeout, workers, identity)
 
 
 def _tls(f: Fields, base_dir: Path | None) -> TlsFiles | None:

@@ -75,6 +75,7 @@ def build_context(
         mock_secret=mock_secret,
         upstream_pool=upstream_pool,
         cancel_elsewhere=cancel_elsewhere,
+        identity_in_application_name=config.proxy.identity_in_application_name,
     )
 
 

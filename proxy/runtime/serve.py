@@ -182,7 +182,7 @@ class Runtime:
         )  # fmt: skip
         failures = notification_failures(self.metrics_registry)
         self.notifier = Notifier(self._current_policy, clock, failures=failures)
-        registry: SessionRegistry[Session] = SessionRegistry(self.worker)
+        registry: SessionRegistry[Session] = SessionRegistry(self.worker, self.config.proxy.workers)
         # Every process of one server gives an unknown user the same fake salt (row 14).
         mock_secret = self.welcome.mock_secret if self.welcome else new_mock_secret()
         cancel_elsewhere = self._other_processes(registry, mock_secret)

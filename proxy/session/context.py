@@ -59,8 +59,10 @@ class ProxyContext:
     scram_cache: SaltedPasswordCache = field(default_factory=SaltedPasswordCache)
     upstream_pool: UpstreamPool | None = None  # None: every session logs in upstream anew
     # With several workers: hand a CancelRequest to the worker that issued its key (worker,
-    # process id, secret); see registry.owner.
+    # process id, secret); see registry.owner (the secret names the worker).
     cancel_elsewhere: Callable[[int, int, bytes], None] | None = None
+    # Prefix the upstream application_name with `pgwarden:<user>:<grant>` (opening.py).
+    identity_in_application_name: bool = True
     _upstream_contexts: dict[tuple[UpstreamTlsMode, Path | None], ssl.SSLContext | None] = field(
         default_factory=dict
     )

@@ -17,7 +17,9 @@
 
 Every step before the relay runs under the login timeout, counted from accept, and holds a
 pre-auth slot; the relay holds a live slot. Any error becomes one FATAL ErrorResponse with its
-SQLSTATE (internal details go to the log only), then the connection closes. Nothing the client
+SQLSTATE (internal details go to the log only), then the connection closes. Before the proof,
+every refusal is the same 28P01 (no oracle); a proof that holds for the user's grant on another
+target is told 3D000, naming that grant and its database. Nothing the client
 sends reaches the database before the login and the grant check have passed (row 25): bytes
 pipelined behind the password wait in the reader and are forwarded after login.
 
@@ -51,6 +53,7 @@ from proxy.session.throttling import (
     LoginThrottled,
     login_abandoned,
     login_failed,
+    login_misdirected,
     refuse_if_throttled,
 )
 from proxy.wire import (
@@ -233,11 +236,15 @@ async def authenticate(conn: ClientConnection, startup: StartupMessage, ctx: Pro
     _require_tls_if_needed(conn, target, ctx)
     refuse_if_throttled(conn, user, target, ctx)
     grant, refusal = _grant_for_login(user, target, ctx)
+    # No grant here, but one elsewhere: check the proof against it, so that a client that proves
+    # its credential is told which database its grant is for (and one that cannot, nothing).
+    elsewhere = _grant_elsewhere(user, target, ctx) if grant is None else None
+    checked = grant or elsewhere
     scram = ScramServer(
-        user, grant.verifier if grant is not None else None,
+        user, checked.verifier if checked is not None else None,
         mock_secret=ctx.mock_secret,
         channel_binding=ctx.client_tls.channel_binding if conn.tls and ctx.client_tls else None,
-        still_valid=lambda: _grant_still_holds(user, target, grant, ctx),
+        still_valid=lambda: _grant_still_holds(user, checked, ctx),
     )  # fmt: skip
     try:
         await _scram_exchange(conn, scram)
@@ -250,7 +257,15 @@ async def authenticate(conn: ClientConnection, startup: StartupMessage, ctx: Pro
         if scram.state is ServerState.AWAITING_CLIENT_FINAL:
             login_abandoned(conn, user, target, ctx)
         raise
-    assert grant is not None  # a mock exchange never succeeds
+    if grant is None:
+        assert elsewhere is not None  # a mock exchange never succeeds
+        assert refusal is not None
+        login_misdirected(conn, user, target, ctx, refusal=refusal)
+        raise PgwardenError(
+            f"pgwarden: your grant {elsewhere.request_id} is for database "
+            f'"{elsewhere.target}", not "{target}"',
+            sqlstate=sqlstate.INVALID_CATALOG_NAME,
+        )
     log.info("login of %r to %r from %s with grant %s", user, target, conn.source, grant.request_id)
     return Login(user, target, grant, startup)
 
@@ -281,13 +296,23 @@ def _grant_for_login(
     return None, (LoginFailure.NO_ACTIVE_GRANT, decision.reason)
 
 
-def _grant_still_holds(
-    user: UserName, target: TargetName, grant: ActiveGrant | None, ctx: ProxyContext
-) -> bool:
+def _grant_elsewhere(user: UserName, target: TargetName, ctx: ProxyContext) -> ActiveGrant | None:
+    """The user's usable grant on another target (the newest credential), or None."""
+    now = ctx.clock.now()
+    found: list[ActiveGrant] = []
+    for other in ctx.policy().targets:
+        if other != target:
+            decision = ctx.grants.login_decision(user, other, now)
+            if isinstance(decision, Allow):
+                found.append(decision.grant)
+    return max(found, key=lambda g: (g.credential_issued_at, g.request_id), default=None)
+
+
+def _grant_still_holds(user: UserName, grant: ActiveGrant | None, ctx: ProxyContext) -> bool:
     """Asked at SCRAM's last step: is the same grant, with the same credential, still in force?"""
     if grant is None:
         return False
-    decision = ctx.grants.login_decision(user, target, ctx.clock.now())
+    decision = ctx.grants.login_decision(user, grant.target, ctx.clock.now())
     return (
         isinstance(decision, Allow)
         and decision.grant.request_id == grant.request_id

@@ -3,9 +3,13 @@
 `connect_for` logs in to the target's database as the role of the grant's access level (the
 host, port, database and role come only from the policy; startup parameters from an allowlist),
 or takes a kept backend of that role from the upstream pool when it is on (pool.py).
+With `proxy.identity_in_application_name` (the default) the upstream application_name is
+`pgwarden:<user>:<grant> <client's name>`, for pg_stat_activity, while the client is told its
+own name in ParameterStatus; with it off, the client's name goes upstream untouched.
 `make_ready` registers the session, lets the observers (the audit log first) accept it — a log
 that cannot record the login refuses it — then sends the client AuthenticationOk, the database's
-ParameterStatus messages, pgwarden's own BackendKeyData and ReadyForQuery, and starts the relay.
+ParameterStatus messages, BackendKeyData (the backend's real pid, pgwarden's own secret) and
+ReadyForQuery, and starts the relay.
 `forward_cancel` turns a CancelRequest with one of pgwarden's keys into a cancel upstream.
 """
 
@@ -35,6 +39,7 @@ from proxy.wire import (
     AuthenticationOk,
     BackendKeyData,
     CancelRequest,
+    ParameterStatus,
     ReadyForQuery,
     sqlstate,
 )
@@ -69,7 +74,11 @@ async def connect_for(login: Login, ctx: ProxyContext) -> UpstreamConnection:
     parameters = allowed_startup_parameters(login.startup.parameters)
     upstream_login = UpstreamLogin.for_upstream(
         target.upstream, role=level.role, password=password, target=login.target,
-        startup_parameters=_with_application_name(parameters, login),
+        startup_parameters=(
+            _with_application_name(parameters, login)
+            if ctx.identity_in_application_name
+            else parameters
+        ),
     )  # fmt: skip
 
     def connect(login: UpstreamLogin) -> Awaitable[UpstreamConnection]:
@@ -105,7 +114,7 @@ def _with_application_name(
     name = f"pgwarden:{login.user}:{login.grant.request_id}"
     if client_name:
         name = f"{name} {client_name}"
-    name = name.encode("utf-8")[:MAX_APPLICATION_NAME_BYTES].decode("utf-8", "ignore")
+    name = _truncated(name)
     others = tuple(pair for pair in parameters if pair[0] != "application_name")
     return (*others, ("application_name", name))
 
@@ -118,7 +127,9 @@ async def make_ready(
         upstream.peer.abort()
         refusals.report(ctx, conn.source, refusal, told=True)
         raise AdmissionRefused(refusal, conn.source)
-    process_id, secret = ctx.registry.new_cancel_key()
+    # The backend's real pid (pg_terminate_backend, NOTIFY senders agree), our own secret.
+    process_id = upstream.backend_key.process_id
+    secret = ctx.registry.new_cancel_key(process_id)
     now, started = ctx.clock.now(), ctx.clock.monotonic()
     session = Session(
         info=_session_info(conn, login, upstream, ctx),
@@ -139,12 +150,32 @@ async def make_ready(
         raise
     ctx.registry.add(session)
     session.end_listeners.append(lambda s, _e: _release(s, conn.source, ctx))
-    greeting = [AuthenticationOk().encode(), *upstream.greeting]
+    greeting = [AuthenticationOk().encode(), *_client_greeting(login, upstream, ctx)]
     greeting.append(BackendKeyData(process_id, secret).encode())
     greeting.append(ReadyForQuery(upstream.ready_status).encode())
     conn.peer.write(b"".join(greeting))
     session.start(conn.reader.take_pending_data(), upstream.pending)
     return session
+
+
+def _client_greeting(
+    login: Login, upstream: UpstreamConnection, ctx: ProxyContext
+) -> tuple[bytes, ...]:
+    """The database's greeting, but application_name reported as the client set it: the
+    identity prefix is for pg_stat_activity, not for the client's own view of its session."""
+    if not ctx.identity_in_application_name:
+        return upstream.greeting
+    own = _truncated(login.startup.params.get("application_name", ""))
+    return tuple(
+        ParameterStatus(message.name, own).encode()
+        if isinstance(message, ParameterStatus) and message.name == "application_name"
+        else frame
+        for frame, message in zip(upstream.greeting, upstream.messages, strict=True)
+    )
+
+
+def _truncated(name: str) -> str:
+    return name.encode("utf-8")[:MAX_APPLICATION_NAME_BYTES].decode("utf-8", "ignore")
 
 
 async def _start_observing(session: Session, ctx: ProxyContext) -> None:
@@ -214,7 +245,7 @@ def forward_cancel(request: CancelRequest, ctx: ProxyContext) -> None:
     """A CancelRequest with one of our keys cancels that session's running query; no reply.
 
     A key another worker issued goes to that worker, which checks it the same way."""
-    owner = ctx.registry.owner(request.process_id)
+    owner = ctx.registry.owner(request.secret_key)
     if owner != ctx.registry.worker:
         if ctx.cancel_elsewhere is not None:
             ctx.cancel_elsewhere(owner, request.process_id, request.secret_key)

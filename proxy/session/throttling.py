@@ -9,6 +9,8 @@ applies them where the handshake needs them (SECURITY.md rows 14 and 17):
   exists: an unknown name's failures count exactly like a real one's.
 - `login_failed`, when the exchange fails: a wrong proof (real or mock) is a CREDENTIAL failure;
   a broken exchange is a PROTOCOL one, whatever the grant lookup said before.
+- `login_misdirected`, when the proof was right but for a grant on another target (a wrong
+  database name): told to the client as 3D000 by the handshake, reported, not counted.
 - `login_abandoned`, when the client hangs up or stalls after its first SCRAM message (before
   it, hanging up is how psql asks the user for a password, and costs nothing).
 
@@ -95,6 +97,24 @@ def login_abandoned(
     """The client hung up or stalled in the middle of its SCRAM exchange."""
     detail = "the client left mid-exchange"
     _count(conn, user, target, ctx, reason=LoginFailure.ABANDONED, detail=detail)
+
+
+def login_misdirected(
+    conn: ClientConnection,
+    user: UserName,
+    target: TargetName,
+    ctx: ProxyContext,
+    *,
+    refusal: tuple[LoginFailure, str],
+) -> None:
+    """The client proved the credential of a grant on another target: a wrong database name,
+    not a guess, so it is logged and reported but not counted against anyone."""
+    reason, detail = refusal
+    log.info(
+        "login of %r to %r from %s refused after a valid proof: %s (%s)",
+        user, target, conn.source, reason, detail,
+    )  # fmt: skip
+    _tell_observers(conn, user, target, ctx, reason=reason, detail=detail)
 
 
 def exchange_failure(exc: PgwardenError) -> tuple[LoginFailure, str]:

@@ -142,7 +142,13 @@ def unknown_user(warden: RunningPgwarden, clock: FakeClock) -> Attempt:
 def unknown_target(warden: RunningPgwarden, clock: FakeClock) -> Attempt:
     credential = warden.grant("alice")
     assert logs_in(warden, credential)
-    return Attempt("alice", credential.password, dbname="payments")
+    # Without the proof, a wrong database is refused like anything else (with it: 3D000, below).
+    return Attempt("alice", "not-" + credential.password, dbname="payments")
+
+
+def default_database(warden: RunningPgwarden, clock: FakeClock) -> Attempt:
+    credential = warden.grant("alice")
+    return Attempt("alice", "not-" + credential.password, dbname="postgres")
 
 
 CASES: dict[str, Callable[[RunningPgwarden, FakeClock], Attempt]] = {
@@ -153,6 +159,7 @@ CASES: dict[str, Callable[[RunningPgwarden, FakeClock], Attempt]] = {
     "revoked grant": revoked_grant,
     "unknown user": unknown_user,
     "unknown target": unknown_target,
+    "another database, wrong password": default_database,
 }
 
 
@@ -161,6 +168,25 @@ def test_every_refused_login_gets_the_same_28p01(
     warden: RunningPgwarden, clock: FakeClock, case: Callable[[RunningPgwarden, FakeClock], Attempt]
 ) -> None:
     assert_refused_like_a_bad_password(warden, case(warden, clock))
+
+
+@pytest.mark.parametrize("dbname", ["postgres", "payments"])
+def test_a_proven_credential_for_another_database_is_told_3d000(
+    warden: RunningPgwarden, dbname: str
+) -> None:
+    credential = warden.grant("alice")
+    expected = (
+        f'pgwarden: your grant {credential.request_id} is for database "orders", not "{dbname}"'
+    )
+    with pytest.raises(psycopg.OperationalError) as caught:
+        psycopg.connect(warden.dsn(credential, dbname=dbname)).close()
+    assert expected in str(caught.value)
+    raw = raw_login(warden.host, warden.port, "alice", credential.password, dbname)
+    assert raw.conn is None
+    assert raw.error is not None
+    assert raw.reached_final  # told only after the proof was accepted
+    assert (raw.error["S"], raw.error["C"], raw.error["M"]) == ("FATAL", "3D000", expected)
+    assert logs_in(warden, credential)  # not counted as a failure; the right database works
 
 
 def test_a_reissued_credential_replaces_the_old_one(warden: RunningPgwarden) -> None:

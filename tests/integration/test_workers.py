@@ -246,6 +246,8 @@ def test_a_cancel_reaches_its_session_whichever_worker_accepts_it(
     assert time.monotonic() - started < 20
     for conn in conns:
         assert conn.execute("SELECT 2").fetchone() == (2,)
+        # The pid the client was given is the backend's own, in either process.
+        assert conn.execute("SELECT pg_backend_pid()").fetchone() == (conn.info.backend_pid,)
 
 
 def test_a_password_issued_after_start_is_masked_by_the_worker_too(served: Served) -> None:

@@ -144,7 +144,8 @@ def test_every_problem_is_reported_at_once_with_its_path() -> None:
         "proxy.listen: write an IPv6 address in brackets, e.g. [::1]:6432, not '::1:6432' (line 1)",
         "proxy.tls.key_file: required (line 1)",
         "proxy.login_timeout: 1h is longer than the maximum of 5m (line 1)",
-        "proxy.ssl: unknown key (expected one of: listen, login_timeout, tls, workers) (line 1)",
+        "proxy.ssl: unknown key (expected one of: identity_in_application_name, listen, "
+        "login_timeout, tls, workers) (line 1)",
         "paths.audit_log: required (line 3)",
         "audit.hmac_key: secrets are not allowed in the file; use hmac_key_env: VARIABLE or "
         "hmac_key_file: PATH (line 4)",

@@ -156,7 +156,8 @@ def test_valid_cancel_key_cancels_only_its_own_sessions_query(
     canceled, bystander = log_in(pgwarden, credential), log_in(pgwarden, credential)
     try:
         backend_pid = int(first_value(simple_query(canceled.conn, "SELECT pg_backend_pid()")))
-        assert canceled.process_id != backend_pid  # pgwarden's key, not the upstream's
+        # The backend's real pid (pg_terminate_backend, NOTIFY agree); the secret is pgwarden's.
+        assert canceled.process_id == backend_pid
         assert (canceled.process_id, canceled.secret) != (bystander.process_id, bystander.secret)
         start_query(bystander, postgres, SHORT_SLEEP)
         start_query(canceled, postgres, LONG_SLEEP)

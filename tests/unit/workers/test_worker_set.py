@@ -14,7 +14,6 @@ from prometheus_client import (
     generate_latest,
 )
 
-from proxy.session.registry import SessionRegistry
 from proxy.session.session import Ending, EndReason
 from proxy.workers.channel import WorkerChannel, channel_pair
 from proxy.workers.link import join_primary
@@ -122,7 +121,9 @@ def test_a_cancel_another_worker_received_goes_through_the_primary() -> None:
             target = two.session()
             pid = target.cancel_process_id
             # What forward_cancel in worker 1 does for a key whose owner is worker 2:
-            one.link.cancel_elsewhere(SessionRegistry.owner(pid), pid, target.cancel_secret)
+            owner = two.registry.owner(target.cancel_secret)
+            assert owner == 2
+            one.link.cancel_elsewhere(owner, pid, target.cancel_secret)
             await asyncio.wait_for(target.cancelled.wait(), WAIT)
             assert target.cancels == 1
             # ... and for one of the primary's own keys:

@@ -27,7 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.audit.records import worker_audit_path, worker_audit_paths
 from proxy.config import MAX_WORKERS, Limits, ThrottleSettings
-from proxy.session.registry import MAX_PROCESS_ID, WORKER_BITS, SessionRegistry
+from proxy.session.registry import SessionRegistry
 from proxy.session.session import SessionInfo
 from proxy.workers.metrics import WorkerMetrics
 from proxy.workers.shares import info_from_json, info_to_json, share_limits
@@ -245,48 +245,71 @@ def test_a_session_description_with_a_bad_time_is_a_value_error() -> None:
 # --- cancel keys ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("worker", [0, 1, 63])
-def test_every_cancel_key_names_the_worker_that_issued_it(worker: int) -> None:
-    registry: SessionRegistry[Any] = SessionRegistry(worker=worker)
-    pids = set()
-    for _ in range(500):
-        pid, secret = registry.new_cancel_key()
-        assert 1 <= pid <= MAX_PROCESS_ID
-        assert SessionRegistry.owner(pid) == worker
-        assert len(secret) == 4
-        pids.add(pid)
-    assert len(pids) > 490  # random, not a counter stuck on one value
+BACKEND_PID = 31337  # the upstream backend's real pid: BackendKeyData carries it unchanged
 
 
-@pytest.mark.parametrize("worker", [0, 1, 63])
-def test_the_extreme_cancel_keys_stay_positive_int32s(
-    worker: int, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("worker", "workers", "random_bits"), [(0, 1, 32), (1, 2, 31), (63, 64, 26)]
+)
+def test_every_cancel_secret_names_the_worker_that_issued_it(
+    worker: int, workers: int, random_bits: int
 ) -> None:
-    registry: SessionRegistry[Any] = SessionRegistry(worker=worker)
-    monkeypatch.setattr("secrets.randbelow", lambda n: 0)
-    low, _ = registry.new_cancel_key()
-    monkeypatch.setattr("secrets.randbelow", lambda n: n - 1)
-    high, _ = registry.new_cancel_key()
-    assert low == (1 << WORKER_BITS) + worker
-    assert high <= MAX_PROCESS_ID
-    assert MAX_PROCESS_ID - high < 1 << WORKER_BITS  # the range is used up to the top
-    assert SessionRegistry.owner(low) == SessionRegistry.owner(high) == worker
+    registry: SessionRegistry[Any] = SessionRegistry(worker=worker, workers=workers)
+    secrets_seen = set()
+    for _ in range(500):
+        secret = registry.new_cancel_key(BACKEND_PID)
+        assert len(secret) == 4
+        assert registry.owner(secret) == worker
+        secrets_seen.add(secret)
+    assert len(secrets_seen) > 490  # random, not a counter stuck on one value
+    # The part that names the worker is as short as the number of workers allows.
+    assert (workers - 1).bit_length() == 32 - random_bits
 
 
-def test_a_new_cancel_key_skips_one_a_live_session_holds(monkeypatch: pytest.MonkeyPatch) -> None:
-    registry: SessionRegistry[Any] = SessionRegistry(worker=5)
-    taken = FakeSession(make_info(), (7 << WORKER_BITS) | 5, b"abcd")
+def test_the_worker_bits_leave_the_rest_of_the_secret_random(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    registry: SessionRegistry[Any] = SessionRegistry(worker=1, workers=2)
+    monkeypatch.setattr("secrets.randbits", lambda k: (1 << k) - 1)
+    assert registry.new_cancel_key(BACKEND_PID) == b"\xff\xff\xff\xff"
+    monkeypatch.setattr("secrets.randbits", lambda k: 0)
+    assert registry.new_cancel_key(BACKEND_PID) == b"\x00\x00\x00\x01"
+
+
+def test_a_new_cancel_secret_skips_one_a_live_session_on_that_pid_holds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    registry: SessionRegistry[Any] = SessionRegistry(worker=5, workers=8)
+    taken = FakeSession(make_info(), BACKEND_PID, (7 << 3 | 5).to_bytes(4, "big"))
     registry.add(taken)
-    draws = iter([6, 8])  # the first gives pid 7 << 6 | 5, which is taken
-    monkeypatch.setattr("secrets.randbelow", lambda n: next(draws))
-    pid, _ = registry.new_cancel_key()
-    assert pid == (9 << WORKER_BITS) | 5
+    draws = iter([7, 7, 9])
+    monkeypatch.setattr("secrets.randbits", lambda k: next(draws))
+    assert registry.new_cancel_key(BACKEND_PID + 1) == (7 << 3 | 5).to_bytes(4, "big")
+    assert registry.new_cancel_key(BACKEND_PID) == (9 << 3 | 5).to_bytes(4, "big")
 
 
-@pytest.mark.parametrize("worker", [64, -1, 1000])
+def test_equal_pids_of_two_upstream_servers_do_not_collide() -> None:
+    registry: SessionRegistry[Any] = SessionRegistry()
+    one = FakeSession(make_info("aaaa"), BACKEND_PID, registry.new_cancel_key(BACKEND_PID))
+    registry.add(one)
+    two = FakeSession(make_info("bbbb"), BACKEND_PID, registry.new_cancel_key(BACKEND_PID))
+    registry.add(two)
+    assert registry.find_by_cancel_key(BACKEND_PID, one.cancel_secret) is one
+    assert registry.find_by_cancel_key(BACKEND_PID, two.cancel_secret) is two
+    assert registry.find_by_cancel_key(BACKEND_PID + 1, one.cancel_secret) is None
+    assert registry.find_by_cancel_key(BACKEND_PID, b"\0\0\0\0") is None
+    registry.remove(one)
+    assert registry.find_by_cancel_key(BACKEND_PID, one.cancel_secret) is None
+    assert registry.find_by_cancel_key(BACKEND_PID, two.cancel_secret) is two
+    registry.remove(two)
+    assert registry.find_by_cancel_key(BACKEND_PID, two.cancel_secret) is None
+    assert len(registry) == 0
+
+
+@pytest.mark.parametrize("worker", [64, -1, 1000, 2])
 def test_a_worker_index_that_does_not_fit_the_key_is_refused(worker: int) -> None:
     with pytest.raises(ValueError, match="out of range"):
-        SessionRegistry(worker=worker)
+        SessionRegistry(worker=worker, workers=2 if worker == 2 else 64)
 
 
 # --- merged metrics -------------------------------------------------------------------------
