@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from proxy.net.certs import DevCertificates, generate_dev_certificates
 from tests.fixtures.adversary import (
     Credential,
     UpstreamSpy,
@@ -29,6 +30,25 @@ def pgwarden(
     """pgwarden with the default test policy and an unthrottled source."""
     config = unthrottled_config(deployment, tmp_path_factory.mktemp("pgwarden"))
     with running_pgwarden(config) as instance:
+        yield instance
+
+
+@pytest.fixture(scope="module")
+def certificates(tmp_path_factory: pytest.TempPathFactory) -> DevCertificates:
+    """A development CA and server certificate, for the tests of each module that need TLS."""
+    return generate_dev_certificates(tmp_path_factory.mktemp("adversarial-tls"))
+
+
+@pytest.fixture(scope="module")
+def tls_pgwarden(
+    deployment: PgwardenDeployment,
+    certificates: DevCertificates,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[RunningPgwarden]:
+    """pgwarden as `pgwarden` above, offering TLS with `certificates`."""
+    directory = tmp_path_factory.mktemp("pgwarden-tls")
+    tls = (certificates.server_cert, certificates.server_key)
+    with running_pgwarden(unthrottled_config(deployment, directory, tls=tls)) as instance:
         yield instance
 
 

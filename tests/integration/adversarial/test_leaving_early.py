@@ -14,12 +14,10 @@ from __future__ import annotations
 import logging
 import socket
 import struct
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 
-from proxy.net.certs import DevCertificates, generate_dev_certificates
 from tests.fixtures.adversary import (
     CLOSE_TIMEOUT,
     GSSENC_REQUEST,
@@ -31,10 +29,9 @@ from tests.fixtures.adversary import (
     expect_closed,
     reply_prefix,
     startup_packet,
-    unthrottled_config,
     wait_for_quiet_database,
 )
-from tests.fixtures.pgwarden import PgwardenDeployment, RunningPgwarden, running_pgwarden
+from tests.fixtures.pgwarden import RunningPgwarden
 from tests.fixtures.postgres import PostgresServer
 
 pytestmark = pytest.mark.integration
@@ -120,23 +117,6 @@ def test_a_terminate_before_startup_is_answered_with_nothing_even_if_the_client_
 
 
 # --- with a certificate ------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def certificates(tmp_path_factory: pytest.TempPathFactory) -> DevCertificates:
-    return generate_dev_certificates(tmp_path_factory.mktemp("leaving-tls"))
-
-
-@pytest.fixture(scope="module")
-def tls_pgwarden(
-    deployment: PgwardenDeployment,
-    certificates: DevCertificates,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[RunningPgwarden]:
-    directory: Path = tmp_path_factory.mktemp("pgwarden-leaving-tls")
-    tls = (certificates.server_cert, certificates.server_key)
-    with running_pgwarden(unthrottled_config(deployment, directory, tls=tls)) as instance:
-        yield instance
 
 
 @pytest.fixture

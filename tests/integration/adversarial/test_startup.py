@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import ssl
 import struct
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 
 from proxy.auth import ScramClient
-from proxy.net.certs import DevCertificates, generate_dev_certificates
+from proxy.net.certs import DevCertificates
 from tests.fixtures.adversary import (
     FEATURE_NOT_SUPPORTED,
     GSSENC_REQUEST,
@@ -39,15 +38,12 @@ from tests.fixtures.adversary import (
     simple_query,
     startup_packet,
     typed,
-    unthrottled_config,
     version_code,
     wait_for_quiet_database,
 )
 from tests.fixtures.pgwarden import (
     RO_ROLE,
-    PgwardenDeployment,
     RunningPgwarden,
-    running_pgwarden,
 )
 from tests.fixtures.postgres import PostgresServer
 from tests.fixtures.rawpg import PROTOCOL_3_0, RawPg
@@ -301,23 +297,6 @@ def test_plain_ssl_request_without_certificate_is_answered_n_then_login_works(
 
 
 # --- rows 8 and 11 with a certificate ----------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def certificates(tmp_path_factory: pytest.TempPathFactory) -> DevCertificates:
-    return generate_dev_certificates(tmp_path_factory.mktemp("adversarial-tls"))
-
-
-@pytest.fixture(scope="module")
-def tls_pgwarden(
-    deployment: PgwardenDeployment,
-    certificates: DevCertificates,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[RunningPgwarden]:
-    directory: Path = tmp_path_factory.mktemp("pgwarden-tls")
-    tls = (certificates.server_cert, certificates.server_key)
-    with running_pgwarden(unthrottled_config(deployment, directory, tls=tls)) as instance:
-        yield instance
 
 
 @pytest.fixture(scope="module")
