@@ -25,7 +25,7 @@ our binding data. `require_channel_binding` offers -PLUS alone.
 from __future__ import annotations
 
 import hmac
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import Enum
@@ -80,10 +80,15 @@ SERVER_TRANSITIONS: dict[tuple[ServerState, ServerEvent], ServerState] = {
 
 @dataclass(frozen=True)
 class _Credentials:
-    """The verifier used for this login; `genuine` is False for the mock one."""
+    """The verifiers this login is checked against (one salt and iteration count, the first's);
+    `genuine` is False for the mock one."""
 
-    verifier: ScramVerifier = field(repr=False)
+    verifiers: tuple[ScramVerifier, ...] = field(repr=False)
     genuine: bool
+
+    @property
+    def first(self) -> ScramVerifier:
+        return self.verifiers[0]
 
 
 def mock_verifier(mock_secret: bytes, username: str, iterations: int) -> ScramVerifier:
@@ -98,13 +103,17 @@ def mock_verifier(mock_secret: bytes, username: str, iterations: int) -> ScramVe
 
 
 def _select_credentials(
-    username: str, verifier: ScramVerifier | None, mock_secret: bytes, iterations: int
+    username: str, verifiers: tuple[ScramVerifier, ...], mock_secret: bytes, iterations: int
 ) -> _Credentials:
     """Always derive the mock verifier, so that both paths cost the same; use it if needed."""
     mock = mock_verifier(mock_secret, username, iterations)
-    if verifier is None:
-        return _Credentials(mock, genuine=False)
-    return _Credentials(verifier, genuine=True)
+    if not verifiers:
+        return _Credentials((mock,), genuine=False)
+    first = verifiers[0]
+    if any((v.salt, v.iterations) != (first.salt, first.iterations) for v in verifiers):
+        # One exchange sends one salt: a proof can only be checked against verifiers sharing it.
+        raise ValueError("the verifiers of one login must share their salt and iteration count")
+    return _Credentials(verifiers, genuine=True)
 
 
 def check_proof(verifier: ScramVerifier, auth_message: bytes, proof: bytes) -> tuple[bool, bytes]:
@@ -121,24 +130,33 @@ class ScramServer:
     def __init__(
         self,
         username: str,
-        verifier: ScramVerifier | None,
+        verifier: ScramVerifier | Sequence[ScramVerifier] | None,
         *,
         mock_secret: bytes,
         channel_binding: bytes | None = None,
         require_channel_binding: bool = False,
-        still_valid: Callable[[], bool] | None = None,
+        still_valid: Callable[[ScramVerifier], bool] | None = None,
         nonce_factory: Callable[[], str] = new_nonce,
         mock_iterations: int = DEFAULT_ITERATIONS,
     ) -> None:
-        """`channel_binding` is our certificate's tls-server-end-point hash (None on plaintext);
-        `still_valid` is asked at the last step whether the credential's grant still holds
-        (SECURITY.md row 16); `mock_iterations` should equal the count real verifiers use."""
+        """`verifier` may be several, sharing one salt and iteration count (a user's credentials
+        for several grants): the proof is checked against each, and `matched` says which held.
+        `channel_binding` is our certificate's tls-server-end-point hash (None on plaintext);
+        `still_valid` is asked at the last step whether the grant of the verifier that matched
+        still holds (SECURITY.md row 16); `mock_iterations` should equal the count real verifiers
+        use."""
         if len(mock_secret) < MIN_MOCK_SECRET_LENGTH:
             raise ValueError(f"mock_secret must be at least {MIN_MOCK_SECRET_LENGTH} bytes")
         if require_channel_binding and channel_binding is None:
             raise ValueError("channel binding cannot be required without binding data (TLS)")
         self.username = username
-        self._credentials = _select_credentials(username, verifier, mock_secret, mock_iterations)
+        verifiers = (
+            () if verifier is None
+            else (verifier,) if isinstance(verifier, ScramVerifier)
+            else tuple(verifier)
+        )  # fmt: skip
+        self._credentials = _select_credentials(username, verifiers, mock_secret, mock_iterations)
+        self._matched: int | None = None
         self._channel_binding = channel_binding
         self._require_channel_binding = require_channel_binding
         self._still_valid = still_valid
@@ -155,6 +173,11 @@ class ScramServer:
     @property
     def succeeded(self) -> bool:
         return self._state is ServerState.SUCCEEDED
+
+    @property
+    def matched(self) -> int | None:
+        """The index of the verifier the client proved, once the exchange has succeeded."""
+        return self._matched if self.succeeded else None
 
     def mechanisms(self) -> list[str]:
         """The SASL mechanisms to offer, in our order of preference."""
@@ -173,7 +196,7 @@ class ScramServer:
             self._check_gs2_header(mechanism, first.gs2)
             self._client_first = first
             self._nonce = first.nonce + self._server_nonce()
-            verifier = self._credentials.verifier
+            verifier = self._credentials.first
             salt = b64encode(verifier.salt)
             self._server_first = f"r={self._nonce},s={salt},i={verifier.iterations}"
             return self._server_first.encode("ascii")
@@ -187,15 +210,28 @@ class ScramServer:
             if not hmac.compare_digest(final.nonce.encode(), self._nonce.encode()):
                 raise ScramProtocolError("malformed SCRAM message (nonce does not match)")
             auth_message = f"{self._client_first.bare},{self._server_first},{final.without_proof}"
-            valid, signature = check_proof(
-                self._credentials.verifier, auth_message.encode("utf-8"), final.proof
-            )
-            self._check_outcome(valid)
+            matched, signature = self._check_proofs(auth_message.encode("utf-8"), final.proof)
+            self._check_outcome(matched)
+            self._matched = matched
             return b"v=" + b64encode(signature).encode("ascii")
 
-    def _check_outcome(self, proof_valid: bool) -> None:
+    def _check_proofs(self, auth_message: bytes, proof: bytes) -> tuple[int | None, bytes]:
+        """The index of the verifier `proof` holds for (None if none) and its server signature
+        (the first verifier's if none): every verifier is checked, whatever the answer."""
+        matched: int | None = None
+        signatures = []
+        for index, verifier in enumerate(self._credentials.verifiers):
+            valid, signature = check_proof(verifier, auth_message, proof)
+            signatures.append(signature)
+            if valid and matched is None:
+                matched = index
+        return matched, signatures[matched or 0]
+
+    def _check_outcome(self, matched: int | None) -> None:
         """Fail with the one client-visible error; its typed `reason` is for pgwarden only."""
-        grant_holds = self._still_valid() if self._still_valid is not None else True
+        proof_valid = matched is not None
+        verifier = self._credentials.verifiers[matched or 0]
+        grant_holds = self._still_valid(verifier) if self._still_valid is not None else True
         if proof_valid and self._credentials.genuine and grant_holds:
             return
         if not self._credentials.genuine:

@@ -12,9 +12,10 @@ Rules:
 - the window ends at `ends_at`, exclusive: at `ends_at` the grant is over. Only the end is
   checked: the window starts at activation, before which no grant exists, and a wall clock that
   jumps back must not cut a live grant short (row 30);
-- with several usable grants (say read-only and read-write on one target), a login gets the one
-  whose credential was issued most recently: the last password shown to the user is the one
-  that works. Ties go to the later activation, then the higher id, so the choice is deterministic.
+- with several usable grants (say read-only and read-write on one target), each credential logs
+  in to its own grant: `Allow.grant` is the one whose credential was issued most recently (ties
+  go to the later activation, then the higher id, so the choice is deterministic) and
+  `Allow.others` the rest, newest first; the proxy checks a login's proof against each.
 
 `Deny.reason` is for logs and audit only: a client is told the same 28P01 whatever it is (row 14).
 """
@@ -33,6 +34,11 @@ from proxy.policy.models import Policy, TargetName, UserName
 class Allow:
     grant: ActiveGrant
     ends_at: datetime
+    others: tuple[ActiveGrant, ...] = ()  # the other usable grants, newest credential first
+
+    @property
+    def grants(self) -> tuple[ActiveGrant, ...]:
+        return (self.grant, *self.others)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,8 +71,10 @@ def decide(
             problems.append(f"grant {grant.request_id}: {problem}")
     if not usable:
         return Deny("; ".join(problems) or f"no active grant for {user!r} on {target!r}")
-    chosen = max(usable, key=lambda g: (g.credential_issued_at, g.activated_at, g.request_id))
-    return Allow(chosen, chosen.ends_at)
+    chosen, *others = sorted(
+        usable, key=lambda g: (g.credential_issued_at, g.activated_at, g.request_id), reverse=True
+    )
+    return Allow(chosen, chosen.ends_at, tuple(others))
 
 
 def _problem(

@@ -27,11 +27,12 @@ from datetime import datetime, timedelta
 from types import MappingProxyType
 from typing import Final
 
-from proxy.auth.credentials import generate_password, make_verifier
+from proxy.auth.credentials import DEFAULT_ITERATIONS, generate_password, make_verifier
 from proxy.clock import Clock
 from proxy.errors import PgwardenError, Severity
 from proxy.grants.decide import Allow, Decision, decide
 from proxy.grants.requests import (
+    POLICY_ACTOR,
     SYSTEM_ACTOR,
     AccessRequest,
     Action,
@@ -53,9 +54,10 @@ from proxy.grants.rules import (
     may_cancel,
     may_deny,
     may_revoke,
+    policy_problem,
     require_rule,
 )
-from proxy.grants.store import RequestQuery, Store, StoreTx
+from proxy.grants.store import MAX_LIST_LIMIT, RequestQuery, Store, StoreTx
 from proxy.policy.models import AccessLevelName, Policy, TargetName, UserName
 
 _PENDING, _ACTIVE = RequestState.PENDING, RequestState.ACTIVE
@@ -159,6 +161,7 @@ class GrantService:
         self._policy = policy
         # Told each credential issued (the audit log's redactor must know the new password).
         self._on_credential = on_credential
+        self._swept_policy: Policy | None = None  # the policy whose removals were last swept
 
     def create_request(
         self,
@@ -228,16 +231,27 @@ class GrantService:
     def issue_credential(self, request_id: RequestId, actor: UserName) -> IssuedCredential:
         """A new temporary password for an active grant, returned once; replaces any previous one.
 
+        Its verifier shares the salt of the requester's other active credentials, so that one
+        SCRAM exchange (which shows one salt) can check a login against each of them: a user
+        with two grants on one target logs in with either password. The passwords are random
+        (190 bits), so a shared salt gives an attacker nothing a per-credential salt would deny.
+
         Runs PBKDF2 (`make_verifier`) in the calling thread, outside the store's write lock: an
         async caller (the HTTP API) must run this in an executor, never on the event loop.
         """
-        _check_issue(self._policy(), self.get(request_id), actor)  # refuse before paying PBKDF2
+        request = self.get(request_id)
+        _check_issue(self._policy(), request, actor)  # refuse before paying PBKDF2
         password = generate_password()
-        verifier = make_verifier(password)
+        with self._store.read() as tx:
+            salt = _shared_salt(tx, self._policy(), request)
+        verifier = make_verifier(password, salt=salt)
         with self._store.write() as tx:
             policy, now = self._policy(), self._clock.now()
             request = _settled(tx, request_id, policy, now)
             _check_issue(policy, request, actor)
+            if (salt_now := _shared_salt(tx, policy, request)) != salt:
+                # Another of the user's credentials was issued meanwhile: join its salt (rare).
+                verifier = make_verifier(password, salt=salt_now)
             why = "issued" if tx.credential(request.id) is None else "re-issued; the old one ends"
             tx.set_credential(request.id, verifier, now)
             _record(tx, request, request, Action.ISSUE_CREDENTIAL, actor=actor, now=now, why=why)
@@ -283,12 +297,16 @@ class GrantService:
     def expire_due(self, now: datetime) -> list[AccessRequest]:
         """Lapse and expire everything due at `now`; returns the requests that changed."""
         policy = self._policy()
+        new_policy = policy is not self._swept_policy
         with self._store.read() as tx:
-            if not tx.due_requests(now, policy.pending_timeout):
-                return []  # the common case takes no write lock
-        with self._store.write() as tx:
-            due = tx.due_requests(now, policy.pending_timeout)  # again, under the lock
-            return [_settle(tx, request, policy, now) for request in due]
+            due, complete = _due(tx, policy, now, new_policy)
+        if due:
+            with self._store.write() as tx:
+                due, complete = _due(tx, policy, now, new_policy)  # again, under the lock
+                due = [_settle(tx, request, policy, now) for request in due]
+        if complete:
+            self._swept_policy = policy
+        return due
 
     def login_decision(self, user: UserName, target: TargetName, now: datetime) -> Decision:
         """Whether `user` may log in to `target` at `now`, and with which grant (`decide.py`)."""
@@ -325,11 +343,39 @@ class GrantService:
             return _apply(tx, request, action, actor=actor, now=now, why=why)
 
 
+def _shared_salt(tx: StoreTx, policy: Policy, request: AccessRequest) -> bytes | None:
+    """The salt of the requester's newest other active credential, or None (a fresh one)."""
+    others = [
+        grant
+        for target in policy.targets
+        for grant in tx.active_grants(request.requester, target)
+        if grant.request_id != request.id and grant.verifier.iterations == DEFAULT_ITERATIONS
+    ]
+    newest = max(others, key=lambda g: (g.credential_issued_at, g.request_id), default=None)
+    return newest.verifier.salt if newest is not None else None
+
+
 def _check_issue(policy: Policy, request: AccessRequest, actor: UserName) -> None:
     next_state(request.id, request.state, Action.ISSUE_CREDENTIAL)
     if actor != request.requester:
         raise NotPermitted(f"only {request.requester} can get the credential of {request.id}")
     require_rule(policy, request)  # a grant whose level left the policy authorizes nothing
+
+
+def _due(
+    tx: StoreTx, policy: Policy, now: datetime, new_policy: bool
+) -> tuple[list[AccessRequest], bool]:
+    """What is due by time; with a policy not swept yet, also the active grants it no longer
+    allows (a reload, or a policy edited while pgwarden was stopped). The flag is False when
+    there may be more of those than one read returns: the next sweep goes on."""
+    due = list(tx.due_requests(now, policy.pending_timeout))
+    if not new_policy:
+        return due, True
+    query = RequestQuery(state=RequestState.ACTIVE, everything=True, limit=MAX_LIST_LIMIT)
+    active = tx.list_requests(query)
+    seen = {request.id for request in due}
+    due += [r for r in active if r.id not in seen and policy_problem(policy, r) is not None]
+    return due, len(active) < MAX_LIST_LIMIT
 
 
 def _settled(tx: StoreTx, request_id: RequestId, policy: Policy, now: datetime) -> AccessRequest:
@@ -340,7 +386,9 @@ def _settled(tx: StoreTx, request_id: RequestId, policy: Policy, now: datetime) 
 
 
 def _settle(tx: StoreTx, request: AccessRequest, policy: Policy, now: datetime) -> AccessRequest:
-    """Apply a due lapse or expiry. `closed_at` is when it became due, not when we noticed."""
+    """Apply a due lapse, expiry or policy revocation. A lapse's or expiry's `closed_at` is when
+    it became due, not when we noticed; a policy revocation's is now (when the policy changed is
+    not known here)."""
     action = due_action(request, policy, now)
     if action is Action.LAPSE:
         due = request.created_at + policy.pending_timeout
@@ -348,6 +396,10 @@ def _settle(tx: StoreTx, request: AccessRequest, policy: Policy, now: datetime) 
     elif action is Action.EXPIRE:
         assert request.ends_at is not None
         due, why = request.ends_at, f"window ended at {request.ends_at.isoformat()}"
+    elif action is Action.REVOKE:
+        problem = policy_problem(policy, request)
+        assert problem is not None
+        return _apply(tx, request, action, actor=POLICY_ACTOR, now=now, why=problem)
     else:
         return request
     return _apply(tx, request, action, actor=SYSTEM_ACTOR, now=now, why=why, closed_at=due)

@@ -26,6 +26,9 @@ SYSTEM_ACTOR = UserName("<pgwarden>")
 The angle brackets keep it apart from any real user name a policy could declare.
 """
 
+POLICY_ACTOR = UserName("<policy>")
+"""The actor recorded when a policy change ends a grant (its user, target or level removed)."""
+
 
 class RequestState(StrEnum):
     """Where a request is in its life; see `lifecycle.TRANSITIONS` for the moves between them."""

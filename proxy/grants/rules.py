@@ -196,11 +196,31 @@ def may_revoke(policy: Policy, request: AccessRequest, actor: UserName) -> bool:
 
 def due_action(request: AccessRequest, policy: Policy, now: datetime) -> Action | None:
     """LAPSE for a pending request past the policy's pending timeout, EXPIRE for an active one
-    at or past its window end, else None."""
+    at or past its window end, REVOKE for an active one the policy no longer allows (see
+    `policy_problem`), else None."""
     pending = request.state is RequestState.PENDING
     if pending and now >= request.created_at + policy.pending_timeout:
         return Action.LAPSE
-    ends_at = request.ends_at if request.state is RequestState.ACTIVE else None
-    if ends_at is not None and now >= ends_at:
+    if request.state is not RequestState.ACTIVE:
+        return None
+    if request.ends_at is not None and now >= request.ends_at:
         return Action.EXPIRE
+    if policy_problem(policy, request) is not None:
+        return Action.REVOKE
+    return None
+
+
+def policy_problem(policy: Policy, request: AccessRequest) -> str | None:
+    """Why the current policy no longer allows `request`'s grant: its user, its target or its
+    access level is gone. Such a grant is revoked for good: restoring the policy later must not
+    bring an old credential back to life."""
+    if request.requester not in policy.users:
+        return f"user {request.requester!r} was removed from the policy"
+    if request.target not in policy.targets:
+        return f"target {request.target!r} was removed from the policy"
+    if policy.level(request.target, request.access_level) is None:
+        return (
+            f"access level {request.access_level!r} of {request.target!r} was removed from "
+            "the policy"
+        )
     return None

@@ -12,7 +12,8 @@ does for every live session:
 - **reconciliation** (the guarantee behind the timers): when the store's change counter moves or
   the policy is replaced, and at least every `RECONCILE_INTERVAL` anyway, each session's grant is
   read again: revoked → ended at once ("revoked by carol: ..."); user, target or access level gone
-  from the policy → ended at once. Store reads run in a thread, off the event loop.
+  from the policy → ended at once (reading the grant revokes it, by "<policy>"). Store reads run
+  in a thread, off the event loop.
 
 The relay also checks the deadline on every chunk from the client, so nothing sent after the
 deadline is forwarded even between two ticks.
@@ -29,7 +30,7 @@ from dataclasses import dataclass
 
 from proxy.clock import Clock
 from proxy.grants.lifecycle import GrantService, RequestNotFound
-from proxy.grants.requests import AccessRequest, RequestId, RequestState
+from proxy.grants.requests import POLICY_ACTOR, AccessRequest, RequestId, RequestState
 from proxy.policy.models import AccessLevelName, Policy, TargetName, UserName
 from proxy.session.registry import SessionRegistry
 from proxy.session.session import Ending, EndReason, Session, SessionInfo
@@ -165,6 +166,8 @@ class Enforcer:
 
 def judge(info: SessionInfo, request: AccessRequest, policy: Policy) -> Ending | None:
     """Whether a live session must end now for a reason other than time (pure)."""
+    if request.state is RequestState.REVOKED and request.closed_by == POLICY_ACTOR:
+        return Ending(EndReason.REMOVED, _gone_message(info), detail=request.close_reason or "")
     if request.state is RequestState.REVOKED:
         by = request.closed_by or "an administrator"
         why = f": {request.close_reason}" if request.close_reason else ""

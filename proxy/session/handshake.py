@@ -36,7 +36,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from proxy.auth import AuthError, ScramServer, ServerState
+from proxy.auth import AuthError, ScramServer, ScramVerifier, ServerState
 from proxy.errors import PgwardenError
 from proxy.grants.decide import Allow
 from proxy.grants.requests import ActiveGrant
@@ -56,6 +56,7 @@ from proxy.session.throttling import (
     login_misdirected,
     refuse_if_throttled,
 )
+from proxy.upstream.connect import refused_startup_setting
 from proxy.wire import (
     GSSENC_REFUSED,
     NEED_DATA,
@@ -70,6 +71,7 @@ from proxy.wire import (
     GSSENCRequest,
     MalformedCancelRequest,
     RemoteProtocolError,
+    Settings,
     SSLRequest,
     StartupMessage,
     TerminateBeforeStartup,
@@ -78,6 +80,7 @@ from proxy.wire import (
     login_names,
     negotiate_protocol_version,
     sqlstate,
+    startup_settings,
 )
 
 log = logging.getLogger(__name__)
@@ -233,18 +236,18 @@ async def authenticate(conn: ClientConnection, startup: StartupMessage, ctx: Pro
         conn.peer.write(negotiation.encode())
     names = login_names(startup)
     user, target = UserName(names.user), TargetName(names.database)
+    settings = _checked_settings(startup)
     _require_tls_if_needed(conn, target, ctx)
     refuse_if_throttled(conn, user, target, ctx)
-    grant, refusal = _grant_for_login(user, target, ctx)
+    grants, refusal = _grants_for_login(user, target, ctx)
     # No grant here, but one elsewhere: check the proof against it, so that a client that proves
     # its credential is told which database its grant is for (and one that cannot, nothing).
-    elsewhere = _grant_elsewhere(user, target, ctx) if grant is None else None
-    checked = grant or elsewhere
+    checked = grants or _grants_elsewhere(user, target, ctx)
     scram = ScramServer(
-        user, checked.verifier if checked is not None else None,
+        user, [grant.verifier for grant in checked],
         mock_secret=ctx.mock_secret,
         channel_binding=ctx.client_tls.channel_binding if conn.tls and ctx.client_tls else None,
-        still_valid=lambda: _grant_still_holds(user, checked, ctx),
+        still_valid=lambda verifier: _grant_still_holds(user, _of(checked, verifier), ctx),
     )  # fmt: skip
     try:
         await _scram_exchange(conn, scram)
@@ -257,17 +260,39 @@ async def authenticate(conn: ClientConnection, startup: StartupMessage, ctx: Pro
         if scram.state is ServerState.AWAITING_CLIENT_FINAL:
             login_abandoned(conn, user, target, ctx)
         raise
-    if grant is None:
-        assert elsewhere is not None  # a mock exchange never succeeds
+    assert scram.matched is not None  # a mock exchange never succeeds
+    grant = checked[scram.matched]
+    if not grants:
         assert refusal is not None
         login_misdirected(conn, user, target, ctx, refusal=refusal)
         raise PgwardenError(
-            f"pgwarden: your grant {elsewhere.request_id} is for database "
-            f'"{elsewhere.target}", not "{target}"',
+            f"pgwarden: your grant {grant.request_id} is for database "
+            f'"{grant.target}", not "{target}"',
             sqlstate=sqlstate.INVALID_CATALOG_NAME,
         )
     log.info("login of %r to %r from %s with grant %s", user, target, conn.source, grant.request_id)
-    return Login(user, target, grant, startup)
+    return Login(user, target, grant, startup, settings)
+
+
+def _checked_settings(startup: StartupMessage) -> Settings:
+    """The settings the client asked for, or a FATAL naming the one pgwarden refuses (before
+    any password exchange: the answer depends only on what the client sent)."""
+    settings = tuple(
+        (name, value) for name, value in startup_settings(startup)
+        if not (name == "replication" and value.lower() in _FALSE)  # not a replication login
+    )  # fmt: skip
+    if (refused := refused_startup_setting(settings)) is not None:
+        name, why = refused
+        raise PgwardenError(
+            f'pgwarden: the startup setting "{name}" is refused: {why}; remove it from the '
+            "connection's options",
+            sqlstate=sqlstate.INSUFFICIENT_PRIVILEGE,
+        )
+    return settings
+
+
+# How Postgres spells false for a boolean startup parameter such as `replication`.
+_FALSE = frozenset({"false", "off", "no", "0", "f", "n", "of"})
 
 
 def _require_tls_if_needed(conn: ClientConnection, target: TargetName, ctx: ProxyContext) -> None:
@@ -281,31 +306,51 @@ def _require_tls_if_needed(conn: ClientConnection, target: TargetName, ctx: Prox
         )
 
 
-def _grant_for_login(
+def _grants_for_login(
     user: UserName, target: TargetName, ctx: ProxyContext
-) -> tuple[ActiveGrant | None, tuple[LoginFailure, str] | None]:
-    """The grant whose credential this login is checked against, or None and why not."""
+) -> tuple[tuple[ActiveGrant, ...], tuple[LoginFailure, str] | None]:
+    """The grants whose credentials this login is checked against, or none and why not."""
     decision = ctx.grants.login_decision(user, target, ctx.clock.now())
     if isinstance(decision, Allow):
-        return decision.grant, None
+        return _sharing_a_salt(decision.grants), None
     policy = ctx.policy()
     if user not in policy.users:
-        return None, (LoginFailure.UNKNOWN_USER, decision.reason)
+        return (), (LoginFailure.UNKNOWN_USER, decision.reason)
     if target not in policy.targets:
-        return None, (LoginFailure.UNKNOWN_TARGET, decision.reason)
-    return None, (LoginFailure.NO_ACTIVE_GRANT, decision.reason)
+        return (), (LoginFailure.UNKNOWN_TARGET, decision.reason)
+    return (), (LoginFailure.NO_ACTIVE_GRANT, decision.reason)
 
 
-def _grant_elsewhere(user: UserName, target: TargetName, ctx: ProxyContext) -> ActiveGrant | None:
-    """The user's usable grant on another target (the newest credential), or None."""
+def _grants_elsewhere(
+    user: UserName, target: TargetName, ctx: ProxyContext
+) -> tuple[ActiveGrant, ...]:
+    """The user's usable grants on other targets (newest credential first)."""
     now = ctx.clock.now()
     found: list[ActiveGrant] = []
     for other in ctx.policy().targets:
         if other != target:
             decision = ctx.grants.login_decision(user, other, now)
             if isinstance(decision, Allow):
-                found.append(decision.grant)
-    return max(found, key=lambda g: (g.credential_issued_at, g.request_id), default=None)
+                found.extend(decision.grants)
+    found.sort(key=lambda g: (g.credential_issued_at, g.request_id), reverse=True)
+    return _sharing_a_salt(tuple(found))
+
+
+def _sharing_a_salt(grants: tuple[ActiveGrant, ...]) -> tuple[ActiveGrant, ...]:
+    """The newest credential's grant and those whose verifiers share its salt: one exchange
+    shows one salt. A user's credentials are issued with one salt (lifecycle.py), so this drops
+    only a credential issued in a race, or before this rule existed."""
+    if not grants:
+        return ()
+    first = grants[0].verifier
+    return tuple(
+        g for g in grants
+        if (g.verifier.salt, g.verifier.iterations) == (first.salt, first.iterations)
+    )  # fmt: skip
+
+
+def _of(grants: tuple[ActiveGrant, ...], verifier: ScramVerifier) -> ActiveGrant | None:
+    return next((grant for grant in grants if grant.verifier == verifier), None)
 
 
 def _grant_still_holds(user: UserName, grant: ActiveGrant | None, ctx: ProxyContext) -> bool:
@@ -313,10 +358,9 @@ def _grant_still_holds(user: UserName, grant: ActiveGrant | None, ctx: ProxyCont
     if grant is None:
         return False
     decision = ctx.grants.login_decision(user, grant.target, ctx.clock.now())
-    return (
-        isinstance(decision, Allow)
-        and decision.grant.request_id == grant.request_id
-        and decision.grant.verifier == grant.verifier
+    return isinstance(decision, Allow) and any(
+        held.request_id == grant.request_id and held.verifier == grant.verifier
+        for held in decision.grants
     )
 
 

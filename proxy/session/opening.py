@@ -1,15 +1,15 @@
 """From an authenticated login to a relayed session: the upstream login and the greeting.
 
 `connect_for` logs in to the target's database as the role of the grant's access level (the
-host, port, database and role come only from the policy; startup parameters from an allowlist),
+host, port, database and role come only from the policy; the client's settings pass unless refused),
 or takes a kept backend of that role from the upstream pool when it is on (pool.py).
 With `proxy.identity_in_application_name` (the default) the upstream application_name is
 `pgwarden:<user>:<grant> <client's name>`, for pg_stat_activity, while the client is told its
 own name in ParameterStatus; with it off, the client's name goes upstream untouched.
 `make_ready` registers the session, lets the observers (the audit log first) accept it — a log
 that cannot record the login refuses it — then sends the client AuthenticationOk, the database's
-ParameterStatus messages, BackendKeyData (the backend's real pid, pgwarden's own secret) and
-ReadyForQuery, and starts the relay.
+ParameterStatus messages, BackendKeyData (the backend's real pid, pgwarden's own secret), a
+NOTICE saying how long the access lasts, and ReadyForQuery, and starts the relay.
 `forward_cancel` turns a CancelRequest with one of pgwarden's keys into a cancel upstream.
 """
 
@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable
+from datetime import datetime
 
 from proxy.errors import PgwardenError
 from proxy.policy.models import AccessLevelName, SecretUnavailable
@@ -39,6 +40,7 @@ from proxy.wire import (
     AuthenticationOk,
     BackendKeyData,
     CancelRequest,
+    NoticeResponse,
     ParameterStatus,
     ReadyForQuery,
     sqlstate,
@@ -71,7 +73,7 @@ async def connect_for(login: Login, ctx: ProxyContext) -> UpstreamConnection:
             "available; tell a pgwarden administrator",
             sqlstate=sqlstate.SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION,
         ) from exc
-    parameters = allowed_startup_parameters(login.startup.parameters)
+    parameters = allowed_startup_parameters(login.settings)
     upstream_login = UpstreamLogin.for_upstream(
         target.upstream, role=level.role, password=password, target=login.target,
         startup_parameters=(
@@ -110,7 +112,7 @@ def _with_application_name(
     parameters: tuple[tuple[str, str], ...], login: Login
 ) -> tuple[tuple[str, str], ...]:
     """Name the pgwarden user and grant in pg_stat_activity, then what the client called itself."""
-    client_name = dict(parameters).get("application_name", "")
+    client_name = login.application_name
     name = f"pgwarden:{login.user}:{login.grant.request_id}"
     if client_name:
         name = f"{name} {client_name}"
@@ -152,10 +154,32 @@ async def make_ready(
     session.end_listeners.append(lambda s, _e: _release(s, conn.source, ctx))
     greeting = [AuthenticationOk().encode(), *_client_greeting(login, upstream, ctx)]
     greeting.append(BackendKeyData(process_id, secret).encode())
+    greeting.append(_time_left_notice(login, now).encode())
     greeting.append(ReadyForQuery(upstream.ready_status).encode())
     conn.peer.write(b"".join(greeting))
     session.start(conn.reader.take_pending_data(), upstream.pending)
     return session
+
+
+def _time_left_notice(login: Login, now: datetime) -> NoticeResponse:
+    """How long this access lasts, told at login: a short grant is never a surprise (the first
+    warning before the end may come too late for it, or never)."""
+    ends_at = login.grant.ends_at
+    until = ends_at.strftime("%H:%M UTC" if ends_at.date() == now.date() else "%Y-%m-%d %H:%M UTC")
+    return NoticeResponse.notice(
+        sqlstate.SUCCESSFUL_COMPLETION,
+        f'pgwarden: {login.grant.access_level} on "{login.target}" until {until} '
+        f"({time_left((ends_at - now).total_seconds())} left)",
+    )
+
+
+def time_left(seconds: float) -> str:
+    """`45 s`, `29 min`, `2 h 5 min`: rounded down, so that the time shown is really there."""
+    whole = max(0, int(seconds))
+    if whole < 120:
+        return f"{whole} s"
+    hours, minutes = divmod(whole // 60, 60)
+    return f"{hours} h {minutes} min" if hours else f"{minutes} min"
 
 
 def _client_greeting(
@@ -165,7 +189,7 @@ def _client_greeting(
     identity prefix is for pg_stat_activity, not for the client's own view of its session."""
     if not ctx.identity_in_application_name:
         return upstream.greeting
-    own = _truncated(login.startup.params.get("application_name", ""))
+    own = _truncated(login.application_name)
     return tuple(
         ParameterStatus(message.name, own).encode()
         if isinstance(message, ParameterStatus) and message.name == "application_name"
@@ -200,7 +224,7 @@ def _session_info(
         session_id=ctx.registry.new_session_id(), user=login.user, target=login.target,
         access_level=AccessLevelName(login.grant.access_level), grant_id=login.grant.request_id,
         upstream_role=upstream.role, client_address=conn.source, client_tls=conn.tls,
-        application_name=login.startup.params.get("application_name", ""),
+        application_name=login.application_name,
         started_at=ctx.clock.now(), grant_ends_at=login.grant.ends_at,
         backend_process_id=upstream.backend_key.process_id,
     )  # fmt: skip

@@ -3,15 +3,15 @@
     connect_upstream(login)
       TCP connect                         host and port from the policy, never from the client
       SSLRequest -> S -> TLS handshake    unless tls is disable; `S` plus any byte is refused
-      StartupMessage                      user=role, database, allow-listed parameters only
+      StartupMessage                      user=role, database, the client's settings (not refused)
       authentication                      upstream_auth: SCRAM-SHA-256, MD5, cleartext over TLS
       greeting                            ParameterStatus*, BackendKeyData, ReadyForQuery
       -> UpstreamConnection               the Peer, ready for the relay
 
 Names come only from the policy and are sent as separate startup parameters; no conninfo string is
-ever built (SECURITY.md row 20). Client-supplied settings pass only through
-`FORWARDED_STARTUP_PARAMETERS` (row 22). The whole login is bounded by `connect_timeout`, every
-message it reads is capped (row 19), and any failure aborts the connection and raises one
+ever built (SECURITY.md row 20). Client-supplied settings pass unless `REFUSED_STARTUP_SETTINGS`
+names them (row 22). The whole login is bounded by `connect_timeout`, every message it reads is
+capped (row 19), and any failure aborts the connection and raises one
 `UpstreamError`, FATAL, with the upstream's SQLSTATE when it refused us and 08001/08006 otherwise.
 
 `send_cancel_request` and `terminate_upstream` are the session's exit path: both are bounded in
@@ -23,8 +23,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Final
 
 from proxy.auth import (
@@ -64,12 +65,13 @@ __all__ = [
     "DEFAULT_CANCEL_TIMEOUT",
     "DEFAULT_CONNECT_TIMEOUT",
     "DEFAULT_TERMINATE_TIMEOUT",
-    "FORWARDED_STARTUP_PARAMETERS",
+    "REFUSED_STARTUP_SETTINGS",
     "UpstreamConnection",
     "UpstreamError",
     "UpstreamLogin",
     "allowed_startup_parameters",
     "connect_upstream",
+    "refused_startup_setting",
     "send_cancel_request",
     "terminate_upstream",
 ]
@@ -84,40 +86,68 @@ DEFAULT_CANCEL_TIMEOUT: Final = 5.0
 # Terminate then close: the backend ends at once; past this we abort the socket.
 DEFAULT_TERMINATE_TIMEOUT: Final = 1.0
 
-# Client settings that only change how values are formatted or labelled. Everything that changes
-# identity, privileges or name resolution is absent on purpose: options (-c anything),
-# search_path, role, session_authorization, replication, default_transaction_read_only...
-# (SECURITY.md row 22, pgbouncer CVE-2025-12819).
-FORWARDED_STARTUP_PARAMETERS: Final = frozenset(
-    {"application_name", "client_encoding", "DateStyle", "TimeZone", "IntervalStyle",
-     "extra_float_digits"}
-)  # fmt: skip
-# Postgres matches setting names case-insensitively (ASCII only); we send the canonical spelling.
-_CANONICAL: Final = {name.lower(): name for name in FORWARDED_STARTUP_PARAMETERS}
+# Settings a client may not ask for at startup, and why (SECURITY.md row 22). Every other setting
+# goes upstream as the client asked: the database applies its own checks (an unknown name, a bad
+# value, a superuser-only setting is its FATAL, passed on), and a setting the role could SET one
+# statement later is no more dangerous at startup. Refused: what chooses who logs in where, what
+# pgwarden's access levels may rely on the database's defaults for, and the settings that only
+# take effect at connection start (they are not run-time settings a session could SET).
+REFUSED_STARTUP_SETTINGS: Final[Mapping[str, str]] = MappingProxyType({
+    "user": "pgwarden chooses the database role from your grant",
+    "database": "pgwarden chooses the database from your grant",
+    "role": "pgwarden logs in as the role your grant's access level maps to",
+    "session_authorization": "pgwarden logs in as the role your grant's access level maps to",
+    "replication": "replication connections are not supported through pgwarden",
+    "default_transaction_read_only": "an access level may rely on the database's default",
+    "post_auth_delay": "it is not a run-time setting",
+    "ignore_system_indexes": "it is not a run-time setting",
+    "log_connections": "it is not a run-time setting",
+    "log_disconnections": "it is not a run-time setting",
+    "jit_debugging_support": "it is not a run-time setting",
+    "jit_profiling_support": "it is not a run-time setting",
+})  # fmt: skip
 
 StartupParameters = tuple[tuple[str, str], ...]
 
 
-def allowed_startup_parameters(params: Iterable[tuple[str, str]]) -> StartupParameters:
-    """The client's startup parameters that may go upstream, canonically spelt, first one wins.
+def refused_startup_setting(settings: Iterable[tuple[str, str]]) -> tuple[str, str] | None:
+    """The first setting pgwarden refuses to pass on, with why; None if it passes them all."""
+    for name, _value in settings:
+        reason = REFUSED_STARTUP_SETTINGS.get(_fold(name))
+        if reason is not None:
+            return name, reason
+    return None
 
-    Anything not in FORWARDED_STARTUP_PARAMETERS is dropped, as is a value holding NUL.
-    """
+
+def allowed_startup_parameters(params: Iterable[tuple[str, str]]) -> StartupParameters:
+    """The settings that may go upstream: refused names, raw `options`, protocol extensions,
+    names that differ only in case from an earlier one, empty names and NUL are dropped. The
+    session refuses a login that asks for a refused setting before it gets here; this is the
+    last line of defence."""
     seen: set[str] = set()
     allowed: list[tuple[str, str]] = []
     for name, value in params:
-        canonical = _CANONICAL.get(name.lower()) if name.isascii() else None
-        if canonical is None or canonical in seen or "\0" in value:
+        folded = _fold(name)
+        if not name or folded in REFUSED_STARTUP_SETTINGS or folded in seen:
             continue
-        seen.add(canonical)
-        allowed.append((canonical, value))
+        if folded == "options" or folded.startswith("_pq_."):
+            continue  # `options` reaches us read into settings; `_pq_.` are protocol extensions
+        if "\0" in name or "\0" in value:
+            continue
+        seen.add(folded)
+        allowed.append((name, value))
     return tuple(allowed)
+
+
+def _fold(name: str) -> str:
+    # Postgres compares setting names folding ASCII letters only (guc_name_compare).
+    return "".join(char.lower() if char.isascii() else char for char in name)
 
 
 @dataclass(frozen=True, slots=True)
 class UpstreamLogin:
     """Where and as whom to log in. Every field comes from the policy, except the already
-    allow-listed `startup_parameters` (filtered again here). `target` names the database in
+    client's `startup_parameters` (refused ones filtered again here). `target` names the database in
     client-facing errors (never the host); `server_hostname` is what verify-full checks."""
 
     host: str

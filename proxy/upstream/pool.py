@@ -5,7 +5,7 @@ Opt-in (`upstream_pool: {enabled: true}`), like pgbouncer's session mode with
 cache warm-up) and pgwarden an upstream login for every session.
 
 While the pool is on, every upstream login starts *neutral* — only `user`, `database` and
-`application_name=pgwarden` — and the client's allow-listed settings (application_name naming
+`application_name=pgwarden` — and the client's settings (application_name naming
 the pgwarden user and grant, client_encoding, DateStyle, ...) are applied afterwards with
 `pg_catalog.set_config()`, the values sent as Bind parameters, never as SQL text. `DISCARD ALL`
 (whose RESET ALL returns every setting to its *startup* value) therefore leaves a backend as a

@@ -4,7 +4,8 @@ No sockets, no event loop (h11's model). Two explicit phases, never guessed from
 
 - startup: `StartupParser` reads the untyped packets (StartupMessage, SSLRequest, GSSENCRequest,
   CancelRequest); `names` checks the user and database; `negotiate_protocol_version` says when to
-  send NegotiateProtocolVersion.
+  send NegotiateProtocolVersion; `startup_settings` reads the run-time settings asked for
+  (`options` included) as PostgreSQL reads them.
 - typed: `MessageReader` cuts whole frames, `FrameScanner` observes relayed streams without
   buffering them, and `decode_frontend` / `decode_backend` turn frames into messages.
 
@@ -116,6 +117,7 @@ from proxy.wire.startup import (
     negotiate_protocol_version,
     parse_startup_packet,
 )
+from proxy.wire.startup_settings import InvalidStartupOptions, Settings, startup_settings
 from proxy.wire.types import (
     AUTHENTICATION,
     BACKEND_KEY_DATA,
@@ -242,6 +244,7 @@ __all__ = [
     "GSSENCRequest",
     "GSSResponse",
     "InvalidStartupName",
+    "InvalidStartupOptions",
     "LocalProtocolError",
     "LoginNames",
     "MalformedCancelRequest",
@@ -265,6 +268,7 @@ __all__ = [
     "SASLInitialResponse",
     "SASLResponse",
     "SSLRequest",
+    "Settings",
     "StartupMessage",
     "StartupParser",
     "StartupRequest",
@@ -287,4 +291,5 @@ __all__ = [
     "login_names",
     "negotiate_protocol_version",
     "parse_startup_packet",
+    "startup_settings",
 ]

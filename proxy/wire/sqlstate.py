@@ -37,6 +37,7 @@ INVALID_PASSWORD: Final = "28P01"  # noqa: S105 - a SQLSTATE, not a password
 INVALID_CATALOG_NAME: Final = "3D000"
 
 # Class 42 - Syntax Error or Access Rule Violation
+SYNTAX_ERROR: Final = "42601"
 INSUFFICIENT_PRIVILEGE: Final = "42501"
 
 # Class 53 - Insufficient Resources

@@ -102,7 +102,7 @@ class StartupMessage:
     """The first packet of a session: protocol version and run-time parameters.
 
     `parameters` are the ordinary (name, value) pairs in packet order, `options` included, kept raw
-    (pgwarden never interprets `options`; the session filters parameters with an allowlist).
+    (`startup_settings.py` reads the settings they ask for, `options` included).
     `protocol_options` are the `_pq_.`-prefixed ones, which are protocol extensions, not settings.
     """
 

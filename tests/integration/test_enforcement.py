@@ -18,7 +18,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from proxy.grants.requests import IssuedCredential, RequestId
+from proxy.grants.requests import POLICY_ACTOR, IssuedCredential, RequestId, RequestState
 from proxy.policy.models import UserName
 from tests.fixtures.clock import FakeClock
 from tests.fixtures.pgwarden import RW_ROLE, RunningPgwarden
@@ -275,3 +275,10 @@ def test_removing_the_level_from_the_policy_file_ends_its_sessions(
         finally:
             policy_file.write_text(original)
             wait_until(lambda: warden.runtime.policy.current.level("orders", "read-only"), 3.0)  # type: ignore[arg-type]
+    # The grant itself was revoked by the policy (issue 15, item 8): the level is back, but the
+    # old credential stays dead.
+    ended = warden.grants.get(RequestId(credential.request_id))
+    assert (ended.state, ended.closed_by) == (RequestState.REVOKED, POLICY_ACTOR)
+    assert ended.close_reason == "access level 'read-only' of 'orders' was removed from the policy"
+    with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+        connect(warden, credential).close()

@@ -11,6 +11,7 @@ Throughput is printed for information (`-rA` or `-s` shows it), never asserted.
 from __future__ import annotations
 
 import hashlib
+import re
 import signal
 import subprocess
 import threading
@@ -112,7 +113,10 @@ def test_psql_runs_a_select_through_pgwarden(
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert result.stdout == f"{RO_ROLE}|orders|42\n"
-    assert result.stderr == ""
+    # Nothing on stderr but the login's NOTICE of how long the access lasts.
+    assert re.fullmatch(
+        r'NOTICE:  pgwarden: read-only on "orders" until .* left\)\n', result.stderr
+    )
 
 
 def test_psql_runs_a_multi_statement_script(

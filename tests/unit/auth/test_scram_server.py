@@ -28,10 +28,12 @@ from proxy.auth import (
     ServerState,
 )
 from proxy.auth import scram_server as scram_server_module
+from proxy.auth.credentials import ScramVerifier, make_verifier
 from tests.fixtures.examples import examples
 from tests.unit.auth.helpers import (
     CB_DATA,
     CLIENT_NONCE,
+    FAST_ITERATIONS,
     MOCK_SECRET,
     SERVER_NONCE,
     client,
@@ -208,7 +210,7 @@ def test_unknown_user_and_wrong_password_fail_identically() -> None:
 
 
 def test_a_grant_that_ends_during_the_exchange_fails_like_a_wrong_password() -> None:
-    ended = failure(verifier_known=True, password="right", still_valid=lambda: False)
+    ended = failure(verifier_known=True, password="right", still_valid=lambda _v: False)
     assert ended.message == 'password authentication failed for user "alice"'
     assert ended.sqlstate == "28P01"
 
@@ -225,7 +227,7 @@ def test_a_grant_that_ends_during_the_exchange_fails_like_a_wrong_password() -> 
 def test_the_failure_carries_a_typed_reason_and_its_text_for_the_log(
     known: bool, password: str, still_valid: bool, reason: CredentialRejection
 ) -> None:
-    failed = failure(verifier_known=known, password=password, still_valid=lambda: still_valid)
+    failed = failure(verifier_known=known, password=password, still_valid=lambda _v: still_valid)
     assert failed.reason is reason
     assert failed.detail == reason.value
     assert failed.message == 'password authentication failed for user "alice"'
@@ -234,7 +236,8 @@ def test_the_failure_carries_a_typed_reason_and_its_text_for_the_log(
 def test_the_grant_is_rechecked_at_the_last_step() -> None:
     calls: list[str] = []
 
-    def still_valid() -> bool:
+    def still_valid(verifier: ScramVerifier) -> bool:
+        assert verifier == fast_verifier()
         calls.append("checked")
         return True
 
@@ -244,6 +247,44 @@ def test_the_grant_is_rechecked_at_the_last_step() -> None:
     assert calls == []
     srv.receive_client_final(cli.receive_server_first(server_first))
     assert calls == ["checked"]
+
+
+# --- several credentials of one user (two grants on one target) ----------------------------------
+
+
+def two_verifiers() -> tuple[ScramVerifier, ScramVerifier]:
+    return fast_verifier("read-only password"), fast_verifier("read-write password")
+
+
+@pytest.mark.parametrize("index", [0, 1])
+def test_each_of_several_credentials_logs_in_and_says_which(index: int) -> None:
+    verifiers = two_verifiers()
+    checked: list[ScramVerifier] = []
+    srv = server(verifiers, still_valid=lambda v: checked.append(v) is None)
+    cli = client(["read-only password", "read-write password"][index])
+    exchange(srv, cli)  # the client checks the server signature of the verifier it proved
+    assert srv.matched == index
+    assert checked == [verifiers[index]]
+
+
+def test_a_proof_that_matches_none_of_several_fails_like_a_wrong_password() -> None:
+    srv = server(two_verifiers())
+    with pytest.raises(InvalidPasswordError) as caught:
+        exchange(srv, client("neither"))
+    assert caught.value.reason is CredentialRejection.WRONG_PROOF
+    assert srv.matched is None
+
+
+def test_verifiers_with_different_salts_cannot_share_one_exchange() -> None:
+    other_salt = make_verifier("x", iterations=FAST_ITERATIONS, salt=b"fedcba9876543210")
+    with pytest.raises(ValueError, match="share their salt"):
+        server((fast_verifier(), other_salt))
+
+
+def test_no_match_is_reported_before_the_exchange_ends() -> None:
+    srv = server(two_verifiers())
+    start(srv)
+    assert srv.matched is None
 
 
 def mock_salt_line(username: str, secret: bytes = MOCK_SECRET) -> bytes:

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from proxy.auth.credentials import ScramVerifier, make_verifier
-from proxy.grants.lifecycle import GrantService
+from proxy.grants.lifecycle import GrantService, LifecycleError
 from proxy.grants.requests import RequestState
-from proxy.grants.rules import InvalidRequest, NotPermitted
+from proxy.grants.rules import NotPermitted
 from proxy.grants.store import SqliteStore
 from proxy.policy.models import UserName
 from tests.fixtures.clock import FakeClock
@@ -85,7 +85,7 @@ def test_no_credential_for_a_grant_whose_level_left_the_policy(
 ) -> None:
     request = request_in_state(service, clock, RequestState.ACTIVE)
     policy.current = replace(make_policy(), targets={})
-    with pytest.raises(InvalidRequest):
+    with pytest.raises(LifecycleError, match="is revoked"):  # by the policy, when read
         service.issue_credential(request.id, ALICE)
 
 

@@ -26,12 +26,13 @@ from proxy.auth import ScramClient
 from proxy.net.certs import DevCertificates, generate_dev_certificates
 from proxy.policy.models import Upstream, UpstreamTlsMode
 from proxy.upstream.connect import (
-    FORWARDED_STARTUP_PARAMETERS,
+    REFUSED_STARTUP_SETTINGS,
     UpstreamConnection,
     UpstreamError,
     UpstreamLogin,
     allowed_startup_parameters,
     connect_upstream,
+    refused_startup_setting,
     send_cancel_request,
     terminate_upstream,
 )
@@ -397,7 +398,7 @@ def test_greeting_is_returned_in_order_with_the_key_apart_and_trailing_bytes(
     assert seen.received[0].code == PROTOCOL_3_0
 
 
-def test_startup_message_carries_the_policy_names_and_allowed_parameters_only() -> None:
+def test_startup_message_carries_the_policy_names_and_no_refused_setting() -> None:
     client_params = (
         ("application_name", "psql"), ("search_path", "evil"), ("options", "-c role=postgres"),
         ("datestyle", "ISO, MDY"), ("replication", "database"), ("user", "postgres"),
@@ -406,7 +407,8 @@ def test_startup_message_carries_the_policy_names_and_allowed_parameters_only() 
     script: Script = [Expect(STARTUP), Send(login_ok())]
     _, seen = run(login_succeeds(script, startup_parameters=client_params))
     assert seen.received[0].parameters == {
-        "user": ROLE, "database": DATABASE, "application_name": "psql", "DateStyle": "ISO, MDY",
+        "user": ROLE, "database": DATABASE, "application_name": "psql", "search_path": "evil",
+        "datestyle": "ISO, MDY",
     }  # fmt: skip
 
 
@@ -702,7 +704,7 @@ def test_cancel_to_a_closed_port_returns_false() -> None:
     assert not run(cancel(closed_port()))
 
 
-# --- the startup-parameter allowlist (row 22) ----------------------------------------------------
+# --- the refused startup settings (row 22) -------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -710,19 +712,18 @@ def test_cancel_to_a_closed_port_returns_false() -> None:
     [
         ((("application_name", "app"), ("client_encoding", "UTF8")),
          (("application_name", "app"), ("client_encoding", "UTF8"))),
-        ((("datestyle", "ISO"), ("TIMEZONE", "UTC"), ("intervalstyle", "iso_8601")),
-         (("DateStyle", "ISO"), ("TimeZone", "UTC"), ("IntervalStyle", "iso_8601"))),
-        ((("options", "-c role=postgres"), ("search_path", "evil,public"), ("role", "postgres"),
-          ("session_authorization", "postgres"), ("replication", "true"),
-          ("default_transaction_read_only", "off"), ("user", "postgres"), ("database", "x"),
-          ("_pq_.anything", "1")),
+        ((("statement_timeout", "3s"), ("search_path", "app, public"), ("myapp.tenant", "7")),
+         (("statement_timeout", "3s"), ("search_path", "app, public"), ("myapp.tenant", "7"))),
+        ((("ROLE", "postgres"), ("session_authorization", "postgres"), ("replication", "true"),
+          ("Default_Transaction_Read_Only", "off"), ("user", "postgres"), ("database", "x"),
+          ("post_auth_delay", "100"), ("ignore_system_indexes", "on")),
          ()),
         ((("application_name", "first"), ("APPLICATION_NAME", "second")),
          (("application_name", "first"),)),
-        ((("application_name", "nul\0inside"), ("application_nam\u0131", "dotless i")), ()),
-        ((("extra_float_digits", "3"),), (("extra_float_digits", "3"),)),
+        ((("application_name", "nul\0inside"), ("", "empty name"), ("options", "-c role=x"),
+          ("_pq_.anything", "1")), ()),
     ],
-    ids=["allowed", "case-insensitive", "dangerous", "first-wins", "odd", "extra-float-digits"],
+    ids=["plain", "any-runtime-setting", "refused", "first-wins", "odd"],
 )  # fmt: skip
 def test_allowed_startup_parameters(
     given: tuple[tuple[str, str], ...], forwarded: tuple[tuple[str, str], ...]
@@ -730,10 +731,21 @@ def test_allowed_startup_parameters(
     assert allowed_startup_parameters(given) == forwarded
 
 
-def test_the_allowlist_holds_no_identity_or_privilege_setting() -> None:
-    dangerous = {"options", "search_path", "role", "session_authorization", "replication",
-                 "default_transaction_read_only", "user", "database"}  # fmt: skip
-    assert {name.lower() for name in FORWARDED_STARTUP_PARAMETERS} & dangerous == set()
+@pytest.mark.parametrize(
+    "name",
+    ["user", "database", "role", "session_authorization", "replication",
+     "default_transaction_read_only", "post_auth_delay"],
+)  # fmt: skip
+def test_identity_privilege_and_connection_start_settings_are_refused(name: str) -> None:
+    refused = refused_startup_setting([("search_path", "x"), (name.upper(), "y")])
+    assert refused is not None
+    assert refused[0] == name.upper()
+    assert REFUSED_STARTUP_SETTINGS[name] == refused[1]
+
+
+def test_a_dotless_capital_i_is_not_folded_into_a_refused_name() -> None:
+    # Postgres folds ASCII letters only: "ROLE" is role, but "ROL\u0130" is another name.
+    assert refused_startup_setting([("ROL\u0130", "x")]) is None
 
 
 # --- UpstreamLogin -------------------------------------------------------------------------------
@@ -758,7 +770,7 @@ def test_login_for_a_policy_upstream_filters_parameters() -> None:
     upstream = Upstream("db.internal", 5433, "orders", UpstreamTlsMode.VERIFY_FULL)
     made = UpstreamLogin.for_upstream(
         upstream, role=ROLE, password=PASSWORD, target=TARGET,
-        startup_parameters=[("options", "-c x=y"), ("application_name", "a")],
+        startup_parameters=[("role", "postgres"), ("application_name", "a")],
     )  # fmt: skip
     assert (made.host, made.port, made.database, made.tls_mode) == (
         "db.internal", 5433, "orders", UpstreamTlsMode.VERIFY_FULL,
