@@ -8,7 +8,9 @@ the record is whole.
 - `records.py`: the line format, the HMAC chain, file names, the head;
 - `log.py` (+ `sink_state.py`, `recovery.py`, `fsio.py`): the sink — group-commit fsync,
   rotation, crash recovery, fail closed;
-- `verify.py` / `cli.py`: `pgwarden audit verify`.
+- `verify.py` (+ `verify_plan.py`): `pgwarden audit verify`;
+- `archive.py` (the signed anchor) and `archiving.py`: `pgwarden audit archive`, which moves old
+  rotated files away so that the rest still verifies on its own.
 
 This package does no networking and imports no asyncio: the sink is thread-based, and its
 durability futures are `concurrent.futures.Future`s that async code awaits with

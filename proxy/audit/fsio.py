@@ -1,4 +1,5 @@
-"""The few file-system calls the audit sink makes, behind one injectable object.
+"""The few file-system calls the audit sink and the archiver (`archiving.py`) make, behind one
+injectable object.
 
 `FileSystem` is the real thing (thin wrappers over `os`); tests subclass it to fail a write or an
 fsync with ENOSPC, to count fsyncs, to hold an fsync until they let it go, or to write a record
@@ -43,6 +44,9 @@ class FileSystem:
 
     def rename(self, source: Path, target: Path) -> None:
         os.replace(source, target)
+
+    def remove(self, path: Path) -> None:
+        os.unlink(path)
 
     def fsync_dir(self, directory: Path) -> None:
         fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)

@@ -7,16 +7,19 @@ It never decides that a valid record is garbage, and it never looks further back
 `scan_limit` bytes: a torn write is at most one record, so finding no valid record there means
 something else is wrong (the wrong key, another file) and the log refuses to open rather than cut
 it. `describe_torn` keeps evidence of what is cut (length, SHA-256, the first bytes) for the
-`audit.recovery` record.
+`audit.recovery` record. When no file holds a record any more because every rotated file was
+archived (`archive.py`), the chain continues from the anchor the archiver left.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from proxy.audit.archive import BadAnchor, read_anchor
 from proxy.audit.records import GENESIS, BadRecord, Head, Record, Signer, head_path, log_files
 
 INITIAL_WINDOW = 1024 * 1024
@@ -74,7 +77,18 @@ def find_chain_end(active: Path, signer: Signer, scan_limit: int) -> ChainEnd:
         raise ChainUnreadable(
             f"{active} holds no record this key authenticates: is this the right key?"
         )
+    if end.file is None:
+        _continue_after_anchor(end, active, signer)
     return end
+
+
+def _continue_after_anchor(end: ChainEnd, active: Path, signer: Signer) -> None:
+    """No record left here, but an archive anchor (every rotated file archived, the active one
+    empty): the chain goes on from the last archived record, not from genesis. A bad anchor is
+    left for `audit verify` to report."""
+    with contextlib.suppress(BadAnchor):
+        if (anchor := read_anchor(active, signer)) is not None:
+            end.seq, end.mac = anchor.seq, anchor.mac
 
 
 def _last_record(

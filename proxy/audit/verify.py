@@ -18,16 +18,24 @@ wrong — and nothing after it is trusted:
 The report lists the workers the log says were started (`worker.started`, in the primary's log),
 so that a deleted worker chain is noticed too (`proxy/commands/audit_verify.py`).
 
+Archived logs (`archive.py`, `verify_plan.py`): a log whose oldest files were archived starts
+after its anchor, which must be authentic and this chain's, and its first record must continue
+from it (deleting files without archiving them still shows as missing records; so does a file
+deleted after the anchor). With `archives`, the archived files and the log are one chain from
+seq 1 again, and every anchor must match the files it names.
+
 Verifying a log that is being written is fine, except while a rotation renames files.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+from proxy.audit.archive import Anchor, ArchivedFile, FileFacts
 from proxy.audit.records import (
     GENESIS,
     BadRecord,
@@ -38,6 +46,7 @@ from proxy.audit.records import (
     head_path,
     log_files,
 )
+from proxy.audit.verify_plan import AnchorProblem, WalkPlan, check_anchors, plan_walk
 
 _SEQ = re.compile(rb'^\{"seq":(\d{1,20}),')
 _WORKER = re.compile(r"\.worker([1-9][0-9]*)(?:\.|$)")
@@ -73,7 +82,11 @@ class VerifyReport:
     head_seq: int | None
     recoveries: int
     problem: Problem | None
-    workers_started: frozenset[int] = frozenset()  # `worker.started` records seen
+    workers_started: frozenset[int] = frozenset()  # `worker.started` records seen (or anchored)
+    anchor: Anchor | None = None  # the live anchor: the log continues after the records it archived
+    file_facts: tuple[FileFacts, ...] = ()  # the files walked, as `archiving.py` needs them
+    leftovers: tuple[ArchivedFile, ...] = ()  # archived by the anchor, not yet removed
+    from_archive: int | None = None  # files walked from the archive (None: not asked to)
 
     @property
     def ok(self) -> bool:
@@ -84,16 +97,28 @@ class VerifyReport:
             return f"FAILED: {self.problem} ({self.records} records verified before it)"
         recovered = f", {self.recoveries} recoveries" if self.recoveries else ""
         files = len(self.files)
+        archived = f" ({self.from_archive} archived)" if self.from_archive is not None else ""
+        after = ""
+        if self.anchor is not None and self.from_archive is None:
+            after = f", after the records archived up to seq {self.anchor.seq}"
+        left = ""
+        if self.leftovers:
+            left = (f"; {len(self.leftovers)} archived file(s) not yet removed: run "
+                    "`pgwarden audit archive` again")  # fmt: skip
         return (
-            f"ok: {self.records} records in {files} file{'s' if files != 1 else ''}, "
-            f"head seq {self.head_seq}{recovered}"
+            f"ok: {self.records} records in {files} file{'s' if files != 1 else ''}{archived}, "
+            f"head seq {self.head_seq}{recovered}{after}{left}"
         )
 
 
-def verify(path: Path, key: bytes) -> VerifyReport:
+def verify(path: Path, key: bytes, *, archives: Sequence[Path] = ()) -> VerifyReport:
+    """Verify the log at `path` (its active file); with `archives`, the directories its archived
+    files were moved to (`pgwarden audit archive`), verify them and the log as one chain."""
     files = log_files(path)
     if not files:
         raise VerifyUnreadable(f"no audit log at {path}")
+    if missing := [str(d) for d in archives if not d.is_dir()]:
+        raise VerifyUnreadable(f"no archive directory at {', '.join(missing)}")
     walk = _Walk(Signer(key), worker_of(path.name))
     head, head_problem = None, None
     try:
@@ -104,23 +129,33 @@ def verify(path: Path, key: bytes) -> VerifyReport:
         raise VerifyUnreadable(f"cannot read the head file: {exc}") from exc
     except BadRecord as exc:
         head_problem = str(exc)
-    walk.anchor = head
+    walk.head = head
+    plan = WalkPlan([])
     try:
-        for file in files:
+        plan = plan_walk(path, files, archives, walk.signer)
+        walk.begin(plan)
+        for file in plan.files:
             walk.file(file, archive_seq(path, file))
         walk.check_head(head, head_problem, head_path(path).name)
+        check_anchors(plan, walk.facts)
+    except AnchorProblem as exc:
+        walk.problem = Problem(exc.file, 1, None, exc.message)
     except _Found as found:
         walk.problem = found.problem
     except OSError as exc:
         raise VerifyUnreadable(f"cannot read the audit log: {exc}") from exc
     return VerifyReport(
         walk.count,
-        tuple(f.name for f in files),
+        tuple(f.name for f in plan.files),
         walk.expected - 1,
         head.seq if head else None,
         walk.recoveries,
         walk.problem,
         frozenset(walk.workers_started),
+        plan.anchor,
+        tuple(walk.facts),
+        tuple(plan.leftovers),
+        plan.archived,
     )
 
 
@@ -136,21 +171,39 @@ class _Walk:
         self.workers_started: set[int] = set()
         self.expected = 1
         self.prev = GENESIS
+        self.origin = ""  # where the walk starts, if not at seq 1: "the anchor audit.jsonl.anchor"
+        self.archive_mode = False  # archived files are walked too, from seq 1
         self.count = 0
         self.recoveries = 0
-        self.anchor: Head | None = None
-        self.anchor_seen = False
+        self.head: Head | None = None
+        self.head_seen = False
         self.problem: Problem | None = None
         self.last_file, self.last_line = "", 0
+        self.facts: list[FileFacts] = []
+
+    def begin(self, plan: WalkPlan) -> None:
+        self.archive_mode = plan.archived is not None
+        if (anchor := plan.anchor) is not None and not self.archive_mode:  # the remainder alone
+            self.expected, self.prev, self.origin = anchor.seq + 1, anchor.mac, plan.origin
+            self.workers_started.update(anchor.workers_started)
 
     def file(self, path: Path, named_seq: int | None) -> None:
         self.last_file, self.last_line = path.name, 0
+        content, size, first, last = hashlib.sha256(), 0, None, None
         with path.open("rb") as lines:
             for number, line in enumerate(lines, 1):
                 self.last_line = number
-                self.line(path.name, number, line, named_seq if number == 1 else None)
+                content.update(line)
+                size += len(line)
+                last = self.line(path.name, number, line, named_seq if number == 1 else None)
+                first = first or last
+        facts = FileFacts(path.name, size, content.hexdigest(), self.last_line)
+        if first is not None and last is not None:
+            facts = replace(facts, first_seq=first.seq, first_prev=first.prev, last_seq=last.seq,
+                            last_mac=last.mac, last_ts=str(last.body.get("ts")))  # fmt: skip
+        self.facts.append(facts)
 
-    def line(self, file: str, number: int, line: bytes, named_seq: int | None) -> None:
+    def line(self, file: str, number: int, line: bytes, named_seq: int | None) -> Record:
         def fail(message: str, seq: int | None = None) -> _Found:
             if seq is None and (match := _SEQ.match(line)) is not None:
                 seq = int(match.group(1))
@@ -169,15 +222,17 @@ class _Walk:
         if record.seq != self.expected:
             raise fail(self._gap(record, number), record.seq)
         if record.prev != self.prev:
-            message = f"prev is not the mac of record {record.seq - 1}: the chain is broken"
-            raise fail(message, record.seq)
-        if self.anchor is not None and record.seq == self.anchor.seq:
-            if record.mac != self.anchor.mac:
+            link = f"the mac {self.origin} ends with" if self.count == 0 and self.origin else (
+                f"the mac of record {record.seq - 1}")  # fmt: skip
+            raise fail(f"prev is not {link}: the chain is broken", record.seq)
+        if self.head is not None and record.seq == self.head.seq:
+            if record.mac != self.head.mac:
                 raise fail("this is not the record the head anchored (replaced?)", record.seq)
-            self.anchor_seen = True
+            self.head_seen = True
         self.recoveries += record.kind == "audit.recovery"
         self._kind_checks(record, fail)
         self.expected, self.prev, self.count = record.seq + 1, record.mac, self.count + 1
+        return record
 
     def _kind_checks(self, record: Record, fail: Callable[[str, int | None], _Found]) -> None:
         if record.kind == "audit.opened":
@@ -194,11 +249,21 @@ class _Walk:
         if seq < expected:
             return f"seq goes back (expected {expected}): a record was moved or repeated"
         missing = f"{expected}" if seq - 1 == expected else f"{expected}-{seq - 1}"
-        if expected == 1:
+        if self.count == 0 and self.origin:
+            message = (f"the log starts at seq {seq} but {self.origin} ends at seq "
+                       f"{expected - 1}: records {missing} are missing")  # fmt: skip
+        elif self.count == 0:
             message = f"the log starts at seq {seq}: records {missing} are missing"
         else:
             message = f"seq jumps from {expected - 1} to {seq}: record(s) {missing} are missing"
-        message += " (a deleted file?)" if number == 1 else " (deleted lines?)"
+        if number != 1:
+            message += " (deleted lines?)"
+        elif self.archive_mode:
+            message += " (in neither the log nor the archive: a lost archived file?)"
+        elif self.count == 0 and not self.origin:
+            message += " (deleted files? to prune, `pgwarden audit archive` leaves a signed anchor)"
+        else:
+            message += " (a deleted file?)"
         notes = record.body.get("notes") if record.kind == "audit.recovery" else None
         if notes:
             message += f"; its recovery record says: {'; '.join(map(str, notes))}"
@@ -214,5 +279,8 @@ class _Walk:
                 "the tail was truncated"
             )
             raise _Found(Problem(*after, self.expected, message))
-        if not self.anchor_seen:  # cannot happen for a log that starts at seq 1
+        if not self.head_seen and self.origin:  # an old head's record was archived since
+            message = f"the head anchors seq {head.seq}, before {self.origin}: an old head file?"
+            raise _Found(Problem(head_file, 1, None, message))
+        if not self.head_seen:  # cannot happen for a log that starts at seq 1
             raise _Found(Problem(*after, head.seq, "the record the head anchors was not seen"))

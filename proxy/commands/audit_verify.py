@@ -1,6 +1,8 @@
-"""`pgwarden audit verify [PATH] (--key-env VAR | --key-file FILE | --config FILE)`.
+"""`pgwarden audit verify [PATH] [--archive DIR]... (--key-env VAR | --key-file FILE | --config F)`.
 
-Checks every file of the audit log and its head (`verify.py`). The key is read the way the
+Checks every file of the audit log and its head (`verify.py`). A log whose oldest files were
+archived (`pgwarden audit archive`) verifies from its anchor; with `--archive DIR` the archived
+files in DIR are verified with the log as one chain from seq 1. The key is read the way the
 server reads it (a `SecretRef`: the variable's value, or the file's text without its final
 newline); with `--config` it comes from the server config's `audit.hmac_key_*`, and PATH may be
 left out to verify the configured `paths.audit_log` and every worker's chain beside it
@@ -32,13 +34,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "path", type=Path, nargs="?", metavar="PATH", help="the audit log (the active file)"
     )
+    parser.add_argument(
+        "--archive", type=Path, action="append", default=[], metavar="DIR",
+        help="verify the files `pgwarden audit archive` moved to DIR together with the log, as "
+        "one chain from its first record (repeat for several directories)",
+    )  # fmt: skip
+    add_key_arguments(parser)
+
+
+def add_key_arguments(parser: argparse.ArgumentParser) -> None:
     key = parser.add_mutually_exclusive_group(required=True)
     key.add_argument("--key-env", metavar="VAR", help="read the HMAC key from this variable")
     key.add_argument("--key-file", type=Path, metavar="FILE", help="read the HMAC key from FILE")
     key.add_argument("--config", type=Path, metavar="FILE", help="use the server config's key")
 
 
-def run(args: argparse.Namespace) -> int:
+class SourceUnreadable(Exception):
+    """The config, the key or the log's path cannot be had; the message says which."""
+
+
+def log_and_key(args: argparse.Namespace) -> tuple[Path, bytes, bool]:
+    """(the log, its key, whether to take every worker's chain beside it: with --config and no
+    PATH) from PATH and the key arguments."""
     path: Path | None = args.path
     try:
         if args.config is not None:
@@ -50,22 +67,33 @@ def run(args: argparse.Namespace) -> int:
             ref = SecretRef(env=args.key_env, file=args.key_file)
             every_chain = False
         if path is None:
-            return _unreadable("give the audit log's PATH (or --config)")
-        key = load_key(ref)
-        lines = _verify_all(path, key) if every_chain else [_line(verify(path, key))]
+            raise SourceUnreadable("give the audit log's PATH (or --config)")
+        return path, load_key(ref), every_chain
     except ConfigError as exc:
-        return _unreadable("; ".join(str(p) for p in exc.problems) or str(exc))
-    except (SecretUnavailable, ValueError, VerifyUnreadable) as exc:
+        raise SourceUnreadable("; ".join(str(p) for p in exc.problems) or str(exc)) from exc
+    except (SecretUnavailable, ValueError) as exc:
+        raise SourceUnreadable(str(exc)) from exc
+
+
+def run(args: argparse.Namespace) -> int:
+    archives: list[Path] = args.archive
+    try:
+        path, key, every_chain = log_and_key(args)
+        if every_chain:
+            lines = _verify_all(path, key, archives)
+        else:
+            lines = [_line(verify(path, key, archives=archives))]
+    except (SourceUnreadable, VerifyUnreadable) as exc:
         return _unreadable(str(exc))
     for ok, text in lines:
         print(text, file=sys.stdout if ok else sys.stderr)
     return EXIT_OK if all(ok for ok, _ in lines) else EXIT_TAMPERED
 
 
-def _verify_all(primary: Path, key: bytes) -> list[tuple[bool, str]]:
+def _verify_all(primary: Path, key: bytes, archives: list[Path]) -> list[tuple[bool, str]]:
     """The primary's chain, then every worker's (`proxy.workers`): those found beside it, and
-    those the primary's log says it started, which must be there."""
-    report = verify(primary, key)
+    those the primary's log (or its archive anchor) says it started, which must be there."""
+    report = verify(primary, key, archives=archives)
     found = worker_audit_paths(primary, MAX_WORKERS)[1:]
     started = [worker_audit_path(primary, k) for k in sorted(report.workers_started)]
     workers = sorted(set(found) | set(started), key=lambda p: worker_of(p.name))
@@ -74,7 +102,7 @@ def _verify_all(primary: Path, key: bytes) -> list[tuple[bool, str]]:
     lines = [_line(report, primary)]
     for path in workers:
         if path.exists():
-            lines.append(_line(verify(path, key), path))
+            lines.append(_line(verify(path, key, archives=archives), path))
         else:
             lines.append((False, f"{path}: FAILED: missing, though {primary.name} records that "
                                  f"worker {worker_of(path.name)} was started"))  # fmt: skip
