@@ -9,7 +9,9 @@ Lookup is by digest (an indexed equality on a hash of the presented secret: timi
 nothing about stored tokens), and the digest found is compared again with `hmac.compare_digest`.
 A token authenticates its user only while the user is in the *current* policy, so removing a
 person from the policy also cuts their API access. `last_used_at` is written at most once per
-`TOUCH_INTERVAL`, so API traffic does not turn into a disk write per call.
+`TOUCH_INTERVAL`, so API traffic does not turn into a disk write per call, and not at all while
+the state store cannot be written: a token still works then, so that `pgwarden sessions` and
+`pgwarden kill` can end sessions when nothing else can.
 """
 
 from __future__ import annotations
@@ -17,13 +19,16 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import logging
 import secrets
 from datetime import datetime, timedelta
 
 from proxy.api.errors import unauthenticated
-from proxy.grants.store import Store
+from proxy.grants.store import StateStoreUnavailable, Store
 from proxy.grants.store_schema import TokenRecord
 from proxy.policy.models import Policy, UserName
+
+log = logging.getLogger(__name__)
 
 TOKEN_PREFIX = "pgw_"  # noqa: S105 - a prefix, not a secret
 TOKEN_BYTES = 32
@@ -77,6 +82,9 @@ def authenticate(store: Store, secret: str, policy: Policy, now: datetime) -> Us
     if record.user not in policy.users:
         raise unauthenticated(f"the token's user {record.user!r} is no longer in the policy")
     if record.last_used_at is None or now - record.last_used_at >= TOUCH_INTERVAL:
-        with store.write() as tx:
-            tx.touch_token(record.id, now)
+        try:
+            with store.write() as tx:
+                tx.touch_token(record.id, now)
+        except StateStoreUnavailable as exc:  # a bookkeeping write: never worth refusing a call
+            log.debug("token %s: last use not recorded: %s", record.id, exc)
     return record.user

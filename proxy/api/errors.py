@@ -21,7 +21,12 @@ too large) into that shape; anything else is a 500 with a generic message, detai
 | 413    | body_too_large         | the body is over `schemas.MAX_BODY_BYTES`                    |
 | 415    | unsupported_media_type | a body that is not `application/json`                        |
 | 500    | internal               | a bug; see the server log                                    |
-| 503    | unavailable            | the state store cannot be used right now                     |
+| 503    | unavailable            | the state store, or the audit log, cannot be used right now  |
+
+A 503 says what is wrong with the state store, its path, and what is refused until when:
+`the state store /var/lib/pgwarden/state.db cannot be written (disk full); approvals and
+credentials are refused until it can` (`StateStoreUnavailable.explanation`). No traceback: the
+store logged the problem once, as an ERROR, when it began.
 """
 
 from __future__ import annotations
@@ -33,9 +38,9 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from proxy.errors import PgwardenError
-from proxy.grants.lifecycle import LifecycleError, RequestNotFound
+from proxy.grants.lifecycle import LifecycleError, NotAudited, RequestNotFound
 from proxy.grants.rules import InvalidRequest, NotPermitted
-from proxy.grants.store import StoreError
+from proxy.grants.store import StateStoreUnavailable, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +72,11 @@ def unauthenticated(message: str) -> ApiError:
     return ApiError(401, "unauthenticated", message)
 
 
+def store_unavailable(exc: StateStoreUnavailable, then: str = "") -> ApiError:
+    """503 with what the store refuses and why; `then`: what the caller can do instead."""
+    return ApiError(503, "unavailable", f"{exc.explanation}; {then}" if then else exc.explanation)
+
+
 def error_response(status: int, code: str, message: str) -> web.Response:
     headers = {"WWW-Authenticate": 'Bearer realm="pgwarden"'} if status == 401 else None
     body = {"error": {"code": code, "message": message}}
@@ -79,6 +89,7 @@ _TRANSLATIONS: Final[tuple[tuple[type[PgwardenError], int, str], ...]] = (
     (NotPermitted, 403, "not_permitted"),
     (LifecycleError, 409, "invalid_state"),
     (InvalidRequest, 400, "invalid_request"),
+    (NotAudited, 503, "unavailable"),  # an action the audit log could not record first
 )
 
 
@@ -89,6 +100,8 @@ def translate(exc: Exception) -> ApiError | None:
     for kind, status, code in _TRANSLATIONS:
         if isinstance(exc, kind):
             return ApiError(status, code, exc.message)  # the message only: details are for logs
+    if isinstance(exc, StateStoreUnavailable):
+        return store_unavailable(exc)
     if isinstance(exc, StoreError):
         log.error("state store unavailable: %s", exc)
         return ApiError(503, "unavailable", "the state store is unavailable; try again shortly")

@@ -5,6 +5,9 @@ blocking function in the API's thread pool: look the request up, check that the 
 it (else 404, as if it did not exist — `access.py`), then let the lifecycle decide whether the
 caller may *do* it (`rules.py`; refusals become 403, impossible transitions 409). A notification is
 sent only after the change is committed, and never delays the answer.
+
+A revocation the state store cannot record (its file gone, the disk full) is refused with a 503
+that also says how to end the grant's sessions at once: `pgwarden kill`, which needs no store.
 """
 
 from __future__ import annotations
@@ -15,9 +18,9 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from proxy.api.access import may_see_request, visible_requests
+from proxy.api.access import may_see_request, may_see_session, visible_requests
 from proxy.api.context import CONTEXT, USER, ApiContext
-from proxy.api.errors import ApiError, invalid_body, not_found
+from proxy.api.errors import ApiError, invalid_body, not_found, store_unavailable
 from proxy.api.schemas import EMPTY, BodySpec, read_body, read_query
 from proxy.api.views import (
     JsonObject,
@@ -30,7 +33,12 @@ from proxy.api.views import (
 from proxy.grants.lifecycle import LifecycleError
 from proxy.grants.requests import AccessRequest, Approval, RequestId, RequestState
 from proxy.grants.rules import count_approvals, rule_or_none
-from proxy.grants.store import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT, RequestQuery
+from proxy.grants.store import (
+    DEFAULT_LIST_LIMIT,
+    MAX_LIST_LIMIT,
+    RequestQuery,
+    StateStoreUnavailable,
+)
 from proxy.policy.durations import DurationError, parse_duration
 from proxy.policy.models import AccessLevelName, Policy, TargetName, UserName
 
@@ -42,6 +50,7 @@ DENY = BodySpec.of(required="reason")
 REVOKE = BodySpec.of(optional="reason")
 LIST_PARAMETERS = frozenset({"state", "limit"})
 REQUEST_ID = re.compile(r"[0-9a-f]{1,64}")
+MAX_KILL_HINTS = 5  # sessions named in a refused revocation's answer; `pgwarden sessions` has all
 
 
 def routes() -> list[web.RouteDef]:
@@ -147,9 +156,12 @@ async def cancel(request: web.Request) -> web.Response:
 async def revoke(request: web.Request) -> web.Response:
     ctx, user, request_id = _parts(request)
     reason = (await read_body(request, REVOKE)).get("reason", "")
-    revoked = await ctx.blocking(
-        _act, ctx, request_id, user, lambda: ctx.grants.revoke(request_id, user, reason)
-    )
+    try:
+        revoked = await ctx.blocking(
+            _act, ctx, request_id, user, lambda: ctx.grants.revoke(request_id, user, reason)
+        )
+    except StateStoreUnavailable as exc:
+        raise store_unavailable(exc, await _kill_instead(ctx, request_id, user)) from exc
     ctx.notifier.request_revoked(revoked, user, reason)
     return web.json_response(_summary(ctx.policy(), revoked, ()))
 
@@ -221,6 +233,29 @@ def _act(
     """`action()` on a request `user` may see (404 otherwise); blocking."""
     _visible(ctx, ctx.policy(), request_id, user)
     return action()
+
+
+async def _kill_instead(ctx: ApiContext, request_id: RequestId, user: UserName) -> str:
+    """How to end a grant's sessions when its revocation cannot be stored: `pgwarden kill` for
+    each live one the caller may see (in every worker process), else how to find them."""
+    policy = ctx.policy()
+    live = [session.info for session in ctx.registry if session.ending is None]
+    if ctx.workers is not None:
+        live += await ctx.workers.sessions()
+    ids = sorted(
+        info.session_id
+        for info in live
+        if info.grant_id == request_id and may_see_session(policy, info, user)
+    )
+    if not ids:
+        return "to end sessions now, run: pgwarden kill SESSION_ID (see: pgwarden sessions)"
+    more = (
+        f" (and {len(ids) - MAX_KILL_HINTS} more: pgwarden sessions)"
+        if ids[MAX_KILL_HINTS:]
+        else ""
+    )
+    kills = "; ".join(f"pgwarden kill {session_id}" for session_id in ids[:MAX_KILL_HINTS])
+    return f"to end its sessions now, run: {kills}{more}"
 
 
 def _summary(policy: Policy, request: AccessRequest, approvals: tuple[Approval, ...]) -> JsonObject:

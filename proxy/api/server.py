@@ -21,7 +21,7 @@ from proxy.api.webhooks import Notifier
 from proxy.clock import Clock
 from proxy.config import ServerConfig
 from proxy.grants.lifecycle import GrantService
-from proxy.grants.store import Store
+from proxy.grants.store import StateStoreUnavailable, Store
 from proxy.policy.models import Policy
 from proxy.session.server import ProxyServer
 
@@ -107,15 +107,19 @@ def listener_check(proxy: ProxyServer) -> ReadinessCheck:
 
 
 def store_check(store: Store) -> ReadinessCheck:
-    """Ready when the state store answers a read."""
+    """Ready when the state store answers a read and has no problem: its file is still the one
+    it opened, and its last write did not fail (store_watch.py)."""
 
     def state_store() -> str | None:
         try:
             store.changes()
+        except StateStoreUnavailable as exc:
+            return exc.explanation
         except Exception:
             log.exception("readiness: the state store cannot be read")
             return "the state store cannot be read"
-        return None
+        problem = store.problem()
+        return None if problem is None else problem.explanation
 
     return state_store
 

@@ -131,6 +131,19 @@ class GrantRevoked(AuditEvent):
 
 
 @dataclass(frozen=True, slots=True)
+class LifecycleOutcome(AuditEvent):
+    """Whether the lifecycle records `first_seq`..`last_seq`, written before their state-store
+    commit (write-ahead), took effect. A run of lifecycle records with no outcome after it was
+    written just before pgwarden stopped: it is not known to have taken effect."""
+
+    kind: ClassVar[str] = "lifecycle.outcome"
+    first_seq: int
+    last_seq: int
+    committed: bool
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
 class CredentialIssued(AuditEvent):
     """A temporary password was shown to its owner; the record never holds the secret."""
 
@@ -238,6 +251,29 @@ class WorkerStarted(AuditEvent):
     worker: int
     pid: int
     audit_file: str
+
+
+@dataclass(frozen=True, slots=True)
+class StateCreated(AuditEvent):
+    """The server made a new, empty state store at `file`: on its first start, or, when
+    `earlier_life`, with `--new-state` after the earlier one was lost (its grants and API tokens
+    are not in the new one; its records stay in this log)."""
+
+    kind: ClassVar[str] = "state.created"
+    file: str
+    earlier_life: bool
+
+
+@dataclass(frozen=True, slots=True)
+class OrphanBackendEnded(AuditEvent):
+    """At start, pgwarden terminated backend `backend_process_id` of `target`: a previous run
+    left it behind (a crash), running as the mapped `role` (proxy/upstream/orphans.py)."""
+
+    kind: ClassVar[str] = "backend.orphan_ended"
+    target: str
+    role: str
+    backend_process_id: int
+    application_name: str
 
 
 # -- the sink's own records --------------------------------------------------------------------

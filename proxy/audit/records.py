@@ -34,7 +34,9 @@ from typing import Any
 
 from proxy.policy.models import SecretRef
 
-FORMAT_VERSION = 1
+# 2: lifecycle records are written ahead of their state-store commit, each run of them settled
+# by a `lifecycle.outcome` record (1: written after the commit, with no outcome).
+FORMAT_VERSION = 2
 GENESIS = "0" * 64  # `prev` of the very first record
 MAC_DOMAIN = b"pgwarden-audit-record-v1\n"
 HEAD_DOMAIN = b"pgwarden-audit-head-v1\n"

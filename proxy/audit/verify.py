@@ -36,6 +36,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from proxy.audit.archive import Anchor, ArchivedFile, FileFacts
+from proxy.audit.lifecycle_trail import LifecycleTrail
 from proxy.audit.records import (
     GENESIS,
     BadRecord,
@@ -56,6 +57,9 @@ def worker_of(file_name: str) -> int:
     """The worker an audit file belongs to: k for `audit.worker<k>.jsonl`, else 0 (the primary)."""
     match = _WORKER.search(file_name)
     return int(match.group(1)) if match else 0
+
+
+MAX_SEQS_SHOWN = 10  # seqs named in a summary line; the count says how many there are
 
 
 class VerifyUnreadable(Exception):
@@ -87,6 +91,8 @@ class VerifyReport:
     file_facts: tuple[FileFacts, ...] = ()  # the files walked, as `archiving.py` needs them
     leftovers: tuple[ArchivedFile, ...] = ()  # archived by the anchor, not yet removed
     from_archive: int | None = None  # files walked from the archive (None: not asked to)
+    unsettled: tuple[int, ...] = ()  # lifecycle records with no outcome (pgwarden stopped)
+    rolled_back: tuple[int, ...] = ()  # lifecycle records whose commit failed
 
     @property
     def ok(self) -> bool:
@@ -107,8 +113,25 @@ class VerifyReport:
                     "`pgwarden audit archive` again")  # fmt: skip
         return (
             f"ok: {self.records} records in {files} file{'s' if files != 1 else ''}{archived}, "
-            f"head seq {self.head_seq}{recovered}{after}{left}"
+            f"head seq {self.head_seq}{recovered}{after}{left}{self._lifecycle_note()}"
         )
+
+    def _lifecycle_note(self) -> str:
+        note = ""
+        if self.rolled_back:
+            rolled = _seqs(self.rolled_back)
+            note += f"; {len(self.rolled_back)} lifecycle record(s) rolled back (seq {rolled})"
+        if self.unsettled:
+            note += (
+                f"; {len(self.unsettled)} lifecycle record(s) written just before pgwarden "
+                f"stopped, not known to have taken effect (seq {_seqs(self.unsettled)})"
+            )
+        return note
+
+
+def _seqs(seqs: tuple[int, ...]) -> str:
+    shown = ", ".join(str(seq) for seq in seqs[:MAX_SEQS_SHOWN])
+    return shown + (", ..." if len(seqs) > MAX_SEQS_SHOWN else "")
 
 
 def verify(path: Path, key: bytes, *, archives: Sequence[Path] = ()) -> VerifyReport:
@@ -156,6 +179,8 @@ def verify(path: Path, key: bytes, *, archives: Sequence[Path] = ()) -> VerifyRe
         tuple(walk.facts),
         tuple(plan.leftovers),
         plan.archived,
+        walk.lifecycle.unsettled(),
+        tuple(walk.lifecycle.rolled_back),
     )
 
 
@@ -180,6 +205,7 @@ class _Walk:
         self.problem: Problem | None = None
         self.last_file, self.last_line = "", 0
         self.facts: list[FileFacts] = []
+        self.lifecycle = LifecycleTrail()
 
     def begin(self, plan: WalkPlan) -> None:
         self.archive_mode = plan.archived is not None
@@ -243,6 +269,7 @@ class _Walk:
                            "place?", record.seq)  # fmt: skip
         elif record.kind == "worker.started" and isinstance(record.body.get("worker"), int):
             self.workers_started.add(record.body["worker"])
+        self.lifecycle.see(record)
 
     def _gap(self, record: Record, number: int) -> str:
         seq, expected = record.seq, self.expected

@@ -3,10 +3,15 @@
 The primary process also starts its workers with hidden options (`--worker`, `--channel-fd`,
 `--port`); `proxy/runtime/serve.py` does the running.
 
+`--new-state` starts with a new, empty state store where the state file is missing although the
+audit log shows pgwarden ran here before (`serve` refuses that otherwise: the grants and API
+tokens of the lost store would be forgotten without a word); it is recorded in the audit log, and
+refused while the state file exists, so that it stays a one-time decision.
+
 Exit status: 0 stopped by SIGTERM or SIGINT; 2 did not start for a reason a person can fix (the
-config, the policy, the audit key, a directory, a certificate, a listen address: a line on
-stderr for each problem says which and how to fix it, and nothing was created); 1 stopped by
-another error.
+config, the policy, the audit key, a directory, a lost state file, a certificate, a listen
+address: a line on stderr for each problem says which and how to fix it, and nothing was
+created); 1 stopped by another error.
 """
 
 from __future__ import annotations
@@ -32,6 +37,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS,
         help="DEBUG, INFO, WARNING or ERROR",
     )  # fmt: skip
+    parser.add_argument(
+        "--new-state", action="store_true",
+        help="start with a new, empty state store although the audit log shows an earlier one "
+        "(its grants and API tokens are not carried over); only when the state file is missing",
+    )  # fmt: skip
     # Set by the primary when it starts worker processes (proxy.workers > 1); not for people.
     parser.add_argument("--worker", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--channel-fd", type=int, default=-1, help=argparse.SUPPRESS)
@@ -52,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         return _not_started(config_problem(exc))
     try:
-        run_event_loop(serve(config, args.config, worker))
+        run_event_loop(serve(config, args.config, worker, new_state=args.new_state))
     except StartupError as exc:
         return _not_started(*exc.problems)
     except PgwardenError as exc:

@@ -7,7 +7,8 @@ only its SHA-256 digest is stored (`auth.py`). `list` never shows a secret.
 Exit status: 0 done; 1 refused (unknown user, unknown or already revoked token); 2 the config,
 policy or state file cannot be used (one line per problem, naming the setting and the fix, as
 `pgwarden serve` says it). A command that fails creates no state file: `create` checks the user
-against the policy first, and `list` and `revoke` do not create one that is not there yet.
+against the policy first, and `list` and `revoke` do not create one that is not there yet. Nor
+does `create` make one where the audit log shows a state store that is gone (as `serve`).
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ from proxy.runtime.startup import (
     StartupError,
     check_file_location,
     config_problem,
+    earlier_life,
     load_startup_policy,
+    lost_state,
     open_store,
 )
 
@@ -138,6 +141,8 @@ def _with_store(
             return _refuse(why)
         state = config.paths.state
         check_file_location("paths.state", state)
+        if create and earlier_life(config):
+            raise StartupError(lost_state(config))
         if not create and not state.exists():
             return _unusable(
                 f"paths.state: {state} does not exist yet; `pgwarden serve` or "

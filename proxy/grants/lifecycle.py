@@ -109,6 +109,13 @@ class LifecycleError(PgwardenError):
         self.request_id, self.state, self.action = request_id, state, action
 
 
+class NotAudited(PgwardenError):
+    """The audit log could not record an action before it took effect: nothing changed."""
+
+    sqlstate = "58030"  # io_error
+    severity = Severity.ERROR
+
+
 class RequestNotFound(PgwardenError):
     sqlstate = "42704"  # undefined_object
     severity = Severity.ERROR

@@ -1,7 +1,8 @@
 """The state store: requests, approvals, credentials and history, kept in SQLite.
 
-`Store` is the interface the lifecycle and the proxy use; `SqliteStore` is the one we ship, and a
-PostgreSQL-backed store can be added behind the same interface. A store hands out transactions:
+`Store` is the interface the lifecycle and the proxy use; `SqliteStore` is the one we ship (its
+SQL is in `store_sql.py`, its schema in `store_schema.py`), and a PostgreSQL-backed store can be
+added behind the same interface. A store hands out transactions:
 `write()` serializes writers (SQLite `BEGIN IMMEDIATE`; `SELECT ... FOR UPDATE` in Postgres), so a
 read-check-write sequence in the lifecycle — count approvals, then activate — cannot lose an update
 to a concurrent approver in another thread or process. `read()` gives a consistent snapshot.
@@ -22,74 +23,54 @@ or revoked changes no grant.
 
 Instants are stored as integer microseconds since the Unix epoch, UTC; durations as microseconds.
 Connections are per thread (sqlite3 objects are not shared across threads); `close()` closes all.
+Only the first one may create the file: the others open it only if it is there, so that a file
+deleted under a running server is never silently made anew, empty.
+
+The store watches its own file (`store_watch.py`): deleted or replaced, or failing to write (disk
+full, I/O error, read-only), every operation it refuses raises `StateStoreUnavailable`, which
+says so and names the path; `problem()` tells /readyz, `check()` is housekeeping's look.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Protocol
+from urllib.parse import quote
 
 from proxy.auth.credentials import ScramVerifier
-from proxy.errors import PgwardenError
-from proxy.grants.requests import (
-    AccessRequest,
-    Action,
-    ActiveGrant,
-    Approval,
-    RequestId,
-    RequestState,
-    Transition,
+from proxy.grants.requests import AccessRequest, ActiveGrant, Approval, RequestId, Transition
+from proxy.grants.store_schema import TokenRecord, open_schema
+from proxy.grants.store_sql import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT, RequestQuery, SqliteTx
+from proxy.grants.store_watch import (
+    FileIdentity,
+    StateStoreUnavailable,
+    StoreError,
+    StoreWatch,
+    identity_of,
 )
-from proxy.grants.store_schema import (
-    APPLICATION_ID,
-    MIGRATIONS,
-    REQUEST_COLUMNS,
-    SCHEMA_VERSION,
-    TOKEN_COLUMNS,
-    TokenRecord,
-    from_us,
-    grant_from_row,
-    request_from_row,
-    request_to_row,
-    to_us,
-    token_from_row,
-    token_to_row,
-)
-from proxy.policy.models import AccessLevelName, TargetName, UserName
+from proxy.policy.models import TargetName, UserName
+
+# What the rest of pgwarden imports from here; some of it is defined beside this module.
+__all__ = [
+    "DEFAULT_LIST_LIMIT",
+    "MAX_LIST_LIMIT",
+    "RequestQuery",
+    "SqliteStore",
+    "StateStoreUnavailable",
+    "Store",
+    "StoreError",
+    "StoreTx",
+]
 
 # How long a writer waits for the lock before failing. Transactions here last milliseconds; 10 s
 # absorbs a burst of approvers or a slow disk without turning contention into errors.
 DEFAULT_BUSY_TIMEOUT = timedelta(seconds=10)
-
-
-# Listing requests: a page of the newest ones by default, never an unbounded read.
-DEFAULT_LIST_LIMIT = 100
-MAX_LIST_LIMIT = 1000
-
-
-class StoreError(PgwardenError):
-    """The state store cannot be used (wrong file, newer schema, misuse)."""
-
-
-@dataclass(frozen=True, slots=True)
-class RequestQuery:
-    """Which requests to list, newest first: optionally one state, and whose.
-
-    `everything` lists all requests (an admin). Otherwise a request is listed when it is
-    `requester`'s own or its (target, access level) is in `scopes` (what the caller may approve).
-    """
-
-    state: RequestState | None = None
-    everything: bool = False
-    requester: UserName | None = None
-    scopes: frozenset[tuple[TargetName, AccessLevelName]] = frozenset()
-    limit: int = DEFAULT_LIST_LIMIT
 
 
 class StoreTx(Protocol):
@@ -100,7 +81,8 @@ class StoreTx(Protocol):
     def history(self, request_id: RequestId) -> tuple[Transition, ...]: ...
     def credential(self, request_id: RequestId) -> ScramVerifier | None: ...
     def active_grants(self, user: UserName, target: TargetName) -> tuple[ActiveGrant, ...]:
-        """Active requests of `user` on `target` (exact names) that have a credential."""
+        """Active requests of `user` on `target` (exact names) that have a credential: what a
+        login is checked against. StateStoreUnavailable when the store is no longer trusted."""
         ...
 
     def due_requests(self, now: datetime, pending_timeout: timedelta) -> tuple[AccessRequest, ...]:
@@ -151,195 +133,23 @@ class Store(Protocol):
         """A counter bumped by every committed write, for cheap polling."""
         ...
 
+    def problem(self) -> StateStoreUnavailable | None:
+        """What the store refuses now and why (its file's identity checked anew), or None."""
+        ...
+
+    def check(self) -> StateStoreUnavailable | None:
+        """`problem()`, after trying one small write if writes were failing (so that the store
+        recovers by itself once they work again, with no traffic). Blocking."""
+        ...
+
     def close(self) -> None: ...
 
 
-class _SqliteTx:
-    """`StoreTx` over one sqlite3 connection inside an open transaction."""
-
-    def __init__(self, conn: sqlite3.Connection, *, writable: bool) -> None:
-        self._conn = conn
-        self._writable = writable
-        self.dirty = False
-        self.transitions: list[Transition] = []  # added in this transaction, for on_commit
-
-    def _write(self, sql: str, params: tuple[object, ...], *, counts: bool = True) -> int:
-        if not self._writable:
-            raise StoreError("write attempted in a read-only transaction")
-        changed = self._conn.execute(sql, params).rowcount
-        # A no-op (a double click) is not a change; neither is a token write (module docstring).
-        self.dirty = self.dirty or (counts and changed > 0)
-        return changed
-
-    def get_request(self, request_id: RequestId) -> AccessRequest | None:
-        sql = f"SELECT {REQUEST_COLUMNS} FROM requests WHERE id = ?"  # noqa: S608 constant columns
-        row = self._conn.execute(sql, (request_id,)).fetchone()
-        return None if row is None else request_from_row(row)
-
-    def approvals(self, request_id: RequestId) -> tuple[Approval, ...]:
-        rows = self._conn.execute(
-            "SELECT approver, at_us, comment FROM approvals WHERE request_id = ? ORDER BY at_us, "
-            "approver",
-            (request_id,),
-        )
-        return tuple(Approval(UserName(who), from_us(at), comment) for who, at, comment in rows)
-
-    def history(self, request_id: RequestId) -> tuple[Transition, ...]:
-        rows = self._conn.execute(
-            "SELECT action, from_state, to_state, actor, at_us, why FROM transitions "
-            "WHERE request_id = ? ORDER BY seq",
-            (request_id,),
-        )
-        return tuple(
-            Transition(
-                request_id=request_id,
-                action=Action(action),
-                from_state=None if from_state is None else RequestState(from_state),
-                to_state=RequestState(to_state),
-                actor=UserName(actor),
-                at=from_us(at_us),
-                why=why,
-            )
-            for action, from_state, to_state, actor, at_us, why in rows
-        )
-
-    def credential(self, request_id: RequestId) -> ScramVerifier | None:
-        row = self._conn.execute(
-            "SELECT verifier FROM credentials WHERE request_id = ?", (request_id,)
-        ).fetchone()
-        return None if row is None else ScramVerifier.parse(row[0])
-
-    def active_grants(self, user: UserName, target: TargetName) -> tuple[ActiveGrant, ...]:
-        # `=` on TEXT uses SQLite's BINARY collation: exact, case-sensitive, no trimming.
-        rows = self._conn.execute(
-            "SELECT r.id, r.requester, r.target, r.access_level, r.activated_us, r.ends_us, "
-            "c.verifier, c.created_us FROM requests r JOIN credentials c ON c.request_id = r.id "
-            "WHERE r.requester = ? AND r.target = ? AND r.state = 'active'",
-            (user, target),
-        )
-        return tuple(grant_from_row(row) for row in rows)
-
-    def due_requests(self, now: datetime, pending_timeout: timedelta) -> tuple[AccessRequest, ...]:
-        sql = (
-            f"SELECT {REQUEST_COLUMNS} FROM requests "  # noqa: S608 constant columns
-            "WHERE (state = 'active' AND ends_us <= ?) OR (state = 'pending' AND created_us <= ?)"
-        )
-        cutoff = to_us(now - pending_timeout)
-        rows = self._conn.execute(sql, (to_us(now), cutoff))
-        return tuple(request_from_row(row) for row in rows)
-
-    def request_counts(self) -> tuple[tuple[str, str, str, int], ...]:
-        rows = self._conn.execute(
-            "SELECT state, target, access_level, count(*) FROM requests "
-            "GROUP BY state, target, access_level"
-        )
-        return tuple((str(a), str(b), str(c), int(n)) for a, b, c, n in rows)
-
-    def list_requests(self, query: RequestQuery) -> tuple[AccessRequest, ...]:
-        where: list[str] = []
-        params: list[object] = []
-        if query.state is not None:
-            where.append("state = ?")
-            params.append(query.state.value)
-        if not query.everything:
-            whose = ["(target = ? AND access_level = ?)" for _ in sorted(query.scopes)]
-            params.extend(name for scope in sorted(query.scopes) for name in scope)
-            if query.requester is not None:
-                whose.append("requester = ?")
-                params.append(query.requester)
-            if not whose:
-                return ()
-            where.append("(" + " OR ".join(whose) + ")")
-        condition = " AND ".join(where) or "1"
-        limit = max(1, min(query.limit, MAX_LIST_LIMIT))
-        sql = (
-            f"SELECT {REQUEST_COLUMNS} FROM requests WHERE {condition} "  # noqa: S608 placeholders only
-            "ORDER BY created_us DESC, id LIMIT ?"
-        )
-        rows = self._conn.execute(sql, (*params, limit))
-        return tuple(request_from_row(row) for row in rows)
-
-    def insert_request(self, request: AccessRequest) -> None:
-        self._write(
-            f"INSERT INTO requests ({REQUEST_COLUMNS}) "  # noqa: S608 constant columns
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            request_to_row(request),
-        )
-
-    def update_request(self, request: AccessRequest) -> None:
-        row = request_to_row(request)
-        changed = self._write(
-            "UPDATE requests SET state = ?, activated_us = ?, ends_us = ?, closed_us = ?, "
-            "closed_by = ?, close_reason = ? WHERE id = ?",
-            (request.state.value, *row[9:], request.id),  # row[9:]: activated_us onwards
-        )
-        if changed != 1:
-            raise StoreError(f"request {request.id} does not exist")
-
-    def add_approval(self, request_id: RequestId, approval: Approval) -> bool:
-        inserted = self._write(
-            "INSERT INTO approvals (request_id, approver, at_us, comment) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT (request_id, approver) DO NOTHING",
-            (request_id, approval.approver, to_us(approval.at), approval.comment),
-        )
-        return inserted == 1
-
-    def add_transition(self, transition: Transition) -> None:
-        self.transitions.append(transition)
-        self._write(
-            "INSERT INTO transitions (request_id, action, from_state, to_state, actor, at_us, why) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (
-                transition.request_id,
-                transition.action.value,
-                None if transition.from_state is None else transition.from_state.value,
-                transition.to_state.value,
-                transition.actor,
-                to_us(transition.at),
-                transition.why,
-            ),
-        )
-
-    def set_credential(self, request_id: RequestId, verifier: ScramVerifier, at: datetime) -> None:
-        self._write(
-            "INSERT INTO credentials (request_id, verifier, created_us) VALUES (?, ?, ?) "
-            "ON CONFLICT (request_id) DO UPDATE SET verifier = excluded.verifier, "
-            "created_us = excluded.created_us",
-            (request_id, verifier.to_postgres(), to_us(at)),
-        )
-
-    def drop_credential(self, request_id: RequestId) -> None:
-        self._write("DELETE FROM credentials WHERE request_id = ?", (request_id,))
-
-    def token_by_digest(self, digest: bytes) -> TokenRecord | None:
-        sql = f"SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE digest = ?"  # noqa: S608 constant
-        row = self._conn.execute(sql, (digest,)).fetchone()
-        return None if row is None else token_from_row(row)
-
-    def tokens(self) -> tuple[TokenRecord, ...]:
-        sql = f"SELECT {TOKEN_COLUMNS} FROM api_tokens ORDER BY created_us, id"  # noqa: S608
-        return tuple(token_from_row(row) for row in self._conn.execute(sql))
-
-    def insert_token(self, token: TokenRecord) -> None:
-        sql = f"INSERT INTO api_tokens ({TOKEN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)"  # noqa: S608
-        self._write(sql, token_to_row(token), counts=False)
-
-    def touch_token(self, token_id: str, at: datetime) -> None:
-        self._write(
-            "UPDATE api_tokens SET last_used_us = ? WHERE id = ?", (to_us(at), token_id),
-            counts=False,
-        )  # fmt: skip
-
-    def revoke_token(self, token_id: str, at: datetime) -> bool:
-        changed = self._write(
-            "UPDATE api_tokens SET revoked_us = ? WHERE id = ? AND revoked_us IS NULL",
-            (to_us(at), token_id), counts=False,
-        )  # fmt: skip
-        return changed == 1
-
-
 class SqliteStore:
-    """A `Store` in one SQLite file, safe to share between threads and processes."""
+    """A `Store` in one SQLite file, safe to share between threads and processes.
+
+    `create=False` opens only a file that is there; `expect`: only if it is that file (a worker
+    process opens what its primary opened, never a file put in its place since)."""
 
     def __init__(
         self,
@@ -347,18 +157,34 @@ class SqliteStore:
         *,
         busy_timeout: timedelta = DEFAULT_BUSY_TIMEOUT,
         on_commit: Callable[[list[Transition]], None] | None = None,
+        before_commit: Callable[[StoreTx, list[Transition]], None] | None = None,
+        on_abort: Callable[[list[Transition], BaseException], None] | None = None,
+        create: bool = True,
+        expect: FileIdentity | None = None,
     ) -> None:
         self.path = Path(path)
         # Told the transitions of each committed write transaction (the audit log listens).
         self._on_commit = on_commit
+        self._before_commit, self._on_abort = before_commit, on_abort
         self._busy_timeout = busy_timeout
         self._local = threading.local()
         self._lock = threading.Lock()
         self._connections: list[sqlite3.Connection] = []
         self._closed = False
+        self._watch: StoreWatch | None = None  # from the moment the file is open
+        self._held_lock = threading.RLock()
         try:
-            self._open_schema(self._connection())
-        except sqlite3.Error as exc:  # a directory that is not there, a file that is no database
+            open_schema(self.path, self._connection("rwc" if create else "rw"))
+            identity = identity_of(self.path)
+            if expect is not None and identity != expect:
+                raise StoreError(
+                    f"{self.path} is not the state file pgwarden's primary process opened: it was "
+                    "deleted or replaced since"
+                )
+            # Opened now, used only once the file is gone: the file as it was (store_watch.py).
+            self._held = self._connect("rw")
+            self._watch = StoreWatch(self.path, identity)
+        except (sqlite3.Error, OSError) as exc:  # no such directory, a file that is no database
             self.close()
             raise StoreError(
                 f"cannot open {self.path} as a state database ({exc}); point it at pgwarden's "
@@ -368,85 +194,142 @@ class SqliteStore:
             self.close()
             raise
 
-    def _connection(self) -> sqlite3.Connection:
-        if self._closed:
-            raise StoreError(f"store {self.path} is closed")
+    def _connection(self, mode: str = "rw") -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is not None:
-            return conn
+        if conn is None:
+            conn = self._connect(mode)
+            # A thread's first connection opens the file the path names *now*: if that is
+            # another file than the store's, the watch says so, and this one is not used.
+            if self._watch is not None and (gone := self._watch.gone()) is not None:
+                conn.close()
+                raise gone
+            self._local.conn = conn
+        elif self._closed:
+            raise StoreError(f"store {self.path} is closed")
+        return conn
+
+    def _connect(self, mode: str) -> sqlite3.Connection:
+        """A new connection; mode `rw` never creates the file, `rwc` may."""
         with self._lock:
-            if self._closed:  # again: close() may have run while we waited for the lock
+            if self._closed:
                 raise StoreError(f"store {self.path} is closed")
             # timeout= is SQLite's busy_timeout; isolation_level=None: we issue BEGIN IMMEDIATE
             # and COMMIT ourselves instead of letting the sqlite3 module guess.
             conn = sqlite3.connect(
-                self.path,
+                f"file:{quote(str(self.path))}?mode={mode}",
+                uri=True,
                 timeout=self._busy_timeout.total_seconds(),
                 isolation_level=None,
-                check_same_thread=False,  # only so that close() may close it from another thread
+                check_same_thread=False,  # so that close() may close it from another thread
             )
             self._connections.append(conn)
         conn.execute("PRAGMA foreign_keys = ON")
         conn.execute("PRAGMA synchronous = FULL")
-        self._local.conn = conn
         return conn
 
-    def _open_schema(self, conn: sqlite3.Connection) -> None:
-        """Refuse a foreign or newer file, switch to WAL, apply pending migrations."""
-        version = _check_version(self.path, conn)  # first: a refused file is left as it was
-        if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-            conn.execute("PRAGMA journal_mode = WAL")  # stored in the file: once per file
-        if version == SCHEMA_VERSION:
-            return  # the common case takes no write lock
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            version = _check_version(self.path, conn)  # again: another process may have migrated
-            for statements in MIGRATIONS[version:]:
-                for statement in statements:
-                    conn.execute(statement)
-            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+    @property
+    def watch(self) -> StoreWatch:
+        assert self._watch is not None, "the store is not open"
+        return self._watch
 
     @contextmanager
     def write(self) -> Iterator[StoreTx]:
-        conn = self._begin("BEGIN IMMEDIATE")
-        tx = _SqliteTx(conn, writable=True)
+        """A write transaction. With transitions, `before_commit` is called before the COMMIT
+        (the audit log's write-ahead records: if it raises, the transaction rolls back and the
+        error propagates), then `on_commit` after it, or `on_abort` if the COMMIT fails."""
+        tx: SqliteTx | None = None
         try:
-            yield tx
-            if tx.dirty:
-                conn.execute("UPDATE change_counter SET value = value + 1 WHERE id = 1")
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
+            with self._writing() as conn:
+                tx = SqliteTx(conn, writable=True)
+                yield tx
+                if tx.dirty:
+                    conn.execute("UPDATE change_counter SET value = value + 1 WHERE id = 1")
+                if tx.transitions and self._before_commit is not None:
+                    self._before_commit(tx, tx.transitions)
+                    tx.announced = True
+        except BaseException as exc:
+            if tx is not None and tx.announced and self._on_abort is not None:
+                self._on_abort(tx.transitions, exc)  # recorded, then not committed
             raise
         if tx.transitions and self._on_commit is not None:
             self._on_commit(tx.transitions)  # only what committed: a rollback is never reported
 
     @contextmanager
-    def read(self) -> Iterator[StoreTx]:
-        conn = self._begin("BEGIN")
-        try:
-            yield _SqliteTx(conn, writable=False)
-        finally:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
+    def _writing(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction on this thread's connection, committed on normal exit."""
+        if (gone := self.watch.gone()) is not None:
+            raise gone  # a write now would land in a file no later start reads
+        with self._failures(writing=True):
+            conn = self._begin(self._connection(), "BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                _roll_back(conn)
+                raise
+        self.watch.succeeded(writing=True)
 
-    def _begin(self, statement: str) -> sqlite3.Connection:
-        conn = self._connection()
+    @contextmanager
+    def read(self) -> Iterator[StoreTx]:
+        gone = self.watch.gone()
+        with self._failures(writing=False), self._reading(gone) as conn:
+            self._begin(conn, "BEGIN")
+            try:
+                yield SqliteTx(conn, writable=False, untrusted=gone)
+            finally:
+                _roll_back(conn)
+        if gone is None:
+            self.watch.succeeded(writing=False)
+
+    @contextmanager
+    def _reading(self, gone: StateStoreUnavailable | None) -> Iterator[sqlite3.Connection]:
+        """This thread's connection; once the file is gone, the one held from the start (any
+        other may have been opened on what the path names now), one thread at a time."""
+        if gone is None:
+            yield self._connection()
+            return
+        with self._held_lock:
+            yield self._held
+
+    def _begin(self, conn: sqlite3.Connection, statement: str) -> sqlite3.Connection:
         if conn.in_transaction:
             raise StoreError("nested transaction on one thread (finish the outer one first)")
         conn.execute(statement)
         return conn
 
+    @contextmanager
+    def _failures(self, *, writing: bool) -> Iterator[None]:
+        """sqlite3 errors about the file become StateStoreUnavailable (counted and logged)."""
+        try:
+            yield
+        except sqlite3.Error as exc:
+            error = self.watch.failed(exc, writing=writing)
+            if error is None:
+                raise  # about the statement (a constraint): the caller's to handle
+            raise error from exc
+
     def changes(self) -> int:
-        row = self._connection().execute("SELECT value FROM change_counter WHERE id = 1")
-        value: int = row.fetchone()[0]
+        gone = self.watch.gone()
+        with self._failures(writing=False), self._reading(gone) as conn:
+            row = conn.execute("SELECT value FROM change_counter WHERE id = 1").fetchone()
+        if gone is None:
+            self.watch.succeeded(writing=False)
+        value: int = row[0]
         return value
+
+    def problem(self) -> StateStoreUnavailable | None:
+        return self.watch.gone() or self.watch.problem
+
+    def check(self) -> StateStoreUnavailable | None:
+        problem = self.problem()
+        if problem is None or problem.problem.lasting or not problem.writing:
+            return problem
+        # A write that must reach the disk (a change undone in the same transaction still
+        # writes its page; a no-op UPDATE writes nothing), and changes nothing anyone can see.
+        with contextlib.suppress(StateStoreUnavailable), self._writing() as conn:
+            conn.execute("UPDATE change_counter SET value = value + 1 WHERE id = 1")
+            conn.execute("UPDATE change_counter SET value = value - 1 WHERE id = 1")
+        return self.problem()
 
     def close(self) -> None:
         with self._lock:
@@ -462,15 +345,8 @@ class SqliteStore:
         self.close()
 
 
-def _check_version(path: Path, conn: sqlite3.Connection) -> int:
-    """The file's schema version, if this pgwarden can use the file; StoreError otherwise."""
-    version: int = conn.execute("PRAGMA user_version").fetchone()[0]
-    app_id: int = conn.execute("PRAGMA application_id").fetchone()[0]
-    if app_id not in (0, APPLICATION_ID) or (app_id == 0 and version != 0):
-        raise StoreError(f"{path} is not a pgwarden state database (application_id {app_id})")
-    if version > SCHEMA_VERSION:
-        raise StoreError(
-            f"{path} has state schema version {version}, newer than this pgwarden supports "
-            f"({SCHEMA_VERSION}); upgrade pgwarden or point it at another file"
-        )
-    return version
+def _roll_back(conn: sqlite3.Connection) -> None:
+    """End an open transaction; after a failed COMMIT SQLite may have ended it already."""
+    if conn.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")

@@ -3,7 +3,7 @@
 Migration *n* (1-based) takes a file from `PRAGMA user_version` n-1 to n. Append new migrations;
 never edit a released one, since files in the field have already run it. `SqliteStore` applies the
 missing ones at open, in one write transaction, and refuses a file whose version is higher than
-`SCHEMA_VERSION` (written by a newer pgwarden, whose meaning we cannot know).
+`SCHEMA_VERSION` (written by a newer pgwarden, whose meaning we cannot know): `open_schema`.
 
 Design: one id throughout — a request that is approved becomes the grant, so its window lives on
 the `requests` row; there is no separate grants table to keep in step. Instants and durations
@@ -13,12 +13,15 @@ silent conversion.
 
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, Final
 
 from proxy.auth.credentials import ScramVerifier
 from proxy.grants.requests import AccessRequest, ActiveGrant, RequestId, RequestState
+from proxy.grants.store_watch import StoreError
 from proxy.policy.models import AccessLevelName, TargetName, UserName
 
 # "pgwd": marks the file as ours, so that pgwarden refuses to migrate someone else's database.
@@ -95,6 +98,42 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
 )
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)
+
+
+def open_schema(path: Path, conn: sqlite3.Connection) -> None:
+    """Refuse a foreign or newer file, switch to WAL, apply pending migrations."""
+    version = _check_version(path, conn)  # first: a refused file is left as it was
+    if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+        conn.execute("PRAGMA journal_mode = WAL")  # stored in the file: once per file
+    if version == SCHEMA_VERSION:
+        return  # the common case takes no write lock
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        version = _check_version(path, conn)  # again: another process may have migrated
+        for statements in MIGRATIONS[version:]:
+            for statement in statements:
+                conn.execute(statement)
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def _check_version(path: Path, conn: sqlite3.Connection) -> int:
+    """The file's schema version, if this pgwarden can use the file; StoreError otherwise."""
+    version: int = conn.execute("PRAGMA user_version").fetchone()[0]
+    app_id: int = conn.execute("PRAGMA application_id").fetchone()[0]
+    if app_id not in (0, APPLICATION_ID) or (app_id == 0 and version != 0):
+        raise StoreError(f"{path} is not a pgwarden state database (application_id {app_id})")
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"{path} has state schema version {version}, newer than this pgwarden supports "
+            f"({SCHEMA_VERSION}); upgrade pgwarden or point it at another file"
+        )
+    return version
+
 
 # --- between rows and values ----------------------------------------------------------------
 

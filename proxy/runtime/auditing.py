@@ -7,12 +7,13 @@
   With `fsync: always` it returns the durability future of the last record, and the relay holds
   the client's data until that record is on disk.
 - `LifecycleAuditor` turns the state store's transitions into request/grant/credential records,
-  after the transaction that made them commits (so a rolled-back change is never recorded).
+  written ahead of the transaction's COMMIT (a record that cannot be written refuses the
+  action), then one `lifecycle.outcome` record saying whether the COMMIT took effect.
 - `SecretsToRedact` remembers the temporary passwords pgwarden handed out while their grants may
   still be used, so that a password pasted into a query never reaches the log.
 
 A record that cannot be written raises `AuditUnavailable` (a PgwardenError): for a session or a
-query that means refusal; for lifecycle records and ends of sessions, which describe what
+query, and for a lifecycle action, that means refusal; for ends of sessions, which describe what
 already happened, it is logged and counted.
 """
 
@@ -35,6 +36,7 @@ from proxy.audit.events import (
     GrantActivated,
     GrantExpired,
     GrantRevoked,
+    LifecycleOutcome,
     LoginFailed,
     LongSession,
     RequestApproved,
@@ -49,7 +51,10 @@ from proxy.audit.redact import Redactor
 from proxy.audit.sink_state import SinkOptions
 from proxy.clock import Clock
 from proxy.config import AuditSettings, FsyncPolicy
+from proxy.grants.lifecycle import NotAudited
 from proxy.grants.requests import AccessRequest, Action, IssuedCredential, Transition
+from proxy.grants.store import StoreTx
+from proxy.policy.models import Policy
 from proxy.session.observer import LoginFailure, SessionObserver
 from proxy.session.session import Ending, Session
 from proxy.wire import COPY_DATA, Frame, decode_frontend
@@ -61,6 +66,8 @@ MAX_REMEMBERED_SECRETS = 10_000
 # How long a query's outcome may wait in memory for the next query's write (see `_later`): the
 # most that a crash of pgwarden itself could take from the log (queries are written at once).
 OUTCOME_DELAY = 0.005
+# How long a lifecycle action waits for its records' fsync (`fsync: always`) before it is refused.
+LIFECYCLE_DURABLE_TIMEOUT = 5.0
 
 
 class SecretsToRedact:
@@ -220,32 +227,61 @@ class SessionAuditor(SessionObserver):
 
 
 class LifecycleAuditor:
-    """Store transitions → audit records, after their transaction commits."""
+    """Store transitions → audit records, written ahead of the state-store commit.
+
+    `before_commit` runs inside the write transaction, before COMMIT: it writes the records of
+    the transaction's transitions and, with fsync `always`, waits until they are on disk. If they
+    cannot be written it raises `NotAudited` and the transaction rolls back: no action takes
+    effect unrecorded (the API answers 503). Then one `lifecycle.outcome` record follows the
+    COMMIT (`committed: true`), or its failure (`committed: false` with the error), naming the
+    seqs it settles. A crash between the two leaves records with no outcome: written just before
+    pgwarden stopped, not known to have taken effect (`audit verify` counts them)."""
 
     def __init__(
-        self,
-        audit: AuditLog,
-        get_request: Callable[[str], AccessRequest],
-        approvals: Callable[[str], tuple[int, int]],
+        self, audit: AuditLog, policy: Callable[[], Policy], *, wait_durable: bool
     ) -> None:
         self._audit = audit
-        self._get = get_request
-        self._approvals = approvals
+        self._policy = policy
+        self._wait_durable = wait_durable
+        self._written = threading.local()  # (first seq, last seq) between before and after
+
+    def before_commit(self, tx: StoreTx, transitions: list[Transition]) -> None:
+        events = [self._event(transition, tx) for transition in transitions]
+        try:
+            last = self._audit.append_many(events)
+            if self._wait_durable:
+                self._audit.durable(last).result(LIFECYCLE_DURABLE_TIMEOUT)
+        except (AuditUnavailable, TimeoutError) as exc:
+            kinds = ", ".join(event.kind for event in events)
+            log.error("refused (%s): the audit log cannot record it: %s", kinds, exc)
+            raise NotAudited(
+                "the audit log cannot be written; requests, approvals, credentials and "
+                "revocations are refused until it can (to end a session now: pgwarden kill)"
+            ) from None
+        self._written.seqs = (last - len(events) + 1, last)  # one write: consecutive seqs
 
     def committed(self, transitions: list[Transition]) -> None:
-        for transition in transitions:
-            try:
-                self._audit.append(self._event(transition))
-            except AuditUnavailable as exc:
-                log.error("audit record of %s lost: %s", transition.action, exc)
-            except Exception:
-                log.exception("could not audit %s of %s", transition.action, transition.request_id)
+        self._outcome(committed=True, error="")
 
-    def _event(self, t: Transition) -> AuditEvent:
-        request = self._get(t.request_id)
+    def aborted(self, transitions: list[Transition], exc: BaseException) -> None:
+        self._outcome(committed=False, error=str(exc) or type(exc).__name__)
+
+    def _outcome(self, *, committed: bool, error: str) -> None:
+        first, last = getattr(self._written, "seqs", (0, 0))
+        self._written.seqs = (0, 0)
+        if last:
+            try:
+                self._audit.append(LifecycleOutcome(first, last, committed, error))
+            except AuditUnavailable as exc:  # the sink has logged and counted it
+                log.error("outcome of audit records %d-%d not recorded: %s", first, last, exc)
+
+    def _event(self, t: Transition, tx: StoreTx) -> AuditEvent:
+        request = tx.get_request(t.request_id)
+        assert request is not None  # the transaction has just written it
         if t.action is Action.APPROVE:
-            have, need = self._approvals(request.id)
-            return RequestApproved(request.id, t.actor, t.why, have, need)
+            target = self._policy().targets.get(request.target)
+            need = target.approval_for(request.access_level).required_approvals if target else 0
+            return RequestApproved(request.id, t.actor, t.why, len(tx.approvals(request.id)), need)
         return _BUILDERS[t.action](request, t)
 
 

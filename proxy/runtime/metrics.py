@@ -93,6 +93,18 @@ class Metrics:
             "sessions are refused", registry=registry,
         )  # fmt: skip
         self.audit_healthy.set(1)
+        self.state_store_errors = Counter(
+            "pgwarden_state_store_errors_total",
+            "State store failures, by kind: a read or write that failed (disk_full, io_error, "
+            "read_only, busy, corrupt), or its file found deleted or replaced (once)",
+            ["kind"], registry=registry,
+        )  # fmt: skip
+        self.state_store_healthy = Gauge(
+            "pgwarden_state_store_healthy", "1 while the state store accepts writes; 0 means "
+            "approvals and credentials are refused (and logins, if its file is gone)",
+            registry=registry,
+        )  # fmt: skip
+        self.state_store_healthy.set(1)
         self.upstream_pool_idle = Gauge(
             "pgwarden_upstream_pool_idle", "Database backends kept idle for reuse (upstream_pool)",
             registry=registry,
@@ -100,6 +112,11 @@ class Metrics:
         self.upstream_pool_reuses = Counter(
             "pgwarden_upstream_pool_reuses_total", "Sessions served by a kept database backend",
             registry=registry,
+        )  # fmt: skip
+        self.orphan_backends_ended = Counter(
+            "pgwarden_orphan_backends_ended_total",
+            "Database backends a previous run of pgwarden left behind (a crash), ended at start",
+            ["target"], registry=registry,
         )  # fmt: skip
 
 

@@ -35,11 +35,11 @@ from proxy.audit import AuditLog
 from proxy.audit.records import worker_audit_path
 from proxy.audit.redact import Redactor
 from proxy.clock import SYSTEM_CLOCK, Clock
-from proxy.config import ListenAddress, ServerConfig
+from proxy.config import FsyncPolicy, ListenAddress, ServerConfig
 from proxy.errors import PgwardenError
 from proxy.grants.lifecycle import GrantService
 from proxy.grants.requests import AccessRequest, Action, IssuedCredential, RequestId, Transition
-from proxy.grants.store import SqliteStore
+from proxy.grants.store import SqliteStore, StoreTx
 from proxy.policy.models import Policy
 from proxy.policy.reload import PolicyHolder, ReloadOutcome, ReloadResult
 from proxy.runtime.auditing import (
@@ -55,16 +55,20 @@ from proxy.runtime.housekeeping import (
     MetricsReport,
     PoolWatch,
     RequestCounts,
+    StoreHealthWatch,
 )
+from proxy.runtime.leftovers import end_leftover_backends
 from proxy.runtime.metrics import Metrics, policy_label
 from proxy.runtime.metrics_observer import MetricsObserver
 from proxy.runtime.proxy_context import Cancel, build_context, new_mock_secret
 from proxy.runtime.startup import (
     check_startup,
     discard_new_state,
+    earlier_life,
     listen_error,
     open_audit,
     open_store,
+    record_state_created,
 )
 from proxy.session.context import ClientTls
 from proxy.session.enforcer import EnforcementSettings, Enforcer
@@ -112,6 +116,7 @@ class Runtime:
     config_path: Path | None = None  # what worker processes are started with
     welcome: Welcome | None = None  # a worker's: from its primary, before it listens
     on_primary_lost: Callable[[], None] = lambda: None  # a worker's: stop this process
+    new_state: bool = False  # `--new-state`: start with an empty store although one lived here
     policy: PolicyHolder = field(init=False)
     store: SqliteStore = field(init=False)
     grants: GrantService = field(init=False)
@@ -130,7 +135,8 @@ class Runtime:
     workers: WorkerSet | None = field(init=False, default=None)  # the primary's, when workers > 1
     link: PrimaryLink | None = field(init=False, default=None)  # a worker's channel to the primary
     _tasks: list[asyncio.Task[None]] = field(init=False, default_factory=list)
-    _new_state: bool = field(init=False, default=False)  # this run created the state file
+    _created_state: bool = field(init=False, default=False)  # this run created the state file
+    _audit_opened: bool = field(init=False, default=False)
     # The threads that read and write the store for housekeeping and enforcement: `stop` waits
     # for them before it closes the store (a cancelled task does not stop its thread).
     _store_work: ThreadPoolExecutor = field(
@@ -144,10 +150,17 @@ class Runtime:
         # says why in this order). A failure from here on closes what was opened.
         audit_path = worker_audit_path(config.paths.audit_log, self.worker)
         listen = self.welcome is None
-        checked = check_startup(config, audit_path, self._policy_reloaded, listen=listen)
+        checked = check_startup(
+            config, audit_path, self._policy_reloaded, listen=listen, new_state=self.new_state
+        )
         self.policy = checked.policy
-        self._new_state = not config.paths.state.exists()
-        self.store = open_store(config.paths.state, on_commit=self._committed)
+        replaces_lost = self.new_state and listen and earlier_life(config)
+        self._created_state = listen and not config.paths.state.exists()
+        expect = self.welcome.state_file if self.welcome is not None else None
+        self.store = open_store(
+            config.paths.state, on_commit=self._committed, create=listen, expect=expect,
+            before_commit=self._recording, on_abort=self._aborted,
+        )  # fmt: skip
         self.redact = SecretsToRedact()
         try:
             self.audit = open_audit(
@@ -156,6 +169,9 @@ class Runtime:
         except BaseException:
             self.discard()
             raise
+        self._audit_opened = True
+        if self._created_state:
+            record_state_created(self.audit, config.paths.state, earlier_life=replaces_lost)
         try:
             self._build(checked.client_tls)
         except BaseException:
@@ -172,7 +188,10 @@ class Runtime:
         self.metrics = Metrics(self.metrics_registry)
         if config.upstream_pool.enabled:
             self.pool = UpstreamPool(config.upstream_pool, clock.monotonic)
-        self.lifecycle_auditor = LifecycleAuditor(self.audit, self._request, self._approvals)
+        self.lifecycle_auditor = LifecycleAuditor(
+            self.audit, self._current_policy,
+            wait_durable=config.audit.fsync is FsyncPolicy.ALWAYS,
+        )  # fmt: skip
         self.grants = GrantService(
             self.store, clock, self._current_policy, on_credential=self._credential_issued
         )
@@ -214,7 +233,7 @@ class Runtime:
         self.workers = WorkerSet(
             self.config.proxy.workers,
             worker_command(self.config_path, lambda: self.server.port),
-            welcome(self.redact.entries, mock_secret),
+            welcome(self.redact.entries, mock_secret, self.store.watch.identity),
             functools.partial(_cancel_here, registry),
             monotonic=self.clock.monotonic,
             started=record_start(self.audit, self.config.paths.audit_log),
@@ -264,7 +283,8 @@ class Runtime:
         else:
             counts = RequestCounts(self.store, self._current_policy, self.metrics)
             sweep = GrantSweep(self.grants, counts)
-        return Housekeeping(jobs, sweep, self._store_work, HOUSEKEEPING_INTERVAL)
+        store_health = StoreHealthWatch(self.store, self.metrics)
+        return Housekeeping(jobs, store_health, sweep, self._store_work, HOUSEKEEPING_INTERVAL)
 
     def _audit_problem(self) -> str | None:
         return None if self.audit.healthy else "the audit log cannot be written"
@@ -298,14 +318,15 @@ class Runtime:
             if t.action is Action.EXPIRE:  # the API fires the others; expiry has no caller
                 self.notifier.grant_expired(self._request(t.request_id))
 
+    def _recording(self, tx: StoreTx, transitions: list[Transition]) -> None:
+        """Before a write's COMMIT: its records, write-ahead (raises NotAudited to refuse it)."""
+        self.lifecycle_auditor.before_commit(tx, transitions)
+
+    def _aborted(self, transitions: list[Transition], exc: BaseException) -> None:
+        self.lifecycle_auditor.aborted(transitions, exc)
+
     def _request(self, request_id: str) -> AccessRequest:
         return self.grants.get(RequestId(request_id))
-
-    def _approvals(self, request_id: str) -> tuple[int, int]:
-        request = self._request(request_id)
-        target = self.policy.current.targets.get(request.target)
-        need = target.approval_for(request.access_level).required_approvals if target else 0
-        return len(self.grants.approvals(RequestId(request_id))), need
 
     def _long_session(self, session: Session) -> None:
         (target,) = policy_label(self.policy.current, session.info.target)
@@ -322,6 +343,8 @@ class Runtime:
             await self.server.start()
             self.link.notify("ready")
         else:
+            # Before the first client: every mapped-role backend then found is a previous run's.
+            await end_leftover_backends(self.policy.current, self.metrics, self.audit)
             await _listen(self.server.start, "proxy.listen", self.config.proxy.listen)
             self.notifier.bind(loop)
             await _listen(self.api.start, "api.listen", self.config.api.listen)
@@ -357,9 +380,10 @@ class Runtime:
 
     def discard(self) -> None:
         """After a start that failed: close the store, and remove its file if this run made it
-        (no server used it). The audit log is the caller's to close."""
+        and the audit log never opened (no record speaks of it: startup.py). The audit log is
+        the caller's to close."""
         self.store.close()
-        if self._new_state:
+        if self._created_state and not self._audit_opened:
             discard_new_state(self.config.paths.state)
 
 
@@ -378,9 +402,14 @@ def _cancel_here(registry: SessionRegistry[Session], process_id: int, secret: by
 
 
 async def serve(
-    config: ServerConfig, config_path: Path | None = None, worker: WorkerArgs | None = None
+    config: ServerConfig,
+    config_path: Path | None = None,
+    worker: WorkerArgs | None = None,
+    *,
+    new_state: bool = False,
 ) -> None:
-    """Run until SIGTERM or SIGINT; SIGHUP reloads the policy (in every worker)."""
+    """Run until SIGTERM or SIGINT; SIGHUP reloads the policy (in every worker). `new_state`:
+    start with an empty state store although the audit log shows an earlier one."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     # Before anything opens: a SIGTERM while starting stops the server once it has started (its
@@ -390,7 +419,7 @@ async def serve(
     # so that the primary never sees it exit first and starts it again.
     loop.add_signal_handler(signal.SIGINT, stop.set if worker is None else lambda: None)
     if worker is None:
-        runtime = Runtime(config, config_path=config_path)
+        runtime = Runtime(config, config_path=config_path, new_state=new_state)
     else:  # take the primary's secrets before building anything that listens
         joined = await join_primary(worker.channel_fd)
         config = worker_config(config, worker.port)

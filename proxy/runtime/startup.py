@@ -5,19 +5,27 @@ A start that fails must leave nothing behind: no directory, no state file, no au
 
 1. check, creating nothing, and report every problem at once (`check_startup`): the policy
    loads; the audit HMAC key is set and long enough; the state file's and the audit log's
-   directories exist and are writable; the client TLS files make a context; the listen
-   addresses are free;
+   directories exist and are writable; the state file is there unless this is a first start
+   (`check_state_file`); the client TLS files make a context; the listen addresses are free;
 2. open the state store (`open_store`); a file this run created is removed again if the start
-   fails later (`discard_new_state`);
-3. open the audit log (`open_audit`), which writes `audit.opened`;
+   fails before the audit log opens (`discard_new_state`);
+3. open the audit log (`open_audit`), which writes `audit.opened`, then `state.created` if this
+   run made the state file;
 4. bind the listeners (`Runtime.start`; a bind error becomes `listen_error`).
+
+A missing state file is a first start only if the audit log has no files either. Otherwise a
+server ran here with a state store that is gone (deleted, or a volume not mounted), and a new,
+empty one would silently forget every grant and API token: `pgwarden serve` refuses, naming both
+paths, unless started with `--new-state` — which, to stay a one-time decision rather than a
+standing flag in a unit file, is refused in turn while the state file exists.
 
 The audit log opens before the listeners bind, not after: a listener accepts clients from its
 first moment, and the log must already be open to record the first session (or, failing closed,
 to refuse it). So `audit.opened` means "a server passed every startup check and is about to
 serve; what it does is recorded from here". Only a port taken by another process in the moment
 between the check and the bind can still fail a start after the log opened; the server then
-closes what it opened (`audit.closed` follows at once) and names the address.
+closes what it opened (`audit.closed` follows at once) and names the address, and keeps the state
+file it made: the log now records a start with it, and the next start finds the two together.
 
 Every failure a person can cause is a `StartupError`: one line per problem, naming the setting or
 file, what is wrong and the fix. `pgwarden serve` prints them and exits 2; so do the `token`
@@ -27,6 +35,7 @@ commands.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,12 +43,14 @@ from pathlib import Path
 from typing import ParamSpec, TypeVar
 
 from proxy.audit import AuditLog, AuditUnavailable
+from proxy.audit.events import StateCreated
 from proxy.audit.records import MIN_KEY_BYTES, log_files
 from proxy.clock import Clock
 from proxy.config import AuditSettings, ConfigError, ConfigUnreadable, ListenAddress, ServerConfig
 from proxy.errors import PgwardenError
 from proxy.grants.requests import Transition
-from proxy.grants.store import SqliteStore, StoreError
+from proxy.grants.store import SqliteStore, StoreError, StoreTx
+from proxy.grants.store_watch import FileIdentity
 from proxy.net.certs import CertificateError
 from proxy.net.listen import bind_problem, listen_problem
 from proxy.policy.models import Policy, SecretRef, SecretUnavailable
@@ -48,6 +59,8 @@ from proxy.policy.reload import PolicyHolder, ReloadHook
 from proxy.runtime.auditing import SecretsToRedact, open_audit_log
 from proxy.runtime.proxy_context import server_tls
 from proxy.session.context import ClientTls
+
+log = logging.getLogger(__name__)
 
 # What the fix of a missing audit key suggests: 32 random bytes, written as 64 hex digits.
 KEY_COMMAND = "openssl rand -hex 32"
@@ -95,15 +108,22 @@ def load_startup_policy(config: ServerConfig) -> Policy:
 
 
 def check_startup(
-    config: ServerConfig, audit_path: Path, on_reload: ReloadHook, *, listen: bool
+    config: ServerConfig,
+    audit_path: Path,
+    on_reload: ReloadHook,
+    *,
+    listen: bool,
+    new_state: bool = False,
 ) -> Checked:
     """Everything that can be checked before a file is created, every problem at once (so that
-    an admin fixes them in one go); raises StartupError. `listen`: also check that the listen
-    addresses are free (not in a worker: the primary holds its port, and it serves no API)."""
+    an admin fixes them in one go); raises StartupError. `listen`: a primary, so also check the
+    state file's life and that the listen addresses are free (a worker opens the file its
+    primary opened; the primary holds its port, and it serves no API)."""
     problems: list[str] = []
     policy = _checked(problems, _open_policy, config, on_reload)
     key = _checked(problems, audit_key, config.audit.hmac_key, audit_path)
-    _checked(problems, check_file_location, "paths.state", config.paths.state)
+    if _checked(problems, check_file_location, "paths.state", config.paths.state) and listen:
+        _checked(problems, check_state_file, config, new_state=new_state)
     _checked(problems, check_file_location, "paths.audit_log", audit_path)
     tls = _checked(problems, _server_tls, config)
     if listen:
@@ -119,6 +139,40 @@ def check_startup(
     assert policy is not None
     assert key is not None
     return Checked(policy, key, tls)
+
+
+def check_state_file(config: ServerConfig, *, new_state: bool) -> None:
+    """The state file is there, or this is a first start, or `--new-state` says to start anew
+    (and only then: see the module docstring)."""
+    state = config.paths.state
+    if new_state and state.exists():
+        raise StartupError(
+            f"paths.state: {state} exists, and --new-state makes a new state store only where "
+            "there is none; start without --new-state to use it"
+        )
+    if not new_state and earlier_life(config):
+        raise StartupError(lost_state(config))
+
+
+def earlier_life(config: ServerConfig) -> bool:
+    """Whether the state file is missing although the audit log shows a server ran here."""
+    if config.paths.state.exists():
+        return False
+    try:
+        return bool(log_files(config.paths.audit_log))
+    except OSError:  # an unreadable directory: its own check says so
+        return False
+
+
+def lost_state(config: ServerConfig) -> str:
+    """The one line for a state file that is gone after an earlier life."""
+    state, audit = config.paths.state, config.paths.audit_log
+    return (
+        f"paths.state: {state} does not exist, but the audit log {audit} shows that pgwarden "
+        "ran here before; a new state store would forget every grant and API token. Restore "
+        f"{state} from a backup, or start anew with: pgwarden serve --config {config.source} "
+        "--new-state"
+    )
 
 
 def audit_key(ref: SecretRef, audit_path: Path) -> bytes:
@@ -138,9 +192,10 @@ def audit_key(ref: SecretRef, audit_path: Path) -> bytes:
     return key
 
 
-def check_file_location(setting: str, path: Path) -> None:
+def check_file_location(setting: str, path: Path) -> bool:
     """`path` is a file pgwarden may create or open for writing: its directory exists and is
-    writable (pgwarden never creates directories: their owner and mode are the admin's)."""
+    writable (pgwarden never creates directories: their owner and mode are the admin's). True,
+    or StartupError."""
     directory = path.parent
     if not directory.is_dir():
         what = "is not a directory" if directory.exists() else "does not exist"
@@ -160,13 +215,25 @@ def check_file_location(setting: str, path: Path) -> None:
             f"{setting}: {path} cannot be read and written by this user (uid {os.geteuid()}); "
             "give it to the user pgwarden runs as"
         )
+    return True
 
 
 def open_store(
-    path: Path, on_commit: Callable[[list[Transition]], None] | None = None
+    path: Path,
+    on_commit: Callable[[list[Transition]], None] | None = None,
+    *,
+    create: bool = True,
+    expect: FileIdentity | None = None,
+    before_commit: Callable[[StoreTx, list[Transition]], None] | None = None,
+    on_abort: Callable[[list[Transition], BaseException], None] | None = None,
 ) -> SqliteStore:
+    """The state store; a worker's (`create=False`) opens only the file its primary has open.
+    The hooks record each write's transitions in the audit log (see `SqliteStore.write`)."""
     try:
-        return SqliteStore(path, on_commit=on_commit)
+        return SqliteStore(
+            path, on_commit=on_commit, create=create, expect=expect,
+            before_commit=before_commit, on_abort=on_abort,
+        )  # fmt: skip
     except StoreError as exc:
         raise StartupError(f"paths.state: {exc.message}") from None
 
@@ -187,6 +254,20 @@ def open_audit(
         raise StartupError(
             f"paths.audit_log: cannot continue the audit log {path}: {exc.detail}"
         ) from None
+
+
+def record_state_created(audit: AuditLog, path: Path, *, earlier_life: bool) -> None:
+    """`state.created`: where the history of this state store begins (and, with `--new-state`,
+    that an earlier one was given up)."""
+    if earlier_life:
+        log.warning(
+            "started with a new, empty state store %s (--new-state): the grants and API tokens "
+            "of the earlier one are not in it; the audit log keeps their records", path
+        )  # fmt: skip
+    try:
+        audit.append(StateCreated(str(path), earlier_life))
+    except AuditUnavailable as exc:  # the log fails closed on its own: sessions are refused
+        log.error("could not record that the state store %s was created: %s", path, exc)
 
 
 def listen_error(setting: str, address: ListenAddress, exc: OSError) -> StartupError:

@@ -24,6 +24,7 @@ from proxy.session.observer import SessionObserver
 from proxy.session.quiet_log import QuietLog
 from proxy.session.registry import SessionRegistry
 from proxy.session.session import Session
+from proxy.upstream.liveness import UnsupportedSettings
 from proxy.upstream.pool import UpstreamPool
 from proxy.wire.limits import DEFAULT_MAX_MESSAGE_LENGTH
 
@@ -58,6 +59,8 @@ class ProxyContext:
     mock_secret: bytes = field(default_factory=lambda: secrets.token_bytes(MOCK_SECRET_BYTES))
     scram_cache: SaltedPasswordCache = field(default_factory=SaltedPasswordCache)
     upstream_pool: UpstreamPool | None = None  # None: every session logs in upstream anew
+    # pgwarden's own upstream settings each database refused (PostgreSQL < 14: liveness.py).
+    unsupported_settings: UnsupportedSettings = field(default_factory=UnsupportedSettings)
     # With several workers: hand a CancelRequest to the worker that issued its key (worker,
     # process id, secret); see registry.owner (the secret names the worker).
     cancel_elsewhere: Callable[[int, int, bytes], None] | None = None

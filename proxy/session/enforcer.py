@@ -29,6 +29,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 
 from proxy.clock import Clock
+from proxy.errors import PgwardenError
 from proxy.grants.lifecycle import GrantService, RequestNotFound
 from proxy.grants.requests import POLICY_ACTOR, AccessRequest, RequestId, RequestState
 from proxy.policy.models import AccessLevelName, Policy, TargetName, UserName
@@ -156,6 +157,11 @@ class Enforcer:
             request = self._grants.get(RequestId(info.grant_id))
         except RequestNotFound:
             return Ending(EndReason.REVOKED, _gone_message(info), detail="grant not found")
+        except PgwardenError as exc:
+            # The store, or the audit log it records to first, refuses to settle what is due: the
+            # policy still decides here, and the deadline still ends the session on time.
+            log.debug("grant %s not re-read: %s", info.grant_id, exc)
+            return _removed(info, policy)
         return judge(info, request, policy)
 
     def _sleep_time(self) -> float:
@@ -175,10 +181,14 @@ def judge(info: SessionInfo, request: AccessRequest, policy: Policy) -> Ending |
             f'pgwarden: access to "{info.target}" ({info.access_level}) was revoked by {by}{why}'
         )
         return Ending(EndReason.REVOKED, message, detail=f"revoked by {by}")
+    return _removed(info, policy)  # expiry is the deadline's job, on the monotonic clock
+
+
+def _removed(info: SessionInfo, policy: Policy) -> Ending | None:
     target, level = TargetName(info.target), AccessLevelName(info.access_level)
     if UserName(info.user) not in policy.users or policy.level(target, level) is None:
         return Ending(EndReason.REMOVED, _gone_message(info), detail="removed from the policy")
-    return None  # expiry is the deadline's job, on the monotonic clock
+    return None
 
 
 def warning_message(info: SessionInfo, remaining: float) -> str:

@@ -6,6 +6,8 @@ or takes a kept backend of that role from the upstream pool when it is on (pool.
 With `proxy.identity_in_application_name` (the default) the upstream application_name is
 `pgwarden:<user>:<grant> <client's name>`, for pg_stat_activity, while the client is told its
 own name in ParameterStatus; with it off, the client's name goes upstream untouched.
+Every session's upstream login carries pgwarden's liveness settings (proxy/upstream/liveness.py:
+the database checks during a query that pgwarden is still there), in place of any client value.
 `make_ready` registers the session, lets the observers (the audit log first) accept it — a log
 that cannot record the login refuses it — then sends the client AuthenticationOk, the database's
 ParameterStatus messages, BackendKeyData (the backend's real pid, pgwarden's own secret), a
@@ -36,6 +38,7 @@ from proxy.upstream.connect import (
     allowed_startup_parameters,
     connect_upstream,
 )
+from proxy.upstream.liveness import SESSION_SETTINGS
 from proxy.wire import (
     AuthenticationOk,
     BackendKeyData,
@@ -81,6 +84,7 @@ async def connect_for(login: Login, ctx: ProxyContext) -> UpstreamConnection:
             if ctx.identity_in_application_name
             else parameters
         ),
+        own_settings=SESSION_SETTINGS,
     )  # fmt: skip
 
     def connect(login: UpstreamLogin) -> Awaitable[UpstreamConnection]:
@@ -89,6 +93,7 @@ async def connect_for(login: Login, ctx: ProxyContext) -> UpstreamConnection:
             scram_cache=ctx.scram_cache,
             ssl_context=ctx.upstream_ssl_context(target.upstream),
             connect_timeout=ctx.upstream_connect_timeout,
+            unsupported=ctx.unsupported_settings,
         )
 
     try:

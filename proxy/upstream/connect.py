@@ -8,10 +8,15 @@
       greeting                            ParameterStatus*, BackendKeyData, ReadyForQuery
       -> UpstreamConnection               the Peer, ready for the relay
 
+A login may carry pgwarden's `own_settings` (liveness.py: how the database notices a vanished
+pgwarden during a query); they replace any client value of the same name. A server that refuses
+one of them by name is logged in to again without it, and the `UnsupportedSettings` passed in
+remember that for the endpoint. Upstream sockets have TCP keepalive on.
+
 Names come only from the policy and are sent as separate startup parameters; no conninfo string is
 ever built (SECURITY.md row 20). Client-supplied settings pass unless `REFUSED_STARTUP_SETTINGS`
-names them (row 22). The whole login is bounded by `connect_timeout`, every message it reads is
-capped (row 19), and any failure aborts the connection and raises one
+names them (row 22; startup_settings.py). The whole login is bounded by `connect_timeout`,
+every message it reads is capped (row 19), and any failure aborts the connection and raises one
 `UpstreamError`, FATAL, with the upstream's SQLSTATE when it refused us and 08001/08006 otherwise.
 
 `send_cancel_request` and `terminate_upstream` are the session's exit path: both are bounded in
@@ -23,9 +28,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from types import MappingProxyType
 from typing import Final
 
 from proxy.auth import (
@@ -36,14 +40,23 @@ from proxy.auth import (
 from proxy.net.peer import Peer
 from proxy.net.tls import UpstreamSslAction, UpstreamTlsError, upstream_ssl_answer
 from proxy.policy.models import Upstream, UpstreamTlsMode
+from proxy.upstream.liveness import UnsupportedSettings, keep_alive, refused_setting
 from proxy.upstream.login import (
     AuthParams,
     LoginFailure,
+    LoginRefused,
     MessageStream,
     UpstreamError,
     authenticate,
     receive_greeting,
     upstream_error,
+)
+from proxy.upstream.startup_settings import (
+    REFUSED_STARTUP_SETTINGS,
+    StartupParameters,
+    allowed_startup_parameters,
+    fold,
+    refused_startup_setting,
 )
 from proxy.wire import (
     BackendKeyData,
@@ -66,6 +79,8 @@ __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",
     "DEFAULT_TERMINATE_TIMEOUT",
     "REFUSED_STARTUP_SETTINGS",
+    "StartupParameters",
+    "UnsupportedSettings",
     "UpstreamConnection",
     "UpstreamError",
     "UpstreamLogin",
@@ -86,63 +101,6 @@ DEFAULT_CANCEL_TIMEOUT: Final = 5.0
 # Terminate then close: the backend ends at once; past this we abort the socket.
 DEFAULT_TERMINATE_TIMEOUT: Final = 1.0
 
-# Settings a client may not ask for at startup, and why (SECURITY.md row 22). Every other setting
-# goes upstream as the client asked: the database applies its own checks (an unknown name, a bad
-# value, a superuser-only setting is its FATAL, passed on), and a setting the role could SET one
-# statement later is no more dangerous at startup. Refused: what chooses who logs in where, what
-# pgwarden's access levels may rely on the database's defaults for, and the settings that only
-# take effect at connection start (they are not run-time settings a session could SET).
-REFUSED_STARTUP_SETTINGS: Final[Mapping[str, str]] = MappingProxyType({
-    "user": "pgwarden chooses the database role from your grant",
-    "database": "pgwarden chooses the database from your grant",
-    "role": "pgwarden logs in as the role your grant's access level maps to",
-    "session_authorization": "pgwarden logs in as the role your grant's access level maps to",
-    "replication": "replication connections are not supported through pgwarden",
-    "default_transaction_read_only": "an access level may rely on the database's default",
-    "post_auth_delay": "it is not a run-time setting",
-    "ignore_system_indexes": "it is not a run-time setting",
-    "log_connections": "it is not a run-time setting",
-    "log_disconnections": "it is not a run-time setting",
-    "jit_debugging_support": "it is not a run-time setting",
-    "jit_profiling_support": "it is not a run-time setting",
-})  # fmt: skip
-
-StartupParameters = tuple[tuple[str, str], ...]
-
-
-def refused_startup_setting(settings: Iterable[tuple[str, str]]) -> tuple[str, str] | None:
-    """The first setting pgwarden refuses to pass on, with why; None if it passes them all."""
-    for name, _value in settings:
-        reason = REFUSED_STARTUP_SETTINGS.get(_fold(name))
-        if reason is not None:
-            return name, reason
-    return None
-
-
-def allowed_startup_parameters(params: Iterable[tuple[str, str]]) -> StartupParameters:
-    """The settings that may go upstream: refused names, raw `options`, protocol extensions,
-    names that differ only in case from an earlier one, empty names and NUL are dropped. The
-    session refuses a login that asks for a refused setting before it gets here; this is the
-    last line of defence."""
-    seen: set[str] = set()
-    allowed: list[tuple[str, str]] = []
-    for name, value in params:
-        folded = _fold(name)
-        if not name or folded in REFUSED_STARTUP_SETTINGS or folded in seen:
-            continue
-        if folded == "options" or folded.startswith("_pq_."):
-            continue  # `options` reaches us read into settings; `_pq_.` are protocol extensions
-        if "\0" in name or "\0" in value:
-            continue
-        seen.add(folded)
-        allowed.append((name, value))
-    return tuple(allowed)
-
-
-def _fold(name: str) -> str:
-    # Postgres compares setting names folding ASCII letters only (guc_name_compare).
-    return "".join(char.lower() if char.isascii() else char for char in name)
-
 
 @dataclass(frozen=True, slots=True)
 class UpstreamLogin:
@@ -160,6 +118,8 @@ class UpstreamLogin:
     startup_parameters: StartupParameters = ()
     max_scram_iterations: int = MAX_UPSTREAM_SCRAM_ITERATIONS
     target: str = ""
+    # pgwarden's own settings for this connection (liveness.py); they replace the client's.
+    own_settings: StartupParameters = ()
 
     def __post_init__(self) -> None:
         # Postgres would truncate a 64-byte name or read an empty database as "same as user":
@@ -183,13 +143,22 @@ class UpstreamLogin:
         password: str,
         target: str,
         startup_parameters: Iterable[tuple[str, str]] = (),
+        own_settings: StartupParameters = (),
     ) -> UpstreamLogin:
         """The login to a policy `Upstream` as `role` (the caller has read the password)."""
         return cls(
             upstream.host, upstream.port, upstream.database, role, password, upstream.tls,
             server_hostname=upstream.host,
             startup_parameters=allowed_startup_parameters(startup_parameters), target=target,
+            own_settings=own_settings,
         )  # fmt: skip
+
+    @property
+    def client_parameters(self) -> StartupParameters:
+        """The client's settings that go upstream: allowed, and not one of pgwarden's own."""
+        own = {fold(name) for name, _ in self.own_settings}
+        allowed = allowed_startup_parameters(self.startup_parameters)
+        return tuple(pair for pair in allowed if fold(pair[0]) not in own)
 
     @property
     def display_name(self) -> str:
@@ -244,14 +213,46 @@ async def connect_upstream(
     scram_cache: SaltedPasswordCache | None = None,
     ssl_context: ssl.SSLContext | None = None,
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+    unsupported: UnsupportedSettings | None = None,
 ) -> UpstreamConnection:
     """Log in to the upstream. Raises only UpstreamError (and CancelledError if cancelled).
 
     `ssl_context` is required unless `login.tls_mode` is disable (see proxy/net/tls.py).
+    `unsupported`: what each endpoint is known to refuse of `login.own_settings` (kept by the
+    caller across logins); a refusal naming one of them is retried without it, once per setting.
     """
+    known = unsupported if unsupported is not None else UnsupportedSettings()
+    endpoint = (login.host, login.port)
+    for _ in login.own_settings:  # bounded: each retry drops one more of them
+        try:
+            return await _connect(login, known.of(endpoint), scram_cache, ssl_context,
+                                  connect_timeout)  # fmt: skip
+        except _RefusedSetting as refused:
+            known.add(endpoint, refused.name)
+    # Each of them was refused in turn: the last try sends none (and so cannot be refused one).
+    every = frozenset(name for name, _ in login.own_settings)
+    return await _connect(login, every, scram_cache, ssl_context, connect_timeout)
+
+
+class _RefusedSetting(Exception):
+    """The server refused one of pgwarden's own settings by name: log in again without it."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+
+async def _connect(
+    login: UpstreamLogin,
+    without: frozenset[str],
+    scram_cache: SaltedPasswordCache | None,
+    ssl_context: ssl.SSLContext | None,
+    connect_timeout: float,
+) -> UpstreamConnection:
     channel = _Channel(login.host, login.port, login.tls_mode, login.server_hostname)
+    own = tuple(pair for pair in login.own_settings if pair[0] not in without)
     try:
-        startup = _startup_packet(login)  # before any I/O: a bad packet sends nothing
+        startup = _startup_packet(login, own)  # before any I/O: a bad packet sends nothing
         async with asyncio.timeout(connect_timeout):
             peer = await channel.open(ssl_context)
             return await _log_in(channel, peer, startup, login, scram_cache)
@@ -259,6 +260,10 @@ async def connect_upstream(
         channel.abort()
         if not isinstance(exc, Exception):
             raise  # cancellation: the caller is going away, nothing to report
+        if isinstance(exc, LoginRefused) and (
+            name := refused_setting(exc.sqlstate, exc.message, (n for n, _ in own))
+        ):
+            raise _RefusedSetting(name) from exc
         error = upstream_error(exc, login.display_name, login.role, connect_timeout)
         logger.warning(
             "upstream login to %r as %r failed: %s [%s] (%r)",
@@ -290,13 +295,9 @@ async def _log_in(
     )  # fmt: skip
 
 
-def _startup_packet(login: UpstreamLogin) -> bytes:
-    parameters = (
-        ("user", login.role),
-        ("database", login.database),
-        *allowed_startup_parameters(login.startup_parameters),
-    )
-    return encode(StartupMessage(parameters))
+def _startup_packet(login: UpstreamLogin, own: StartupParameters) -> bytes:
+    parameters = (("user", login.role), ("database", login.database), *login.client_parameters)
+    return encode(StartupMessage((*parameters, *own)))
 
 
 class _Channel:
@@ -319,6 +320,7 @@ class _Channel:
             transport, peer = await loop.create_connection(self._new_peer, self.host, self.port)
         except OSError as exc:
             raise LoginFailure("could not connect to the server", detail=str(exc)) from exc
+        keep_alive(transport.get_extra_info("socket"))
         if peer.transport is None:
             # connection_made failed (the loop only logged it): the transport is ours to close.
             transport.abort()

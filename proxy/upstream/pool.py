@@ -4,12 +4,13 @@ Opt-in (`upstream_pool: {enabled: true}`), like pgbouncer's session mode with
 `server_reset_query = DISCARD ALL`. It saves the database a new backend (fork, authentication,
 cache warm-up) and pgwarden an upstream login for every session.
 
-While the pool is on, every upstream login starts *neutral* — only `user`, `database` and
-`application_name=pgwarden` — and the client's settings (application_name naming
-the pgwarden user and grant, client_encoding, DateStyle, ...) are applied afterwards with
-`pg_catalog.set_config()`, the values sent as Bind parameters, never as SQL text. `DISCARD ALL`
-(whose RESET ALL returns every setting to its *startup* value) therefore leaves a backend as a
-fresh neutral login would: no client's settings reach the next client.
+While the pool is on, every upstream login starts *neutral* — only `user`, `database`,
+`application_name=pgwarden` and pgwarden's own settings (liveness.py) — and the client's settings
+(application_name naming the pgwarden user and grant, client_encoding, DateStyle, ...) are
+applied afterwards with `pg_catalog.set_config()`, the values sent as Bind parameters, never as
+SQL text. `DISCARD ALL` (whose RESET ALL returns every setting to its *startup* value) therefore
+leaves a backend as a fresh neutral login would: no client's settings reach the next client, and
+pgwarden's own are back.
 
 A backend is given back only if its session ended with the client's own Terminate, sent alone
 while the backend was idle (ReadyForQuery status I, nothing in flight, the stream at a message
@@ -44,7 +45,6 @@ from proxy.upstream.connect import (
     StartupParameters,
     UpstreamConnection,
     UpstreamLogin,
-    allowed_startup_parameters,
 )
 from proxy.upstream.login import (
     LoginFailure,
@@ -244,7 +244,8 @@ async def _apply(
     conn: UpstreamConnection, login: UpstreamLogin, timeout: float
 ) -> UpstreamConnection:
     """Apply the client's settings with set_config; the greeting then reports them."""
-    parameters = allowed_startup_parameters(login.startup_parameters)  # filtered again (row 22)
+    # Filtered again (row 22); pgwarden's own settings stay as the neutral login set them.
+    parameters = login.client_parameters
     calls = ", ".join(
         f"pg_catalog.set_config(${2 * i + 1}, ${2 * i + 2}, false)" for i in range(len(parameters))
     )

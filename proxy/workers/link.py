@@ -1,11 +1,12 @@
 """A worker process's end of the channel to the primary (see `proxy/workers/primary.py`).
 
 The worker reads the primary's `welcome` (`join_primary`) before it builds its runtime, so that
-it listens with the primary's secrets. Then `PrimaryLink` remembers every temporary password it is
-sent, answers `sessions` and `end` from its own registry, checks a routed `cancel` against its
-own keys (in constant time, as for a CancelRequest it received itself), reloads the policy on
-`reload`, and stops on `stop` or when the channel closes: a worker without its primary would
-serve sessions nobody can list or kill.
+it listens with the primary's secrets and opens the state file the primary has open (by device
+and inode: never a file put in its place since). Then `PrimaryLink` remembers every temporary
+password it is sent, answers `sessions` and `end` from its own registry, checks a routed
+`cancel` against its own keys (in constant time, as for a CancelRequest it received itself),
+reloads the policy on `reload`, and stops on `stop` or when the channel closes: a worker
+without its primary would serve sessions nobody can list or kill.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
+from proxy.grants.store_watch import FileIdentity
 from proxy.session.registry import SessionRegistry
 from proxy.session.session import Ending, EndReason, Session
 from proxy.workers.channel import MAX_LINE, ChannelClosed, Message, WorkerChannel, adopt
@@ -38,6 +40,7 @@ class Welcome:
     secrets: list[tuple[str, datetime]]  # the live temporary passwords, to mask in the audit log
     reader: asyncio.StreamReader
     writer: asyncio.StreamWriter
+    state_file: FileIdentity | None = None  # the state file the primary opened
 
 
 async def join_primary(fd: int) -> Welcome:
@@ -51,7 +54,8 @@ async def join_primary(fd: int) -> Welcome:
         if not isinstance(message, dict) or message.get("op") != "welcome":
             raise ValueError("the primary's first line must be its welcome")
         mock_secret = bytes.fromhex(str(message.get("mock_secret")))
-        return Welcome(mock_secret, _pairs(message.get("secrets")), reader, writer)
+        secrets, state_file = _pairs(message.get("secrets")), _identity(message.get("state_file"))
+        return Welcome(mock_secret, secrets, reader, writer, state_file)
     except BaseException:
         writer.close()
         raise
@@ -145,6 +149,14 @@ class PrimaryLink:
         except TimeoutError:
             return {"ended": False}
         return {"ended": True}
+
+
+def _identity(value: object) -> FileIdentity | None:
+    if value is None:
+        return None
+    if not (isinstance(value, list) and len(value) == 2 and all(type(v) is int for v in value)):
+        raise ValueError("state_file must be [device, inode]")
+    return FileIdentity(*value)
 
 
 def _pairs(value: object) -> list[tuple[str, datetime]]:

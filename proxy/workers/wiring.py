@@ -24,6 +24,7 @@ from proxy.audit import AuditLog, AuditUnavailable
 from proxy.audit.events import WorkerStarted
 from proxy.audit.records import worker_audit_path
 from proxy.config import ListenAddress, ServerConfig
+from proxy.grants.store_watch import FileIdentity
 from proxy.workers.channel import Message
 from proxy.workers.metrics import WorkerMetrics
 from proxy.workers.primary import WorkerSet
@@ -47,14 +48,18 @@ def worker_command(config_path: Path, port: Callable[[], int]) -> Callable[[int,
 
 
 def welcome(
-    secrets: Callable[[], Iterable[tuple[str, datetime]]], mock_secret: bytes
+    secrets: Callable[[], Iterable[tuple[str, datetime]]],
+    mock_secret: bytes,
+    state_file: FileIdentity,
 ) -> Callable[[], Message]:
-    """What the primary sends a worker first: the live passwords and the mock SCRAM secret."""
+    """What the primary sends a worker first: the live passwords, the mock SCRAM secret, and
+    which state file it opened (the worker opens only that one)."""
 
     def message() -> Message:
         return {
             "secrets": [[password, at.isoformat()] for password, at in secrets()],
             "mock_secret": mock_secret.hex(),
+            "state_file": list(state_file),
         }
 
     return message

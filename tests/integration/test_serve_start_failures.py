@@ -23,6 +23,7 @@ from proxy.audit.records import MIN_KEY_BYTES
 from tests.fixtures.layout import GOOD_KEY, KEY_ENV, TIMEOUT, Layout
 from tests.fixtures.layout import refused as refused_by
 from tests.fixtures.policy_samples import VALID
+from tests.unit.audit.helpers import records
 
 LISTENING = re.compile(r"pgwarden API listening on 127\.0\.0\.1:(\d+)")
 
@@ -32,8 +33,11 @@ def layout(tmp_path: Path) -> Layout:
     return Layout.make(tmp_path)
 
 
-def refused(layout: Layout, *expected: str, key: str | None = GOOD_KEY) -> list[str]:
-    return refused_by(layout, ["serve", "--config", str(layout.config)], *expected, key=key)
+def refused(
+    layout: Layout, *expected: str, key: str | None = GOOD_KEY, extra: tuple[str, ...] = ()
+) -> list[str]:
+    args = ["serve", "--config", str(layout.config), *extra]
+    return refused_by(layout, args, *expected, key=key)
 
 
 @pytest.fixture
@@ -135,9 +139,38 @@ def test_an_audit_log_of_another_key_is_left_as_it_was(layout: Layout) -> None:
     assert serve_until_listening(layout.config) == 0
     layout.state.unlink()  # so that the refused start below could only have made it anew
     log = layout.audit_log.read_bytes()
-    (line,) = refused(layout, "paths.audit_log: cannot continue the audit log", key="x" * 64)
+    (line,) = refused(layout, "paths.audit_log: cannot continue the audit log", key="x" * 64,
+                      extra=("--new-state",))  # fmt: skip
     assert "is this the right key?" in line
     assert layout.audit_log.read_bytes() == log
+
+
+def test_a_lost_state_file_beside_an_audit_log_is_refused_naming_both(layout: Layout) -> None:
+    assert serve_until_listening(layout.config) == 0
+    layout.state.unlink()  # deleted, or a volume that did not mount: its grants and tokens gone
+    lost = f"{layout.state} does not exist, but the audit log {layout.audit_log} shows that"
+    (line,) = refused(layout, f"paths.state: {lost} pgwarden ran here before")
+    assert "would forget every grant and API token" in line
+    assert line.endswith(f"pgwarden serve --config {layout.config} --new-state")
+    # `token create` would make the same empty store: it refuses with the same line.
+    assert refused_by(layout, ["token", "create", "alice", "--config", str(layout.config)],
+                      "paths.state:") == [line]  # fmt: skip
+
+
+def test_new_state_starts_anew_once_and_the_audit_log_says_so(layout: Layout) -> None:
+    assert serve_until_listening(layout.config) == 0
+    layout.state.unlink()
+    assert serve_until_listening(layout.config, "--new-state") == 0
+    created = [r for r in records(layout.audit_log) if r["kind"] == "state.created"]
+    assert [(r["file"], r["earlier_life"]) for r in created] == [
+        (str(layout.state), False),  # the first start
+        (str(layout.state), True),  # the new one, given up the earlier
+    ]
+    # A one-time decision: with the new file there, the flag is refused (not ignored).
+    (line,) = refused(layout, f"paths.state: {layout.state} exists, and --new-state",
+                      extra=("--new-state",))  # fmt: skip
+    assert line.endswith("start without --new-state to use it")
+    assert serve_until_listening(layout.config) == 0
 
 
 def test_the_same_deployment_starts_once_its_problems_are_fixed(layout: Layout) -> None:
@@ -147,11 +180,11 @@ def test_the_same_deployment_starts_once_its_problems_are_fixed(layout: Layout) 
     assert '"kind":"audit.opened"' in layout.audit_log.read_text()
 
 
-def serve_until_listening(config: Path) -> int:
+def serve_until_listening(config: Path, *extra: str) -> int:
     """Start serve, wait for the API's listening line, SIGTERM it; its exit status."""
     env = {**os.environ, KEY_ENV: GOOD_KEY}
     with subprocess.Popen(
-        [sys.executable, "-m", "proxy", "serve", "--config", str(config)],
+        [sys.executable, "-m", "proxy", "serve", "--config", str(config), *extra],
         stderr=subprocess.PIPE, text=True, env=env,
     ) as process:  # fmt: skip
         assert process.stderr is not None

@@ -1,9 +1,10 @@
 """A start that fails after the files are open: the one case the startup checks cannot rule out,
 a listen port taken by another process between the check and the bind.
 
-`serve()` then names the address (a StartupError, exit 2 in `pgwarden serve`), closes what it
-opened, and removes the state file it created; the audit log keeps what it wrote, which says a
-server opened it and closed it again with no session in between.
+`serve()` then names the address (a StartupError, exit 2 in `pgwarden serve`) and closes what it
+opened. The audit log keeps what it wrote, which says a server opened it, made its state store
+and closed it again with no session in between; so the state file stays too, and the next start
+finds the two together (a missing state file beside an audit log means a lost one).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from tests.fixtures.layout import GOOD_KEY, KEY_ENV, Layout
 from tests.unit.audit.helpers import records
 
 
-def test_a_port_taken_after_the_check_is_named_and_the_new_state_file_removed(
+def test_a_port_taken_after_the_check_is_named_and_the_new_state_file_kept_with_its_log(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv(KEY_ENV, GOOD_KEY)
@@ -38,5 +39,6 @@ def test_a_port_taken_after_the_check_is_named_and_the_new_state_file_removed(
         f"api.listen: 127.0.0.1:{port} is already in use by another process; "
         "stop it or choose another port",
     )
-    assert not layout.state.exists()
-    assert [r["kind"] for r in records(layout.audit_log)] == ["audit.opened", "audit.closed"]
+    assert layout.state.exists()
+    kinds = [r["kind"] for r in records(layout.audit_log)]
+    assert kinds == ["audit.opened", "state.created", "audit.closed"]
