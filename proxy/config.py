@@ -107,6 +107,9 @@ class ProxySettings:
     # pg_stat_activity shows `pgwarden:<user>:<grant> <client's name>` as application_name; off:
     # the client's application_name reaches the database untouched (proxy/session/opening.py).
     identity_in_application_name: bool = True
+    # A NOTICE at login saying how long the access lasts (psql prints it; scripts that treat any
+    # stderr output as failure may turn it off).
+    login_notice: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,12 +297,13 @@ def _proxy(f: Fields, base_dir: Path | None) -> ProxySettings | None:
     )
     workers = f.integer("workers", default=1, low=1, high=MAX_WORKERS)
     identity = f.boolean("identity_in_application_name", default=True)
+    login_notice = f.boolean("login_notice", default=True)
     f.finish()
     if listen is None or login_timeout is None or workers is None or (tls_fields and tls is None):
         return None
-    if identity is None:
+    if identity is None or login_notice is None:
         return None
-    return ProxySettings(listen, tls, login_timeout, workers, identity)
+    return ProxySettings(listen, tls, login_timeout, workers, identity, login_notice)
 
 
 def _tls(f: Fields, base_dir: Path | None) -> TlsFiles | None:

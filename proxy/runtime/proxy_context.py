@@ -76,6 +76,7 @@ def build_context(
         upstream_pool=upstream_pool,
         cancel_elsewhere=cancel_elsewhere,
         identity_in_application_name=config.proxy.identity_in_application_name,
+        login_notice=config.proxy.login_notice,
     )
 
 

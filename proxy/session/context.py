@@ -66,6 +66,7 @@ class ProxyContext:
     cancel_elsewhere: Callable[[int, int, bytes], None] | None = None
     # Prefix the upstream application_name with `pgwarden:<user>:<grant>` (opening.py).
     identity_in_application_name: bool = True
+    login_notice: bool = True  # tell the client at login how long its access lasts
     _upstream_contexts: dict[tuple[UpstreamTlsMode, Path | None], ssl.SSLContext | None] = field(
         default_factory=dict
     )

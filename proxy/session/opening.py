@@ -159,7 +159,8 @@ async def make_ready(
     session.end_listeners.append(lambda s, _e: _release(s, conn.source, ctx))
     greeting = [AuthenticationOk().encode(), *_client_greeting(login, upstream, ctx)]
     greeting.append(BackendKeyData(process_id, secret).encode())
-    greeting.append(_time_left_notice(login, now).encode())
+    if ctx.login_notice:
+        greeting.append(_time_left_notice(login, now).encode())
     greeting.append(ReadyForQuery(upstream.ready_status).encode())
     conn.peer.write(b"".join(greeting))
     session.start(conn.reader.take_pending_data(), upstream.pending)

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import re
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
 from proxy.session.opening import time_left
 from tests.fixtures.clients import raw_login, run_psql
-from tests.fixtures.pgwarden import RunningPgwarden
+from tests.fixtures.pgwarden import PgwardenDeployment, RunningPgwarden, running_pgwarden
 from tests.fixtures.rawpg import error_fields
 
 pytestmark = pytest.mark.integration
@@ -59,3 +60,16 @@ def test_psql_shows_it_on_connect(pgwarden: RunningPgwarden) -> None:
 )  # fmt: skip
 def test_time_left_is_rounded_down(seconds: float, shown: str) -> None:
     assert time_left(seconds) == shown
+
+
+def test_with_login_notice_off_psql_prints_nothing_on_stderr(
+    deployment: PgwardenDeployment, tmp_path: Path
+) -> None:
+    config = deployment.write_files(tmp_path)
+    config.write_text(config.read_text().replace("  workers:", "  login_notice: false\n  workers:"))
+    with running_pgwarden(config) as warden:
+        credential = warden.grant(duration=timedelta(minutes=30))
+        result = run_psql(warden.host, warden.port, credential.username, credential.password,
+                          ["-c", "SELECT 1"])  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
