@@ -18,7 +18,7 @@ from datetime import timedelta
 from enum import StrEnum
 from pathlib import Path
 
-from proxy.policy.fields import Fields, check_host, secret_ref
+from proxy.policy.fields import Fields, check_host, check_pg_identifier, secret_ref
 from proxy.policy.models import SecretRef
 from proxy.policy.yaml_strict import DocumentError, Problems, build_document, read_source
 from proxy.wire.limits import DEFAULT_MAX_MESSAGE_LENGTH, MAX_PREAUTH_MESSAGE_LENGTH
@@ -123,8 +123,28 @@ class ApiSettings:
 @dataclass(frozen=True, slots=True)
 class PathSettings:
     policy: Path
-    state: Path  # the SQLite file of requests and grants
+    state: Path | None  # the SQLite file of requests and grants; None with a PostgreSQL store
     audit_log: Path
+
+
+class StateBackend(StrEnum):
+    SQLITE = "sqlite"  # one file, `paths.state`: one server on one host
+    POSTGRES = "postgres"  # a database several servers can share (proxy/grants/pg_store.py)
+
+
+DEFAULT_STATE_SCHEMA = "pgwarden"
+
+
+@dataclass(frozen=True, slots=True)
+class StateSettings:
+    """`state:` where requests, grants, credentials and API tokens live. `dsn` (`dsn_env` or
+    `dsn_file`, a secret: it holds the password) is the libpq connection string or URI of the
+    PostgreSQL database; TLS to it is what the DSN says (`sslmode=verify-full sslrootcert=...`).
+    `schema`: where in that database pgwarden keeps its tables."""
+
+    backend: StateBackend = StateBackend.SQLITE
+    dsn: SecretRef | None = None
+    schema: str = DEFAULT_STATE_SCHEMA
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +213,7 @@ class ServerConfig:
     sessions: SessionSettings
     source: str = ""
     upstream_pool: PoolSettings = PoolSettings()
+    state: StateSettings = StateSettings()
 
 
 def load_config(path: Path) -> ServerConfig:
@@ -260,7 +281,9 @@ def _config(
         return None
     proxy = _proxy(root.section_or_empty("proxy"), base_dir)
     api = _api(root.section_or_empty("api"))
-    paths = _paths(root.section("paths", required=True), base_dir)
+    state = _state(root.section_or_empty("state"), base_dir)
+    sqlite = state is None or state.backend is StateBackend.SQLITE
+    paths = _paths(root.section("paths", required=True), base_dir, sqlite=sqlite)
     audit = _audit(root.section("audit", required=True), base_dir)
     limits = _limits(root.section_or_empty("limits"))
     sessions = _sessions(root.section_or_empty("sessions"))
@@ -270,9 +293,9 @@ def _config(
         root.problem("api", f"api.listen and proxy.listen are the same address ({api.listen})")
     if proxy is None or api is None or paths is None or audit is None:
         return None
-    if limits is None or sessions is None or pool is None:
+    if limits is None or sessions is None or pool is None or state is None:
         return None
-    return ServerConfig(proxy, api, paths, audit, limits, sessions, source, pool)
+    return ServerConfig(proxy, api, paths, audit, limits, sessions, source, pool, state)
 
 
 def _listen(f: Fields, default: str) -> ListenAddress | None:
@@ -332,14 +355,31 @@ def _check_public_address(text: str) -> str | None:
     return None
 
 
-def _paths(f: Fields | None, base_dir: Path | None) -> PathSettings | None:
+def _paths(f: Fields | None, base_dir: Path | None, *, sqlite: bool) -> PathSettings | None:
     if f is None:
         return None
     policy = f.path_value("policy", base_dir, required=True)
-    state = f.path_value("state", base_dir, required=True)
+    if not sqlite:
+        f.forbid("state", "is the SQLite file, unused with state.backend: postgres; remove it")
+    state = f.path_value("state", base_dir, required=True) if sqlite else None
     audit_log = f.path_value("audit_log", base_dir, required=True)
     f.finish()
-    return PathSettings(policy, state, audit_log) if policy and state and audit_log else None
+    if policy is None or audit_log is None or (sqlite and state is None):
+        return None
+    return PathSettings(policy, state, audit_log)
+
+
+def _state(f: Fields, base_dir: Path | None) -> StateSettings | None:
+    backend = f.choice("backend", StateBackend, default=StateBackend.SQLITE)
+    if backend is not StateBackend.POSTGRES:
+        for key in ("dsn_env", "dsn_file", "schema"):
+            f.forbid(key, "is for state.backend: postgres")
+        f.finish()
+        return None if backend is None else StateSettings()
+    dsn = secret_ref(f, "dsn", base_dir)
+    schema = f.string("schema", default=DEFAULT_STATE_SCHEMA, check=check_pg_identifier)
+    f.finish()
+    return StateSettings(backend, dsn, schema) if dsn and schema else None
 
 
 def _audit(f: Fields | None, base_dir: Path | None) -> AuditSettings | None:

@@ -241,6 +241,11 @@ def _list(items: Sequence[str]) -> str:
 # -- config ------------------------------------------------------------------------------------
 
 
+def _postgres_state(config: ServerConfig) -> str:
+    dsn = config.state.dsn.describe() if config.state.dsn else "?"
+    return f"PostgreSQL (DSN from {dsn}, schema {config.state.schema})"
+
+
 def describe_config(config: ServerConfig) -> list[str]:
     proxy, limits, sessions = config.proxy, config.limits, config.sessions
     tls = f"client TLS from {proxy.tls.cert_file}" if proxy.tls else "no client TLS"
@@ -250,7 +255,7 @@ def describe_config(config: ServerConfig) -> list[str]:
         f"login timeout {fmt(proxy.login_timeout)}",
         f"api: listening on {config.api.listen}",
         f"policy: {config.paths.policy}",
-        f"state: {config.paths.state}",
+        f"state: {config.paths.state or _postgres_state(config)}",
         f"audit log: {config.paths.audit_log} (HMAC key from {config.audit.hmac_key.describe()})",
         f"limits: {limits.max_sessions} sessions ({limits.max_sessions_per_source} per source), "
         f"{limits.max_preauth_connections} logging in "

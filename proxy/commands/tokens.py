@@ -1,7 +1,8 @@
 """`pgwarden token create|list|revoke`: manage API tokens, on the server host, in its state store.
 
-These open the server's config (for the state file and the policy) and work on the SQLite store
-directly, so they work whether or not `pgwarden serve` is running. `create` prints the token once;
+These open the server's config (for the state store and the policy) and work on the store
+directly (the SQLite file, or the PostgreSQL database of `state.backend: postgres`), so they
+work whether or not `pgwarden serve` is running. `create` prints the token once;
 only its SHA-256 digest is stored (`auth.py`). `list` never shows a secret.
 
 Exit status: 0 done; 1 refused (unknown user, unknown or already revoked token); 2 the config,
@@ -14,6 +15,7 @@ does `create` make one where the audit log shows a state store that is gone (as 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -26,7 +28,7 @@ from proxy.api.views import timestamp
 from proxy.clock import SYSTEM_CLOCK
 from proxy.config import ConfigError, ServerConfig, load_config
 from proxy.errors import PgwardenError
-from proxy.grants.store import SqliteStore
+from proxy.grants.store import Store
 from proxy.grants.store_schema import TokenRecord
 from proxy.policy.models import UserName
 from proxy.runtime.startup import (
@@ -36,7 +38,7 @@ from proxy.runtime.startup import (
     earlier_life,
     load_startup_policy,
     lost_state,
-    open_store,
+    open_state_store,
 )
 
 DEFAULT_CONFIG = "pgwarden.yaml"
@@ -68,7 +70,7 @@ def run_create(args: argparse.Namespace) -> int:
         known = ", ".join(sorted(policy.users)[:20])
         return f"{args.user!r} is not a user in the policy {policy.source} ({known})"
 
-    def insert(config: ServerConfig, store: SqliteStore) -> int:
+    def insert(config: ServerConfig, store: Store) -> int:
         user = UserName(args.user)
         secret, record = new_token(user, SYSTEM_CLOCK.now())
         with store.write() as tx:
@@ -88,7 +90,7 @@ def run_create(args: argparse.Namespace) -> int:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    def show(config: ServerConfig, store: SqliteStore) -> int:
+    def show(config: ServerConfig, store: Store) -> int:
         with store.read() as tx:
             records = tx.tokens()
         if args.json:
@@ -111,7 +113,7 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_revoke(args: argparse.Namespace) -> int:
-    def revoke(config: ServerConfig, store: SqliteStore) -> int:
+    def revoke(config: ServerConfig, store: Store) -> int:
         with store.write() as tx:
             done = tx.revoke_token(args.token_id, SYSTEM_CLOCK.now())
         if not done:
@@ -125,7 +127,7 @@ def run_revoke(args: argparse.Namespace) -> int:
 
 def _with_store(
     args: argparse.Namespace,
-    work: Callable[[ServerConfig, SqliteStore], int],
+    work: Callable[[ServerConfig, Store], int],
     *,
     create: bool = False,
     refuse: Callable[[ServerConfig], str | None] = lambda config: None,
@@ -139,16 +141,17 @@ def _with_store(
     try:
         if (why := refuse(config)) is not None:
             return _refuse(why)
-        state = config.paths.state
-        check_file_location("paths.state", state)
+        state = config.paths.state  # None: a PostgreSQL store (no file to check)
+        if state is not None:
+            check_file_location("paths.state", state)
         if create and earlier_life(config):
             raise StartupError(lost_state(config))
-        if not create and not state.exists():
+        if not create and state is not None and not state.exists():
             return _unusable(
                 f"paths.state: {state} does not exist yet; `pgwarden serve` or "
                 "`pgwarden token create` creates it"
             )
-        with open_store(state) as store:
+        with contextlib.closing(open_state_store(config)) as store:
             return work(config, store)
     except StartupError as exc:
         return _unusable(*exc.problems)

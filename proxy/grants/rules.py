@@ -51,6 +51,8 @@ class InvalidRequest(PgwardenError):
 def check_text(what: str, text: str) -> None:
     if len(text) > MAX_TEXT_LENGTH:
         raise InvalidRequest(f"the {what} is longer than {MAX_TEXT_LENGTH} characters")
+    if "\x00" in text:  # PostgreSQL's text cannot hold it: refused alike whichever the store
+        raise InvalidRequest(f"the {what} contains a NUL character")
 
 
 def granted_duration(policy: Policy, draft: AccessRequest) -> timedelta:

@@ -1,9 +1,9 @@
-"""The state store: requests, approvals, credentials and history, kept in SQLite.
+"""The state store: requests, approvals, credentials and history; the interface, kept in SQLite.
 
-`Store` is the interface the lifecycle and the proxy use; `SqliteStore` is the one we ship (its
-SQL is in `store_sql.py`, its schema in `store_schema.py`), and a PostgreSQL-backed store can be
-added behind the same interface. A store hands out transactions:
-`write()` serializes writers (SQLite `BEGIN IMMEDIATE`; `SELECT ... FOR UPDATE` in Postgres), so a
+`Store` is the interface the lifecycle and the proxy use; `SqliteStore` is the embedded default
+(its SQL is in `store_sql.py`, its schema in `store_schema.py`); `PostgresStore` (`pg_store.py`)
+keeps the same tables in PostgreSQL, for several servers. A store hands out transactions:
+`write()` serializes writers (SQLite `BEGIN IMMEDIATE`; an advisory lock in PostgreSQL), so a
 read-check-write sequence in the lifecycle — count approvals, then activate — cannot lose an update
 to a concurrent approver in another thread or process. `read()` gives a consistent snapshot.
 
@@ -49,6 +49,7 @@ from proxy.grants.store_schema import TokenRecord, open_schema
 from proxy.grants.store_sql import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT, RequestQuery, SqliteTx
 from proxy.grants.store_watch import (
     FileIdentity,
+    Problem,
     StateStoreUnavailable,
     StoreError,
     StoreWatch,
@@ -134,12 +135,18 @@ class Store(Protocol):
         ...
 
     def problem(self) -> StateStoreUnavailable | None:
-        """What the store refuses now and why (its file's identity checked anew), or None."""
+        """What the store refuses now and why (SQLite: its file's identity checked anew), or
+        None. Never waits on the network."""
         ...
 
     def check(self) -> StateStoreUnavailable | None:
         """`problem()`, after trying one small write if writes were failing (so that the store
-        recovers by itself once they work again, with no traffic). Blocking."""
+        recovers by itself once they work again, with no traffic); PostgreSQL: after a round
+        trip in any case (an unreachable database is noticed with no traffic). Blocking."""
+        ...
+
+    def errors(self) -> dict[Problem, int]:
+        """Failures so far, by problem (`pgwarden_state_store_errors_total{kind}`)."""
         ...
 
     def close(self) -> None: ...
@@ -319,6 +326,9 @@ class SqliteStore:
 
     def problem(self) -> StateStoreUnavailable | None:
         return self.watch.gone() or self.watch.problem
+
+    def errors(self) -> dict[Problem, int]:
+        return self.watch.errors()
 
     def check(self) -> StateStoreUnavailable | None:
         problem = self.problem()

@@ -4,6 +4,10 @@
 statement here is parameterised (the only text put into SQL is a constant column list or a
 string of placeholders). `RequestQuery` is the one read with options: which requests to list.
 
+The SQL is the common subset of SQLite and PostgreSQL (`ON CONFLICT`, `excluded`, `TRUE`), so
+`PostgresStore` (pg_store.py) runs these very statements, through a connection that turns the
+`?` placeholders into psycopg's `%s`: one text of each query, whichever store runs it.
+
 A write marks the transaction `dirty` when it changed a row that matters to grants, so that the
 store bumps its change counter; token writes do not (store.py says why). The transitions added
 are kept for the store's `on_commit` listener. Once the file is gone (`store_watch.py`) the
@@ -12,9 +16,10 @@ transaction is `untrusted`: reads go on, but the login lookup refuses.
 
 from __future__ import annotations
 
-import sqlite3
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any, Protocol
 
 from proxy.auth.credentials import ScramVerifier
 from proxy.grants.requests import (
@@ -61,12 +66,28 @@ class RequestQuery:
     limit: int = DEFAULT_LIST_LIMIT
 
 
+class Cursor(Protocol):
+    """What the statements here need of a cursor (sqlite3's and psycopg's both fit)."""
+
+    @property
+    def rowcount(self) -> int: ...
+    def fetchone(self) -> Any: ...
+    def __iter__(self) -> Iterator[Any]: ...
+
+
+class Connection(Protocol):
+    """A connection inside an open transaction that takes `?` placeholders (a sqlite3
+    connection, or pg_store's psycopg adapter)."""
+
+    def execute(self, sql: str, parameters: Any = ..., /) -> Cursor: ...
+
+
 class SqliteTx:
-    """`StoreTx` over one sqlite3 connection inside an open transaction."""
+    """`StoreTx` over one connection inside an open transaction (SQLite's, or PostgreSQL's)."""
 
     def __init__(
         self,
-        conn: sqlite3.Connection,
+        conn: Connection,
         *,
         writable: bool,
         untrusted: StateStoreUnavailable | None = None,
@@ -167,7 +188,7 @@ class SqliteTx:
             if not whose:
                 return ()
             where.append("(" + " OR ".join(whose) + ")")
-        condition = " AND ".join(where) or "1"
+        condition = " AND ".join(where) or "TRUE"
         limit = max(1, min(query.limit, MAX_LIST_LIMIT))
         sql = (
             f"SELECT {REQUEST_COLUMNS} FROM requests WHERE {condition} "  # noqa: S608 placeholders only

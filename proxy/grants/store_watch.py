@@ -21,6 +21,10 @@ Postgres client may be told (57P03, no path) and whose `explanation` is what an 
 (the path, what is wrong, what is refused). The first failure of a kind is logged as an ERROR
 naming the path, repeats at DEBUG, a recovery as a WARNING; every failure is counted by kind
 (`errors`, published as `pgwarden_state_store_errors_total{kind}`).
+
+That bookkeeping is `ProblemLog`, which the PostgreSQL store (`pg_store.py`) shares: it names its
+database (host, port, database, schema; never the password) where SQLite names its file, and
+adds the problems of a store across the network (`unreachable`, `denied`).
 """
 
 from __future__ import annotations
@@ -52,6 +56,8 @@ class Problem(StrEnum):
     READ_ONLY = "read_only"
     BUSY = "busy"
     CORRUPT = "corrupt"
+    UNREACHABLE = "unreachable"  # PostgreSQL: no connection (refused, lost, timed out, shut down)
+    DENIED = "denied"  # PostgreSQL: the state role lacks a privilege (a REVOKE, a wrong role)
 
     @property
     def lasting(self) -> bool:
@@ -79,6 +85,7 @@ _WHAT: Final = {
     Problem.READ_ONLY: "read-only",
     Problem.BUSY: "locked by another process",
     Problem.CORRUPT: "the file is damaged",
+    Problem.DENIED: "permission denied",
 }
 # What a Postgres client is told. No path: it has not logged in, and cannot act on one.
 LOGIN_REFUSED: Final = (
@@ -95,7 +102,8 @@ class StateStoreUnavailable(StoreError):
 
     sqlstate = "57P03"
 
-    def __init__(self, path: Path, problem: Problem, *, writing: bool) -> None:
+    def __init__(self, path: Path | str, problem: Problem, *, writing: bool) -> None:
+        # `path`: the SQLite file, or the PostgreSQL database as `PostgresStore.where` names it.
         self.path, self.problem, self.writing = path, problem, writing
         super().__init__(LOGIN_REFUSED, detail=self.summary)
 
@@ -106,6 +114,8 @@ class StateStoreUnavailable(StoreError):
             return f"the state store {self.path} was deleted while pgwarden ran"
         if self.problem is Problem.REPLACED:
             return f"the state store {self.path} was replaced by another file while pgwarden ran"
+        if self.problem is Problem.UNREACHABLE:
+            return f"the state store {self.path} cannot be reached"
         verb = "written" if self.writing else "read"
         return f"the state store {self.path} cannot be {verb} ({_WHAT[self.problem]})"
 
@@ -117,6 +127,8 @@ class StateStoreUnavailable(StoreError):
                 f"{self.summary}; approvals, credentials and logins are refused until pgwarden "
                 "is restarted (put the file back first)"
             )
+        if self.problem is Problem.UNREACHABLE:  # nothing can be read either
+            return f"{self.summary}; approvals, credentials and logins are refused until it answers"
         if self.writing:
             return f"{self.summary}; approvals and credentials are refused until it can"
         return f"{self.summary}; approvals, credentials and logins are refused until it can"
@@ -144,13 +156,13 @@ def problem_of(exc: sqlite3.Error) -> Problem | None:
     return _CODES.get(code & 0xFF)  # the primary code: extended codes add bits above it
 
 
-class StoreWatch:
-    """The file's identity at open, the problem in force and the errors counted. Thread-safe:
-    every thread of every store operation reports here. Each call gets an error of its own (one
-    instance raised in many threads would pile up their tracebacks)."""
+class ProblemLog:
+    """The problem in force and the errors counted, of one store (`where`: its file, or its
+    database). Thread-safe: every thread of every store operation reports here. Each call gets an
+    error of its own (one instance raised in many threads would pile up their tracebacks)."""
 
-    def __init__(self, path: Path, identity: FileIdentity) -> None:
-        self.path, self.identity = path, identity
+    def __init__(self, where: Path | str) -> None:
+        self.path = where
         self._lock = threading.Lock()
         self._state: tuple[Problem, bool] | None = None  # (problem, while writing)
         self._errors: dict[Problem, int] = {}
@@ -165,31 +177,6 @@ class StoreWatch:
         with self._lock:
             return dict(self._errors)
 
-    def gone(self) -> StateStoreUnavailable | None:
-        """The lasting problem, if the file is (or was ever) no longer the one opened."""
-        state = self._state
-        if state is not None and state[0].lasting:
-            return self._error(state)
-        try:
-            now = identity_of(self.path)
-        except FileNotFoundError:
-            return self._report(Problem.DELETED, writing=True)
-        except OSError:
-            return None  # cannot tell (a directory we may not search): the operation will say
-        if now != self.identity:
-            return self._report(Problem.REPLACED, writing=True)
-        return None
-
-    def failed(self, exc: sqlite3.Error, *, writing: bool) -> StateStoreUnavailable | None:
-        """What a failed operation means, or None when `exc` is not about the file."""
-        gone = self.gone()  # first: a file that went away explains any failure after it
-        if gone is not None:
-            return gone
-        problem = problem_of(exc)
-        if problem is None:
-            return None
-        return self._report(problem, writing=writing, cause=exc)
-
     def succeeded(self, *, writing: bool) -> None:
         """An operation worked: clear a failure it proves over (a read proves nothing of writes)."""
         state = self._state
@@ -202,9 +189,10 @@ class StoreWatch:
         verb = "written" if state[1] else "read"
         log.warning("the state store %s can be %s again", self.path, verb)
 
-    def _report(
-        self, problem: Problem, *, writing: bool, cause: sqlite3.Error | None = None
+    def report(
+        self, problem: Problem, *, writing: bool, cause: BaseException | None = None
     ) -> StateStoreUnavailable:
+        """Put `problem` in force (a lasting one stays): counted, logged once, and returned."""
         state = (problem, writing)
         with self._lock:
             current = self._state
@@ -222,3 +210,36 @@ class StoreWatch:
 
     def _error(self, state: tuple[Problem, bool]) -> StateStoreUnavailable:
         return StateStoreUnavailable(self.path, state[0], writing=state[1])
+
+
+class StoreWatch(ProblemLog):
+    """`ProblemLog` for a SQLite file, plus the file's identity at open (`gone`)."""
+
+    def __init__(self, path: Path, identity: FileIdentity) -> None:
+        super().__init__(path)
+        self.file, self.identity = path, identity
+
+    def gone(self) -> StateStoreUnavailable | None:
+        """The lasting problem, if the file is (or was ever) no longer the one opened."""
+        state = self._state
+        if state is not None and state[0].lasting:
+            return self._error(state)
+        try:
+            now = identity_of(self.file)
+        except FileNotFoundError:
+            return self.report(Problem.DELETED, writing=True)
+        except OSError:
+            return None  # cannot tell (a directory we may not search): the operation will say
+        if now != self.identity:
+            return self.report(Problem.REPLACED, writing=True)
+        return None
+
+    def failed(self, exc: sqlite3.Error, *, writing: bool) -> StateStoreUnavailable | None:
+        """What a failed operation means, or None when `exc` is not about the file."""
+        gone = self.gone()  # first: a file that went away explains any failure after it
+        if gone is not None:
+            return gone
+        problem = problem_of(exc)
+        if problem is None:
+            return None
+        return self.report(problem, writing=writing, cause=exc)

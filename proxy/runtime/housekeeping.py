@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from proxy.audit import AuditLog
 from proxy.grants.lifecycle import GrantService, NotAudited
 from proxy.grants.requests import RequestState
-from proxy.grants.store import SqliteStore, StateStoreUnavailable, Store
+from proxy.grants.store import StateStoreUnavailable, Store
 from proxy.grants.store_watch import Problem
 from proxy.policy.models import Policy
 from proxy.runtime.metrics import Metrics, policy_label
@@ -55,11 +55,12 @@ class AuditHealthWatch:
 class StoreHealthWatch:
     """The state store, looked at every tick whether or not anyone uses it: a deleted or
     replaced file is noticed (and logged, and /readyz fails) within a tick; while writes fail,
-    one small write is retried, so the store recovers by itself once they work again; then
-    `pgwarden_state_store_healthy` and `_errors_total{kind}` are published. `check` blocks (run
-    it in a store thread); `publish` runs on the loop."""
+    one small write is retried, so the store recovers by itself once they work again (a
+    PostgreSQL store makes a round trip every tick: an unreachable database is noticed, and
+    found again, within one); then `pgwarden_state_store_healthy` and `_errors_total{kind}` are
+    published. `check` blocks (run it in a store thread); `publish` runs on the loop."""
 
-    store: SqliteStore
+    store: Store
     metrics: Metrics
     _healthy: bool = True
     _seen: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STORE_ERROR_KINDS, 0))
@@ -69,7 +70,7 @@ class StoreHealthWatch:
 
     def publish(self) -> None:
         self.metrics.state_store_healthy.set(1 if self._healthy else 0)
-        errors = self.store.watch.errors()
+        errors = self.store.errors()
         for kind, seen in self._seen.items():  # every kind, so that each series starts at 0
             count = errors.get(Problem(kind), 0)
             self.metrics.state_store_errors.labels(kind).inc(count - seen)

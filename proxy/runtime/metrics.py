@@ -96,12 +96,14 @@ class Metrics:
         self.state_store_errors = Counter(
             "pgwarden_state_store_errors_total",
             "State store failures, by kind: a read or write that failed (disk_full, io_error, "
-            "read_only, busy, corrupt), or its file found deleted or replaced (once)",
+            "read_only, busy, corrupt; PostgreSQL: unreachable, denied), or its file found "
+            "deleted or replaced (once)",
             ["kind"], registry=registry,
         )  # fmt: skip
         self.state_store_healthy = Gauge(
             "pgwarden_state_store_healthy", "1 while the state store accepts writes; 0 means "
-            "approvals and credentials are refused (and logins, if its file is gone)",
+            "approvals and credentials are refused (and logins, if its file is gone or its "
+            "database unreachable)",
             registry=registry,
         )  # fmt: skip
         self.state_store_healthy.set(1)

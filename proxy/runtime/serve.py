@@ -39,7 +39,7 @@ from proxy.config import FsyncPolicy, ListenAddress, ServerConfig
 from proxy.errors import PgwardenError
 from proxy.grants.lifecycle import GrantService
 from proxy.grants.requests import AccessRequest, Action, IssuedCredential, RequestId, Transition
-from proxy.grants.store import SqliteStore, StoreTx
+from proxy.grants.store import Store, StoreTx
 from proxy.policy.models import Policy
 from proxy.policy.reload import PolicyHolder, ReloadOutcome, ReloadResult
 from proxy.runtime.auditing import (
@@ -67,8 +67,9 @@ from proxy.runtime.startup import (
     earlier_life,
     listen_error,
     open_audit,
-    open_store,
+    open_state_store,
     record_state_created,
+    state_file,
 )
 from proxy.session.context import ClientTls
 from proxy.session.enforcer import EnforcementSettings, Enforcer
@@ -118,7 +119,7 @@ class Runtime:
     on_primary_lost: Callable[[], None] = lambda: None  # a worker's: stop this process
     new_state: bool = False  # `--new-state`: start with an empty store although one lived here
     policy: PolicyHolder = field(init=False)
-    store: SqliteStore = field(init=False)
+    store: Store = field(init=False)
     grants: GrantService = field(init=False)
     server: ProxyServer = field(init=False)
     enforcer: Enforcer = field(init=False)
@@ -155,10 +156,11 @@ class Runtime:
         )
         self.policy = checked.policy
         replaces_lost = self.new_state and listen and earlier_life(config)
-        self._created_state = listen and not config.paths.state.exists()
+        state = config.paths.state  # None: a PostgreSQL store, which has no file (startup.py)
+        self._created_state = listen and state is not None and not state.exists()
         expect = self.welcome.state_file if self.welcome is not None else None
-        self.store = open_store(
-            config.paths.state, on_commit=self._committed, create=listen, expect=expect,
+        self.store = open_state_store(
+            config, on_commit=self._committed, create=listen, expect=expect,
             before_commit=self._recording, on_abort=self._aborted,
         )  # fmt: skip
         self.redact = SecretsToRedact()
@@ -170,8 +172,8 @@ class Runtime:
             self.discard()
             raise
         self._audit_opened = True
-        if self._created_state:
-            record_state_created(self.audit, config.paths.state, earlier_life=replaces_lost)
+        if self._created_state and state is not None:
+            record_state_created(self.audit, state, earlier_life=replaces_lost)
         try:
             self._build(checked.client_tls)
         except BaseException:
@@ -233,7 +235,7 @@ class Runtime:
         self.workers = WorkerSet(
             self.config.proxy.workers,
             worker_command(self.config_path, lambda: self.server.port),
-            welcome(self.redact.entries, mock_secret, self.store.watch.identity),
+            welcome(self.redact.entries, mock_secret, state_file(self.store)),
             functools.partial(_cancel_here, registry),
             monotonic=self.clock.monotonic,
             started=record_start(self.audit, self.config.paths.audit_log),
@@ -383,7 +385,7 @@ class Runtime:
         and the audit log never opened (no record speaks of it: startup.py). The audit log is
         the caller's to close."""
         self.store.close()
-        if self._created_state and not self._audit_opened:
+        if self._created_state and not self._audit_opened and self.config.paths.state:
             discard_new_state(self.config.paths.state)
 
 

@@ -30,6 +30,11 @@ file it made: the log now records a start with it, and the next start finds the 
 Every failure a person can cause is a `StartupError`: one line per problem, naming the setting or
 file, what is wrong and the fix. `pgwarden serve` prints them and exits 2; so do the `token`
 commands.
+
+With `state.backend: postgres` the state lives in a database (`open_state_store`), and the file
+checks above do not apply: there is no file to create or lose between runs. pgwarden creates its
+schema when it is missing (the database's own backups keep its history), so `--new-state` is
+refused as meaningless there, and a start that fails leaves the schema it may have made, empty.
 """
 
 from __future__ import annotations
@@ -46,10 +51,18 @@ from proxy.audit import AuditLog, AuditUnavailable
 from proxy.audit.events import StateCreated
 from proxy.audit.records import MIN_KEY_BYTES, log_files
 from proxy.clock import Clock
-from proxy.config import AuditSettings, ConfigError, ConfigUnreadable, ListenAddress, ServerConfig
+from proxy.config import (
+    AuditSettings,
+    ConfigError,
+    ConfigUnreadable,
+    ListenAddress,
+    ServerConfig,
+    StateSettings,
+)
 from proxy.errors import PgwardenError
+from proxy.grants.pg_store import PostgresStore
 from proxy.grants.requests import Transition
-from proxy.grants.store import SqliteStore, StoreError, StoreTx
+from proxy.grants.store import SqliteStore, Store, StoreError, StoreTx
 from proxy.grants.store_watch import FileIdentity
 from proxy.net.certs import CertificateError
 from proxy.net.listen import bind_problem, listen_problem
@@ -122,7 +135,12 @@ def check_startup(
     problems: list[str] = []
     policy = _checked(problems, _open_policy, config, on_reload)
     key = _checked(problems, audit_key, config.audit.hmac_key, audit_path)
-    if _checked(problems, check_file_location, "paths.state", config.paths.state) and listen:
+    state = config.paths.state
+    if state is None:  # a PostgreSQL store: its DSN must be there (module docstring)
+        _checked(problems, state_dsn, config.state)
+        if new_state:
+            problems.append(NEW_STATE_IN_POSTGRES)
+    elif _checked(problems, check_file_location, "paths.state", state) and listen:
         _checked(problems, check_state_file, config, new_state=new_state)
     _checked(problems, check_file_location, "paths.audit_log", audit_path)
     tls = _checked(problems, _server_tls, config)
@@ -141,10 +159,18 @@ def check_startup(
     return Checked(policy, key, tls)
 
 
+NEW_STATE_IN_POSTGRES = (
+    "--new-state: is for the SQLite state file (paths.state); with state.backend: postgres "
+    "pgwarden makes its schema when it is missing; start without --new-state"
+)
+
+
 def check_state_file(config: ServerConfig, *, new_state: bool) -> None:
     """The state file is there, or this is a first start, or `--new-state` says to start anew
     (and only then: see the module docstring)."""
     state = config.paths.state
+    if state is None:
+        return  # a PostgreSQL store: no file
     if new_state and state.exists():
         raise StartupError(
             f"paths.state: {state} exists, and --new-state makes a new state store only where "
@@ -155,8 +181,9 @@ def check_state_file(config: ServerConfig, *, new_state: bool) -> None:
 
 
 def earlier_life(config: ServerConfig) -> bool:
-    """Whether the state file is missing although the audit log shows a server ran here."""
-    if config.paths.state.exists():
+    """Whether the state file is missing although the audit log shows a server ran here (never
+    with a PostgreSQL store: no file to lose)."""
+    if config.paths.state is None or config.paths.state.exists():
         return False
     try:
         return bool(log_files(config.paths.audit_log))
@@ -238,6 +265,50 @@ def open_store(
         raise StartupError(f"paths.state: {exc.message}") from None
 
 
+def open_state_store(
+    config: ServerConfig,
+    on_commit: Callable[[list[Transition]], None] | None = None,
+    *,
+    create: bool = True,
+    expect: FileIdentity | None = None,
+    before_commit: Callable[[StoreTx, list[Transition]], None] | None = None,
+    on_abort: Callable[[list[Transition], BaseException], None] | None = None,
+) -> Store:
+    """The configured state store: the SQLite file (`open_store`; `create` and `expect` are
+    about the file), or the PostgreSQL database every process and server connects to."""
+    if config.paths.state is not None:
+        return open_store(
+            config.paths.state, on_commit, create=create, expect=expect,
+            before_commit=before_commit, on_abort=on_abort,
+        )  # fmt: skip
+    try:
+        return PostgresStore(
+            state_dsn(config.state), schema=config.state.schema, on_commit=on_commit,
+            before_commit=before_commit, on_abort=on_abort,
+        )  # fmt: skip
+    except StoreError as exc:
+        raise StartupError(f"state: {exc.message}") from None
+
+
+def state_dsn(state: StateSettings) -> str:
+    """The PostgreSQL store's DSN (a secret), read; StartupError naming where it should be."""
+    assert state.dsn is not None, "the config requires dsn_env or dsn_file with postgres"
+    setting = "state.dsn_env" if state.dsn.env is not None else "state.dsn_file"
+    try:
+        return state.dsn.read()
+    except SecretUnavailable as exc:
+        raise StartupError(
+            f"{setting}: {_missing(state.dsn, exc)}; set it to the state database's libpq "
+            "connection string, e.g. postgresql://pgwarden@db.internal/pgwarden?sslmode=verify-full"
+        ) from None
+
+
+def state_file(store: Store) -> FileIdentity | None:
+    """The SQLite file a primary opened, which its workers open and no other; None with
+    PostgreSQL (every process connects to the database the config names)."""
+    return store.watch.identity if isinstance(store, SqliteStore) else None
+
+
 def discard_new_state(path: Path) -> None:
     """Remove a state file this run created and that no server ever used (the start failed)."""
     for name in (path.name, *(path.name + suffix for suffix in SQLITE_SIDE_FILES)):
@@ -256,7 +327,7 @@ def open_audit(
         ) from None
 
 
-def record_state_created(audit: AuditLog, path: Path, *, earlier_life: bool) -> None:
+def record_state_created(audit: AuditLog, path: Path | str, *, earlier_life: bool) -> None:
     """`state.created`: where the history of this state store begins (and, with `--new-state`,
     that an earlier one was given up)."""
     if earlier_life:

@@ -13,7 +13,7 @@ does for every live session:
   the policy is replaced, and at least every `RECONCILE_INTERVAL` anyway, each session's grant is
   read again: revoked → ended at once ("revoked by carol: ..."); user, target or access level gone
   from the policy → ended at once (reading the grant revokes it, by "<policy>"). Store reads run
-  in a thread, off the event loop.
+  in a thread, off the event loop; while the store cannot be read, the policy alone decides.
 
 The relay also checks the deadline on every chunk from the client, so nothing sent after the
 deadline is forwarded even between two ticks.
@@ -32,6 +32,7 @@ from proxy.clock import Clock
 from proxy.errors import PgwardenError
 from proxy.grants.lifecycle import GrantService, RequestNotFound
 from proxy.grants.requests import POLICY_ACTOR, AccessRequest, RequestId, RequestState
+from proxy.grants.store_watch import StateStoreUnavailable
 from proxy.policy.models import AccessLevelName, Policy, TargetName, UserName
 from proxy.session.registry import SessionRegistry
 from proxy.session.session import Ending, EndReason, Session, SessionInfo
@@ -139,7 +140,12 @@ class Enforcer:
 
     async def _reconcile_due(self) -> bool:
         loop = asyncio.get_running_loop()
-        changes = await loop.run_in_executor(self._store_work, self._grants.changes)
+        changes: int | None
+        try:
+            changes = await loop.run_in_executor(self._store_work, self._grants.changes)
+        except StateStoreUnavailable as exc:  # logged by the store; the policy still decides
+            log.debug("change counter not read: %s", exc)
+            changes = self._last_changes
         policy = self._policy()
         due = (
             changes != self._last_changes

@@ -50,7 +50,7 @@ def worker_command(config_path: Path, port: Callable[[], int]) -> Callable[[int,
 def welcome(
     secrets: Callable[[], Iterable[tuple[str, datetime]]],
     mock_secret: bytes,
-    state_file: FileIdentity,
+    state_file: FileIdentity | None,
 ) -> Callable[[], Message]:
     """What the primary sends a worker first: the live passwords, the mock SCRAM secret, and
     which state file it opened (the worker opens only that one)."""
@@ -59,7 +59,7 @@ def welcome(
         return {
             "secrets": [[password, at.isoformat()] for password, at in secrets()],
             "mock_secret": mock_secret.hex(),
-            "state_file": list(state_file),
+            "state_file": None if state_file is None else list(state_file),
         }
 
     return message

@@ -15,6 +15,8 @@ from proxy.config import (
     ListenAddress,
     PoolSettings,
     ServerConfig,
+    StateBackend,
+    StateSettings,
     ThrottleSettings,
     load_config,
     parse_config,
@@ -145,7 +147,7 @@ def test_every_problem_is_reported_at_once_with_its_path() -> None:
         "proxy.tls.key_file: required (line 1)",
         "proxy.login_timeout: 1h is longer than the maximum of 5m (line 1)",
         "proxy.ssl: unknown key (expected one of: identity_in_application_name, listen, "
-        "login_timeout, tls, workers) (line 1)",
+        "login_notice, login_timeout, tls, workers) (line 1)",
         "paths.audit_log: required (line 3)",
         "audit.hmac_key: secrets are not allowed in the file; use hmac_key_env: VARIABLE or "
         "hmac_key_file: PATH (line 4)",
@@ -158,7 +160,7 @@ def test_every_problem_is_reported_at_once_with_its_path() -> None:
         "sessions.warn_before: lists the same time twice (line 10)",
         "sessions.shutdown_grace: must be longer than zero (line 10)",
         "notifications: unknown key (expected one of: api, audit, limits, paths, proxy, "
-        "sessions, upstream_pool) (line 11)",
+        "sessions, state, upstream_pool) (line 11)",
     ]
 
 
@@ -258,3 +260,51 @@ def test_one_worker_process_unless_more_are_asked_for() -> None:
 )
 def test_the_worker_count_is_checked(value: str, expected: str) -> None:
     assert problems_of(MINIMAL + f"proxy: {{workers: {value}}}\n") == [expected]
+
+
+POSTGRES_STATE = """\
+paths: {policy: policy.yaml, audit_log: audit.jsonl}
+audit: {hmac_key_env: AUDIT_KEY}
+state: {backend: postgres, dsn_env: PGWARDEN_STATE_DSN}
+"""
+
+
+def test_the_state_is_the_sqlite_file_unless_postgres_is_named() -> None:
+    assert parse_config(MINIMAL).state == StateSettings(StateBackend.SQLITE)
+    config = parse_config(POSTGRES_STATE)
+    assert config.state == StateSettings(
+        StateBackend.POSTGRES, SecretRef(env="PGWARDEN_STATE_DSN"), "pgwarden"
+    )
+    assert config.paths.state is None
+    assert "state: PostgreSQL (DSN from env PGWARDEN_STATE_DSN, schema pgwarden)" in (
+        describe_config(config)
+    )
+
+
+def test_a_dsn_file_and_a_schema_of_its_own(tmp_path: Path) -> None:
+    path = tmp_path / "pgwarden.yaml"
+    path.write_text(POSTGRES_STATE.replace("dsn_env: PGWARDEN_STATE_DSN",
+                                           "dsn_file: state.dsn, schema: pgw_prod"))  # fmt: skip
+    state = load_config(path).state
+    assert (state.dsn, state.schema) == (SecretRef(file=tmp_path / "state.dsn"), "pgw_prod")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (POSTGRES_STATE.replace("audit_log:", "state: s.db, audit_log:"),
+         "paths.state: is the SQLite file, unused with state.backend: postgres; remove it"),
+        (MINIMAL + "state: {dsn_env: X}\n", "state.dsn_env: is for state.backend: postgres"),
+        (MINIMAL.replace("state: state/pgwarden.db, ", "") + "state: {backend: sqlite}\n",
+         "paths.state: required"),
+        (POSTGRES_STATE.replace("dsn_env: PGWARDEN_STATE_DSN", "dsn: postgresql://u:pw@h/db"),
+         "state.dsn: secrets are not allowed in the file; use dsn_env: VARIABLE or dsn_file: PATH"),
+        (POSTGRES_STATE.replace(", dsn_env: PGWARDEN_STATE_DSN", ""),
+         "state: needs a secret reference: use dsn_env: VARIABLE or dsn_file: PATH"),
+        (POSTGRES_STATE.replace("postgres,", "mysql,"),
+         "state.backend: must be one of sqlite, postgres"),
+    ],
+)  # fmt: skip
+def test_state_problems(text: str, expected: str) -> None:
+    assert any(expected in problem for problem in problems_of(text)), problems_of(text)
+    assert "pw@h" not in " ".join(problems_of(text))  # an inline DSN is never echoed

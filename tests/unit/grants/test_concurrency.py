@@ -1,9 +1,11 @@
-"""Concurrent writers (SECURITY.md row 43): each approver has its own connection to one file.
+"""Concurrent writers (SECURITY.md row 43): each approver has its own connection to one store.
 
-Threads each open their own `SqliteStore` on the same file (a separate SQLite connection, as
-separate processes would have), and one test uses real processes. Whatever the interleaving, the
-quorum is exact, the request is activated once, no approval is lost, and the requester never
-counts.
+Threads approve at once through several stores opened on the same state (`store_factory`:
+for SQLite separate handles on the file, as separate processes would have; for PostgreSQL
+separate pools, as separate servers would have: tests/integration/state_postgres runs these
+again), each thread on its own connection; one test uses real processes (SQLite's). Whatever
+the interleaving, the quorum is exact, the request is activated once, no approval is lost, and
+the requester never counts.
 """
 
 from __future__ import annotations
@@ -22,13 +24,14 @@ import pytest
 from proxy.grants.lifecycle import GrantService, LifecycleError
 from proxy.grants.requests import AccessRequest, Action, RequestId, RequestState
 from proxy.grants.rules import NotPermitted
-from proxy.grants.store import SqliteStore
+from proxy.grants.store import Store
 from proxy.policy.models import Policy, UserName
 from tests.fixtures.clock import FakeClock
-from tests.fixtures.grants import ALICE, GROUPS, PolicyBox, make_policy, new_request
+from tests.fixtures.grants import ALICE, GROUPS, PolicyBox, StoreFactory, make_policy, new_request
 
 ROOT = Path(__file__).resolve().parents[3]
 APPROVERS = [UserName(f"approver{n:02}") for n in range(50)]
+STORES = 8  # stores the racing threads share, round robin: "servers" (or processes) at once
 
 
 def crowd_policy(required: int) -> Policy:
@@ -36,24 +39,23 @@ def crowd_policy(required: int) -> Policy:
 
 
 def race(
-    db_path: Path,
+    stores: list[Store],
     clock: FakeClock,
     policy: PolicyBox,
     calls: list[Callable[[GrantService], object]],
 ) -> list[object]:
-    """Run each call in its own thread with its own store, all released at once; return each
-    call's result or the exception it raised."""
+    """Run each call in its own thread, on `stores` round robin, all released at once; return
+    each call's result or the exception it raised."""
     results: list[object] = [None] * len(calls)
     barrier = threading.Barrier(len(calls))
 
     def run(index: int) -> None:
-        with SqliteStore(db_path) as store:
-            service = GrantService(store, clock, policy)
-            barrier.wait()
-            try:
-                results[index] = calls[index](service)
-            except Exception as exc:  # the test inspects it
-                results[index] = exc
+        service = GrantService(stores[index % len(stores)], clock, policy)
+        barrier.wait()
+        try:
+            results[index] = calls[index](service)
+        except Exception as exc:  # the test inspects it
+            results[index] = exc
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
     for thread in threads:
@@ -77,46 +79,54 @@ def count(db_path: Path, sql: str, *params: object) -> int:
     return value
 
 
-def activations(db_path: Path, request_id: RequestId) -> int:
-    return count(
-        db_path, "SELECT count(*) FROM transitions WHERE request_id = ? AND action = ?",
-        request_id, Action.ACTIVATE.value,
-    )  # fmt: skip
+def approvers(store: Store, request_id: RequestId) -> list[UserName]:
+    with store.read() as tx:
+        return [approval.approver for approval in tx.approvals(request_id)]
+
+
+def activations(store: Store, request_id: RequestId) -> int:
+    with store.read() as tx:
+        return sum(1 for t in tx.history(request_id) if t.action is Action.ACTIVATE)
 
 
 @pytest.mark.parametrize("required", [50, 5])
 def test_fifty_concurrent_approvers_reach_exactly_the_quorum(
-    db_path: Path, clock: FakeClock, service: GrantService, policy: PolicyBox, required: int
+    store_factory: StoreFactory, clock: FakeClock, policy: PolicyBox, required: int
 ) -> None:
     policy.current = crowd_policy(required)
+    stores = [store_factory() for _ in range(STORES)]
+    store, service = stores[0], GrantService(stores[0], clock, policy)
     request = new_request(service)
     calls = [approve_call(request.id, who) for who in [*APPROVERS, ALICE]]
-    results = race(db_path, clock, policy, calls)
+    results = race(stores, clock, policy, calls)
 
     assert isinstance(results[-1], NotPermitted | LifecycleError)  # the requester never counts
     approved = [r for r in results[:-1] if isinstance(r, AccessRequest)]
     refused = [r for r in results[:-1] if isinstance(r, LifecycleError)]
     assert (len(approved), len(refused)) == (required, 50 - required)
-    assert (
-        count(db_path, "SELECT count(*) FROM approvals WHERE request_id = ?", request.id)
-        == required
-    )
-    assert count(db_path, "SELECT count(*) FROM approvals WHERE approver = ?", ALICE) == 0
-    assert activations(db_path, request.id) == 1
+    recorded = approvers(store, request.id)
+    assert len(recorded) == len(set(recorded)) == required  # none lost, none twice
+    assert ALICE not in recorded
+    assert activations(store, request.id) == 1
     final = service.get(request.id)
     assert final.state is RequestState.ACTIVE
     assert sum(1 for r in approved if r.state is RequestState.ACTIVE) == 1  # one activator
 
 
 def test_approve_racing_cancel_leaves_one_consistent_outcome(
-    db_path: Path, clock: FakeClock, service: GrantService, policy: PolicyBox
+    store_factory: StoreFactory,
+    store: Store,
+    clock: FakeClock,
+    service: GrantService,
+    policy: PolicyBox,
 ) -> None:
     policy.current = crowd_policy(1)
     outcomes = set()
+    racers = [store_factory(), store_factory()]  # two "servers", for twenty races
     for _ in range(20):
         request = new_request(service)
         approve, cancel = race(
-            db_path, clock, policy,
+            racers, clock, policy,
             [approve_call(request.id, APPROVERS[0]), cancel_call(request.id)],
         )  # fmt: skip
         final = service.get(request.id)
@@ -124,7 +134,7 @@ def test_approve_racing_cancel_leaves_one_consistent_outcome(
         assert history[-1].to_state is final.state
         if final.state is RequestState.ACTIVE:
             assert isinstance(cancel, LifecycleError)
-            assert activations(db_path, request.id) == 1
+            assert activations(store, request.id) == 1
         else:
             assert final.state is RequestState.CANCELLED
             assert isinstance(approve, LifecycleError)
@@ -188,7 +198,7 @@ def approve_in_processes(
 
 
 def test_concurrent_approvers_in_separate_processes(
-    db_path: Path, service: GrantService, policy: PolicyBox
+    db_path: Path, store: Store, service: GrantService, policy: PolicyBox
 ) -> None:
     required, workers = 6, 8
     policy.current = crowd_policy(required)
@@ -197,4 +207,4 @@ def test_concurrent_approvers_in_separate_processes(
     assert states.count("refused") == workers - required
     assert states.count("active") == 1
     assert count(db_path, "SELECT count(*) FROM approvals") == required
-    assert activations(db_path, request.id) == 1
+    assert activations(store, request.id) == 1

@@ -7,15 +7,13 @@ but the COMMIT failed.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from proxy.grants.lifecycle import GrantService, NotAudited
 from proxy.grants.requests import Action, Transition
-from proxy.grants.store import RequestQuery, SqliteStore, StoreTx
+from proxy.grants.store import RequestQuery, StoreTx
 from tests.fixtures.clock import FakeClock
-from tests.fixtures.grants import PolicyBox, new_request
+from tests.fixtures.grants import PolicyBox, StoreFactory, break_the_commit, new_request
 
 
 class Hooks:
@@ -39,17 +37,19 @@ class Hooks:
         self.aborted.append([t.action for t in transitions])
 
 
-def service_with(path: Path, hooks: Hooks, clock: FakeClock, policy: PolicyBox) -> GrantService:
-    store = SqliteStore(path, before_commit=hooks.before_commit, on_commit=hooks.on_commit,
-                        on_abort=hooks.on_abort)  # fmt: skip
+def service_with(
+    store_factory: StoreFactory, hooks: Hooks, clock: FakeClock, policy: PolicyBox
+) -> GrantService:
+    store = store_factory(before_commit=hooks.before_commit, on_commit=hooks.on_commit,
+                          on_abort=hooks.on_abort)  # fmt: skip
     return GrantService(store, clock, policy)
 
 
 def test_a_refused_record_leaves_the_store_unchanged(
-    tmp_path: Path, clock: FakeClock, policy: PolicyBox
+    store_factory: StoreFactory, clock: FakeClock, policy: PolicyBox
 ) -> None:
     hooks = Hooks(refuse=True)
-    service = service_with(tmp_path / "state.db", hooks, clock, policy)
+    service = service_with(store_factory, hooks, clock, policy)
     with pytest.raises(NotAudited):
         new_request(service)
     assert service.list_requests(RequestQuery(everything=True)) == ()
@@ -58,28 +58,25 @@ def test_a_refused_record_leaves_the_store_unchanged(
 
 
 def test_records_before_the_commit_then_the_commit_is_told(
-    tmp_path: Path, clock: FakeClock, policy: PolicyBox
+    store_factory: StoreFactory, clock: FakeClock, policy: PolicyBox
 ) -> None:
     hooks = Hooks()
-    service = service_with(tmp_path / "state.db", hooks, clock, policy)
+    service = service_with(store_factory, hooks, clock, policy)
     new_request(service)
     assert hooks.before == hooks.committed == [[Action.CREATE]]
     assert hooks.aborted == []
 
 
 def test_a_failed_commit_after_the_records_is_told_as_aborted(
-    tmp_path: Path, clock: FakeClock, policy: PolicyBox
+    store_factory: StoreFactory, clock: FakeClock, policy: PolicyBox
 ) -> None:
     hooks = Hooks()
-    service = service_with(tmp_path / "state.db", hooks, clock, policy)
+    service = service_with(store_factory, hooks, clock, policy)
     original = hooks.before_commit
 
     def then_fail(tx: StoreTx, transitions: list[Transition]) -> None:
         original(tx, transitions)
-        # The records are written; now the COMMIT fails (a constraint checked at commit time
-        # stands in for a disk that fills between the two).
-        tx._conn.execute("PRAGMA defer_foreign_keys = ON")  # type: ignore[attr-defined]
-        tx._conn.execute("INSERT INTO approvals VALUES ('nope', 'x', 0, 'y')")  # type: ignore[attr-defined]
+        break_the_commit(tx)  # the records are written; now the COMMIT fails
 
     hooks.before_commit = then_fail  # type: ignore[method-assign]
     service._store._before_commit = then_fail  # type: ignore[attr-defined]

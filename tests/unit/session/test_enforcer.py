@@ -18,6 +18,7 @@ import pytest
 from proxy.grants.lifecycle import GrantService
 from proxy.grants.requests import AccessRequest
 from proxy.grants.store import SqliteStore
+from proxy.grants.store_watch import Problem, StateStoreUnavailable
 from proxy.policy.models import UserName
 from proxy.session.enforcer import RECONCILE_INTERVAL, EnforcementSettings, Enforcer, judge
 from proxy.session.registry import SessionRegistry
@@ -261,3 +262,23 @@ def test_an_active_session_on_an_untouched_grant_is_left_alone(world: World) -> 
         world.check()
     assert session.ending is None
     assert UserName(session.info.user) == ALICE
+
+
+def test_a_policy_change_ends_sessions_even_while_the_store_cannot_be_read(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    session = world.session_for(world.active_grant())
+    world.check()
+
+    def unreachable(*args: object) -> object:
+        raise StateStoreUnavailable("postgresql://db:5432/pgwarden", Problem.UNREACHABLE,
+                                    writing=False)  # fmt: skip
+
+    monkeypatch.setattr(world.grants, "changes", unreachable)
+    monkeypatch.setattr(world.grants, "get", unreachable)
+    world.check()  # no change of policy: nothing to decide without the store
+    assert session.ending is None
+    world.policy.current = make_policy(users={"bob": ("dba",), "dave": ("sre",)})
+    world.check()
+    assert session.ending is not None
+    assert session.ending.reason is EndReason.REMOVED
