@@ -131,6 +131,24 @@ class GrantRevoked(AuditEvent):
 
 
 @dataclass(frozen=True, slots=True)
+class TokenCreated(AuditEvent):
+    """An API token was made for `user` on the server host (`pgwarden token create`), by the OS
+    user `by`; the record never holds the secret, only the token's public id."""
+
+    kind: ClassVar[str] = "token.created"
+    token_id: str
+    user: str
+    by: str
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRevoked(AuditEvent):
+    kind: ClassVar[str] = "token.revoked"
+    token_id: str
+    by: str
+
+
+@dataclass(frozen=True, slots=True)
 class LifecycleOutcome(AuditEvent):
     """Whether the lifecycle records `first_seq`..`last_seq`, written before their state-store
     commit (write-ahead), took effect. A run of lifecycle records with no outcome after it was

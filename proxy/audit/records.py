@@ -193,6 +193,12 @@ def worker_audit_path(audit_log: Path, worker: int) -> Path:
     return audit_log.with_name(f"{audit_log.stem}.worker{worker}{audit_log.suffix}")
 
 
+def commands_audit_path(audit_log: Path) -> Path:
+    """The chain the server host's commands write (`pgwarden token create|revoke`): each runs as
+    its own process, and a chain has one writer at a time (they take `<chain>.lock`)."""
+    return audit_log.with_name(f"{audit_log.stem}.commands{audit_log.suffix}")
+
+
 def worker_audit_paths(audit_log: Path, max_workers: int) -> list[Path]:
     """The primary's audit log and every worker's that exists beside it, in worker order."""
     workers = (worker_audit_path(audit_log, k) for k in range(1, max_workers))

@@ -7,7 +7,8 @@ server reads it (a `SecretRef`: the variable's value, or the file's text without
 newline); with `--config` it comes from the server config's `audit.hmac_key_*`, and PATH may be
 left out to verify the configured `paths.audit_log` and every worker's chain beside it
 (`audit.worker1.jsonl`, ...; one line per chain, and all must verify): those found, and those
-the primary's log says were started (a deleted worker chain fails).
+the primary's log says were started (a deleted worker chain fails); and the token commands'
+chain (`audit.commands.jsonl`) when there is one.
 
 Prints `ok: N records in F files, head seq S` on stdout and exits 0 when everything verifies;
 prints `FAILED: FILE:LINE: seq N: what is wrong` on stderr and exits 1 when the log does not
@@ -20,7 +21,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from proxy.audit.records import load_key, worker_audit_path, worker_audit_paths
+from proxy.audit.records import (
+    commands_audit_path,
+    load_key,
+    log_files,
+    worker_audit_path,
+    worker_audit_paths,
+)
 from proxy.audit.verify import VerifyReport, VerifyUnreadable, verify, worker_of
 from proxy.config import MAX_WORKERS, ConfigError, load_config
 from proxy.policy.models import SecretRef, SecretUnavailable
@@ -93,13 +100,19 @@ def run(args: argparse.Namespace) -> int:
 def _verify_all(primary: Path, key: bytes, archives: list[Path]) -> list[tuple[bool, str]]:
     """The primary's chain, then every worker's (`proxy.workers`): those found beside it, and
     those the primary's log (or its archive anchor) says it started, which must be there."""
+    commands = commands_audit_path(primary)
+    command_lines = (
+        [_line(verify(commands, key, archives=archives), commands)] if commands.exists() else []
+    )
+    if command_lines and not log_files(primary):  # tokens made before the server first ran
+        return command_lines
     report = verify(primary, key, archives=archives)
     found = worker_audit_paths(primary, MAX_WORKERS)[1:]
     started = [worker_audit_path(primary, k) for k in sorted(report.workers_started)]
     workers = sorted(set(found) | set(started), key=lambda p: worker_of(p.name))
-    if not workers:
+    if not workers and not command_lines:
         return [_line(report)]
-    lines = [_line(report, primary)]
+    lines = [_line(report, primary), *command_lines]
     for path in workers:
         if path.exists():
             lines.append(_line(verify(path, key, archives=archives), path))

@@ -5,6 +5,9 @@ directly (the SQLite file, or the PostgreSQL database of `state.backend: postgre
 work whether or not `pgwarden serve` is running. `create` prints the token once;
 only its SHA-256 digest is stored (`auth.py`). `list` never shows a secret.
 
+`create` and `revoke` are recorded in the audit log before they take effect (`token_audit.py`):
+if the record cannot be written, nothing changes and the command exits 2.
+
 Exit status: 0 done; 1 refused (unknown user, unknown or already revoked token); 2 the config,
 policy or state file cannot be used (one line per problem, naming the setting and the fix, as
 `pgwarden serve` says it). A command that fails creates no state file: `create` checks the user
@@ -25,7 +28,9 @@ from pathlib import Path
 
 from proxy.api.auth import new_token
 from proxy.api.views import timestamp
+from proxy.audit.events import TokenCreated, TokenRevoked
 from proxy.clock import SYSTEM_CLOCK
+from proxy.commands.token_audit import os_user, recorded_ahead
 from proxy.config import ConfigError, ServerConfig, load_config
 from proxy.errors import PgwardenError
 from proxy.grants.store import Store
@@ -33,6 +38,7 @@ from proxy.grants.store_schema import TokenRecord
 from proxy.policy.models import UserName
 from proxy.runtime.startup import (
     StartupError,
+    audit_key,
     check_file_location,
     config_problem,
     earlier_life,
@@ -64,6 +70,8 @@ def add_revoke_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_create(args: argparse.Namespace) -> int:
     def known_user(config: ServerConfig) -> str | None:
+        # The key first: a token is recorded before it is made, so without it nothing starts.
+        audit_key(config.audit.hmac_key, config.paths.audit_log)
         policy = load_startup_policy(config)
         if args.user in policy.users:
             return None
@@ -73,7 +81,7 @@ def run_create(args: argparse.Namespace) -> int:
     def insert(config: ServerConfig, store: Store) -> int:
         user = UserName(args.user)
         secret, record = new_token(user, SYSTEM_CLOCK.now())
-        with store.write() as tx:
+        with recorded_ahead(config, TokenCreated(record.id, user, os_user())), store.write() as tx:
             tx.insert_token(record)
         if args.json:
             print(json.dumps({**_token_view(record), "token": secret}))
@@ -114,9 +122,14 @@ def run_list(args: argparse.Namespace) -> int:
 
 def run_revoke(args: argparse.Namespace) -> int:
     def revoke(config: ServerConfig, store: Store) -> int:
-        with store.write() as tx:
+        with store.read() as tx:
+            known = any(r.id == args.token_id and r.revoked_at is None for r in tx.tokens())
+        if not known:
+            return _refuse(f"no active token {args.token_id!r} (see: pgwarden token list)")
+        event = TokenRevoked(args.token_id, os_user())
+        with recorded_ahead(config, event), store.write() as tx:
             done = tx.revoke_token(args.token_id, SYSTEM_CLOCK.now())
-        if not done:
+        if not done:  # revoked by another command meanwhile
             return _refuse(f"no active token {args.token_id!r} (see: pgwarden token list)")
         print(json.dumps({"id": args.token_id, "revoked": True}) if args.json else
               f"token {args.token_id} revoked")  # fmt: skip

@@ -49,10 +49,16 @@ def explain_audit_summary(summary: str) -> str | None:
     if match is None:
         return None
     records, _, head = match.groups()
+    commands = (
+        "; audit.commands.jsonl is the chain of the token commands, each recorded before it "
+        "took effect"
+        if "audit.commands.jsonl" in summary
+        else ""
+    )
     return (
         f"({records} records checked, each sealed by an HMAC over it and the record before it; "
         f"head seq {head}: the head file audit.jsonl.head vouches for the records up to {head}, "
-        "the last synced to disk, so deleting any of them shows)"
+        f"the last synced to disk, so deleting any of them shows{commands})"
     )
 
 

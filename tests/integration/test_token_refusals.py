@@ -52,9 +52,14 @@ def test_an_unreadable_config_names_both_ways_to_give_it(layout: Layout) -> None
     assert line.endswith("--config or PGWARDEN_CONFIG")
 
 
-def test_create_needs_no_audit_key_and_makes_the_state_file(layout: Layout) -> None:
-    # The control for the tests above; tokens are not audit records, so no key is read.
+def test_create_needs_the_audit_key_and_then_makes_the_state_file(layout: Layout) -> None:
+    # A token is recorded in the audit log before it is made: without the key, nothing is made.
     result = pgwarden(*token(layout, "create", "alice"), key=None)
+    assert result.returncode == 2
+    assert "audit.hmac_key_env" in result.stderr
+    assert not layout.state.exists()
+    # The control for the tests above.
+    result = pgwarden(*token(layout, "create", "alice"))
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("pgw_")
     assert layout.state.exists()

@@ -33,7 +33,7 @@ def test_every_event_has_its_own_kind() -> None:
     kinds = [cls.kind for cls in every_event()]
     assert all(kinds)
     assert len(kinds) == len(set(kinds))
-    assert len(kinds) == 28
+    assert len(kinds) == 30
 
 
 @pytest.mark.parametrize("cls", every_event(), ids=lambda cls: cls.kind)
