@@ -137,7 +137,7 @@ async def _log_in(
         async with asyncio.timeout(ctx.login_timeout):
             request = await negotiate_startup(conn, ctx)
             if isinstance(request, CancelRequest):
-                forward_cancel(request, ctx)
+                await forward_cancel(request, ctx)
                 return None
             login = await authenticate(conn, request, ctx)
             upstream = await connect_for(login, ctx)
@@ -155,7 +155,7 @@ async def _refuse(conn: ClientConnection, ctx: ProxyContext, refusal: Refusal) -
         # Over a cap and silent too: nothing to tell it, and no log line per such connection.
         raise StalledWhileRefused("no startup packet in time") from None
     if isinstance(request, CancelRequest):
-        forward_cancel(request, ctx)  # a Ctrl-C still works while logins are full
+        await forward_cancel(request, ctx)  # a Ctrl-C still works while logins are full
         return
     raise AdmissionRefused(refusal, conn.source)
 

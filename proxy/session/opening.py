@@ -18,6 +18,7 @@ NOTICE saying how long the access lasts, and ReadyForQuery, and starts the relay
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable
 from datetime import datetime
@@ -260,26 +261,34 @@ def _upstream_handle(
     )
 
 
-def _cancel_upstream(upstream: UpstreamConnection) -> None:
+def _cancel_upstream(upstream: UpstreamConnection) -> asyncio.Task[bool]:
     """Send a CancelRequest to the backend on a fresh connection, in the background."""
     task = asyncio.get_running_loop().create_task(upstream.cancel())
     _BACKGROUND.add(task)
     task.add_done_callback(_BACKGROUND.discard)
+    return task
 
 
 # Fire-and-forget tasks need a strong reference until they finish (asyncio keeps only weak ones).
 _BACKGROUND: set[asyncio.Task[bool]] = set()
 
 
-def forward_cancel(request: CancelRequest, ctx: ProxyContext) -> None:
+async def forward_cancel(request: CancelRequest, ctx: ProxyContext) -> None:
     """A CancelRequest with one of our keys cancels that session's running query; no reply.
 
-    A key another worker issued goes to that worker, which checks it the same way."""
+    The client's cancel connection is closed only once the database has taken the cancel, as
+    PostgreSQL closes it only once it has signalled the backend: a client that waits for the
+    close before its next statement (libpq, asyncpg) must not have that statement cancelled.
+    A key another worker issued goes to that worker, which checks it the same way (there the
+    close does not wait)."""
     owner = ctx.registry.owner(request.secret_key)
     if owner != ctx.registry.worker:
         if ctx.cancel_elsewhere is not None:
             ctx.cancel_elsewhere(owner, request.process_id, request.secret_key)
         return
     session = ctx.registry.find_by_cancel_key(request.process_id, request.secret_key)
-    if session is not None:
-        session.cancel_running_query()
+    sent = session.cancel_running_query() if session is not None else None
+    if sent is not None:
+        # Shielded: a client that hangs up (or the login timeout) must not stop the cancel.
+        with contextlib.suppress(Exception):
+            await asyncio.shield(sent)

@@ -95,7 +95,9 @@ class SessionInfo:
 class UpstreamHandle:
     """Out-of-band actions on the upstream backend (each on a fresh connection)."""
 
-    cancel: Callable[[], object]  # schedules a CancelRequest; best effort
+    # Sends a CancelRequest in the background (best effort); the future completes once the
+    # database has taken it (closed the cancel connection), or it gave up.
+    cancel: Callable[[], asyncio.Future[bool]]
     terminate_backend: Callable[[], Awaitable[bool]]  # pg_terminate_backend over the control role
     # Offers the idle backend of a cleanly ended session to the pool: True if kept (pool.py).
     give_back: Callable[[], Awaitable[bool]] | None = None
@@ -175,11 +177,15 @@ class Session:
         assert self.ending is not None
         return self.ending
 
-    def cancel_running_query(self) -> None:
-        """Forward a client's CancelRequest: cancel what the backend runs now, if anything."""
-        if self.ending is None and self.relay.busy:
-            self.cancel_sent = True
-            self.upstream_handle.cancel()
+    def cancel_running_query(self) -> asyncio.Future[bool] | None:
+        """Forward a client's CancelRequest, as the database would take it: whatever the backend
+        runs now is cancelled (nothing, if it is idle). Not only while the relay counts a query
+        as running: a client streaming Bind/Execute before its Sync has work running too. The
+        future completes once the database has the cancel (see `forward_cancel`)."""
+        if self.ending is not None:
+            return None
+        self.cancel_sent = True  # the pool never reuses a backend a cancel may still reach
+        return self.upstream_handle.cancel()
 
     def notify(self, message: str) -> bool:
         """Send the client a NoticeResponse now, if the stream stands at a message boundary."""

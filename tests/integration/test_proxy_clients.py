@@ -13,6 +13,8 @@ from __future__ import annotations
 import hashlib
 import re
 import signal
+import socket
+import struct
 import subprocess
 import threading
 import time
@@ -26,6 +28,7 @@ from psycopg import pq
 from proxy.grants.requests import IssuedCredential
 from tests.fixtures.clients import (
     psql_command,
+    raw_login,
     run_psql,
     superuser_orders,
     terminate_pgwarden_backends,
@@ -33,6 +36,7 @@ from tests.fixtures.clients import (
 )
 from tests.fixtures.pgwarden import RO_ROLE, RW_ROLE, RunningPgwarden
 from tests.fixtures.postgres import PostgresServer
+from tests.fixtures.rawpg import error_fields
 
 pytestmark = pytest.mark.integration
 
@@ -48,6 +52,7 @@ MILLION = 1_000_000
 LARGE_VALUE = 32 * MB
 JOIN_TIMEOUT = 30.0
 CANCEL_TIMEOUT = 10.0
+CANCEL_REQUEST_CODE = 80877102  # (1234 << 16) | 5678
 SLEEP_SECONDS = 60
 
 
@@ -449,6 +454,15 @@ def _sleeping_backend(postgres: PostgresServer, backend_pid: int) -> bool:
     return row is not None and row[0] == "active" and str(row[1]).startswith("SELECT pg_sleep(")
 
 
+def _in_pg_sleep(postgres: PostgresServer, backend_pid: int) -> bool:
+    """The backend is inside pg_sleep (not only parsing it: a cancel then would be ignored)."""
+    with superuser_orders(postgres) as su:
+        row = su.execute(
+            "SELECT wait_event FROM pg_stat_activity WHERE pid = %s", (backend_pid,)
+        ).fetchone()
+    return row is not None and row[0] == "PgSleep"
+
+
 SLEEPS = {
     "simple protocol": (f"SELECT pg_sleep({SLEEP_SECONDS})", None),
     "extended protocol": ("SELECT pg_sleep(%s)", (SLEEP_SECONDS,)),
@@ -508,3 +522,32 @@ def test_cancel_with_nothing_running_does_no_harm(
         row = conn.execute("SELECT pg_sleep(1), pg_backend_pid(), 'fine'").fetchone()
         assert row == ("", backend_pid, "fine")
         assert conn.info.transaction_status == pq.TransactionStatus.IDLE
+
+
+def test_cancel_reaches_an_execute_sent_before_its_sync(
+    pgwarden: RunningPgwarden, ro_credential: IssuedCredential, postgres: PostgresServer
+) -> None:
+    """Found by asyncpg's own suite (make compat): a client streaming Parse/Bind/Execute has its
+    statement running before any Sync; its cancel must reach it, as it would directly."""
+    greeting: list[tuple[bytes, bytes]] = []
+    login = raw_login(
+        pgwarden.host, pgwarden.port, ro_credential.username, ro_credential.password,
+        keep_greeting=greeting, timeout=CANCEL_TIMEOUT,
+    )  # fmt: skip
+    assert login.conn is not None, login.error
+    (key,) = [payload for kind, payload in greeting if kind == b"K"]
+    (backend_pid,) = struct.unpack("!I", key[:4])  # the backend's real pid (issue 15, item 3)
+    with login.conn as conn:
+        conn.send(b"P", b"\0SELECT pg_sleep(60)\0\0\0")
+        conn.send(b"B", b"\0\0" + bytes(6))  # no formats, no parameters, no result formats
+        conn.send(b"E", b"\0" + bytes(4))
+        conn.send(b"H")  # Flush, no Sync: the statement runs now
+        wait_until(lambda: _in_pg_sleep(postgres, backend_pid), 10, "pg_sleep to run")
+        with socket.create_connection((pgwarden.host, pgwarden.port), CANCEL_TIMEOUT) as cancel:
+            cancel.sendall(struct.pack("!II", 16, CANCEL_REQUEST_CODE) + key)
+            assert cancel.recv(1) == b""  # closed, once the database has the cancel
+        kinds = [conn.read_message() for _ in range(3)]  # within the timeout, not after 60 s
+        assert [kind for kind, _ in kinds] == [b"1", b"2", b"E"]
+        assert error_fields(kinds[2][1])["C"] == "57014"
+        conn.send(b"S")
+        assert conn.read_until_ready()[-1][0] == b"Z"
