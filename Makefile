@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-dev
 # Branch coverage the sans-I/O core must keep (the issue tracker's bar for wire and auth).
 CORE_COVERAGE_MIN ?= 90
 
-.PHONY: test lint typecheck unit coverage clean bench deps demo
+.PHONY: test lint typecheck unit coverage clean bench compat deps demo
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -23,8 +23,8 @@ deps:
 	bash scripts/ensure-deps.sh
 
 lint: $(STAMP)
-	$(BIN)/ruff check proxy tests bench
-	$(BIN)/ruff format --check proxy tests bench
+	$(BIN)/ruff check proxy tests bench compat
+	$(BIN)/ruff format --check proxy tests bench compat
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -50,6 +50,11 @@ demo: deps $(STAMP)
 bench: $(STAMP)
 	bash scripts/ensure-deps.sh --pgbouncer
 	PATH="$$PATH:/usr/sbin" $(BIN)/python -m bench.run $(if $(filter 1,$(QUICK)),--quick) $(if $(CASES),--cases "$(CASES)")
+
+# asyncpg's, pg8000's and psycopg2's own test suites directly and through pgwarden (compat/README.md);
+# not part of `make test`. `make compat SUITES=pg8000`: only these (comma-separated).
+compat: deps $(STAMP)
+	$(BIN)/python -m compat.run $(if $(SUITES),--suites "$(SUITES)")
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage

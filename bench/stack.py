@@ -229,18 +229,21 @@ def running_pgwarden(
         )  # fmt: skip
 
 
-def issue_credential(state: Path, policy: Path) -> IssuedCredential:
-    """Request, approve and issue: an active read-write grant for alice, as the API will."""
+def issue_credential(
+    state: Path, policy: Path, *, user: str = "alice", target: str = TARGET_DB,
+    level: str = "read-write", reason: str = "benchmark",
+) -> IssuedCredential:  # fmt: skip
+    """Request, approve (by carol) and issue: an active grant, read-write for alice on the bench's
+    target unless told otherwise, as the API will."""
     store = SqliteStore(state)
     try:
         holder = PolicyHolder.open(policy)
         grants = GrantService(store, SYSTEM_CLOCK, lambda: holder.current)
         request = grants.create_request(
-            UserName("alice"), TargetName(TARGET_DB), AccessLevelName("read-write"),
-            GRANT_DURATION, "benchmark",
-        )  # fmt: skip
-        grants.approve(request.id, UserName("carol"), "benchmark")
-        return grants.issue_credential(request.id, UserName("alice"))
+            UserName(user), TargetName(target), AccessLevelName(level), GRANT_DURATION, reason
+        )
+        grants.approve(request.id, UserName("carol"), reason)
+        return grants.issue_credential(request.id, UserName(user))
     finally:
         store.close()
 

@@ -1,0 +1,1 @@
+"""`make compat`: client test suites run directly against PostgreSQL and through pgwarden."""
