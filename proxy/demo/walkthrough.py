@@ -278,6 +278,9 @@ def run(args: argparse.Namespace) -> int:
     interactive = os.environ.get("PGWARDEN_DEMO_NONINTERACTIVE") != "1" and sys.stdin.isatty()
     for stop in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(stop, _stop_on)
+    # Ctrl-C even when started with SIGINT ignored (a background job of a script inherits that,
+    # and Python then installs no KeyboardInterrupt): the demo must always clean up on it.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     finished = False
     try:
         with demo_world() as (demo, _):
