@@ -1,14 +1,16 @@
 """The tamper-evident audit log: who had access to what and why, what they ran, and proof that
 the record is whole.
 
-- `events.py`, `query_events.py`: typed events (requests, grants, credentials, logins,
-  sessions; queries and their outcomes);
-- `recorder.py`: one session's wire messages → query events and their outcomes;
+- `events.py`: typed events (requests, grants, credentials, logins, sessions);
+- `query_events.py`: the query records, one per client round trip, and their outcomes;
+- `recorder.py`: one session's wire messages → query records; `shaping.py`: their text and
+  values redacted, cut and encoded, once per distinct statement;
 - `redact.py`: secrets out (PASSWORD literals, verifiers, conninfo, pgwarden's own passwords);
 - `records.py`: the line format, the HMAC chain, file names, the head;
 - `log.py` (+ `sink_state.py`, `recovery.py`, `fsio.py`): the sink — group-commit fsync,
   rotation, crash recovery, fail closed;
-- `verify.py` (+ `verify_plan.py`): `pgwarden audit verify`;
+- `verify.py` (+ `verify_plan.py`, `lifecycle_trail.py`, `query_trail.py`): `pgwarden audit
+  verify`;
 - `archive.py` (the signed anchor) and `archiving.py`: `pgwarden audit archive`, which moves old
   rotated files away so that the rest still verifies on its own.
 
@@ -19,6 +21,7 @@ durability futures are `concurrent.futures.Future`s that async code awaits with
 
 from __future__ import annotations
 
+from proxy.audit.encode import EncodedRecord
 from proxy.audit.events import (
     AuditEvent,
     CredentialIssued,
@@ -37,21 +40,11 @@ from proxy.audit.events import (
     SessionStarted,
 )
 from proxy.audit.log import AuditLog
-from proxy.audit.query_events import (
-    BindPortal,
-    CopyDirection,
-    CopyTransfer,
-    ExecutePortal,
-    FunctionCalled,
-    OutcomeStatus,
-    Param,
-    ParseStatement,
-    QueryOutcome,
-    SimpleQuery,
-)
-from proxy.audit.recorder import CLIENT_TYPES, UPSTREAM_TYPES, QueryLimits, SessionRecorder
+from proxy.audit.query_events import CopyDirection, CopyTransfer, OutcomeStatus
+from proxy.audit.recorder import CLIENT_TYPES, UPSTREAM_TYPES, SessionRecorder
 from proxy.audit.records import load_key
 from proxy.audit.redact import Redactor
+from proxy.audit.shaping import QueryLimits, Shaper
 from proxy.audit.sink_state import AuditUnavailable, SinkOptions
 from proxy.audit.verify import VerifyReport, verify
 from proxy.config import FsyncPolicy
@@ -62,23 +55,18 @@ __all__ = [
     "AuditEvent",
     "AuditLog",
     "AuditUnavailable",
-    "BindPortal",
     "CopyDirection",
     "CopyTransfer",
     "CredentialIssued",
-    "ExecutePortal",
+    "EncodedRecord",
     "FsyncPolicy",
-    "FunctionCalled",
     "GrantActivated",
     "GrantExpired",
     "GrantRevoked",
     "LoginFailed",
     "LongSession",
     "OutcomeStatus",
-    "Param",
-    "ParseStatement",
     "QueryLimits",
-    "QueryOutcome",
     "Recovery",
     "Redactor",
     "RequestApproved",
@@ -89,7 +77,7 @@ __all__ = [
     "SessionEnded",
     "SessionRecorder",
     "SessionStarted",
-    "SimpleQuery",
+    "Shaper",
     "SinkOptions",
     "VerifyReport",
     "load_key",

@@ -2,11 +2,13 @@
 
 The reference definition of a record's members is `dump_fields(redactor.redact_record(
 event.to_record()))`: convert every field (`events.to_json`), pass every string through the
-redactor, encode as ASCII JSON. That walks each record three times and builds two dicts; the sink
-writes a record for every query, so `event_members` does the same in one walk, with the field
-names of each event class worked out once. The records written for every query (a Query, an
-Execute, an outcome, ...) have their own short encoders below, which skip even the per-field
-dispatch. Tests hold all of them to the reference's bytes.
+redactor, encode as ASCII JSON. That walks each record three times and builds two dicts;
+`event_members` does the same in one walk, with the field names of each event class worked out
+once, and tests hold it to the reference's bytes.
+
+The records written for every query are not events: the recorder builds their members as JSON
+text directly (`EncodedRecord`, `query_events.py`), every string redacted as it goes in
+(`shaping.py`), so the sink writes them as they are.
 """
 
 from __future__ import annotations
@@ -16,16 +18,9 @@ import math
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from json.encoder import encode_basestring_ascii
-from typing import Any
+from typing import NamedTuple
 
 from proxy.audit.events import AuditEvent
-from proxy.audit.query_events import (
-    BindPortal,
-    ExecutePortal,
-    ParseStatement,
-    QueryOutcome,
-    SimpleQuery,
-)
 from proxy.audit.records import ENVELOPE, format_ts
 
 Redact = Callable[[str], str]
@@ -36,10 +31,16 @@ _NUMBERS = (float, timedelta)
 _SEQUENCES = (tuple, list)
 
 
+class EncodedRecord(NamedTuple):
+    """A record made as JSON text: its kind and its members (`"a":1,"b":"x"`, no braces), every
+    string in them already redacted and ASCII-escaped. The sink writes them as they are."""
+
+    kind: str
+    members: str
+
+
 def event_members(event: AuditEvent, redact: Redact) -> str:
     """`"a":1,"b":"x"`: the event's fields as they appear in its line (no braces)."""
-    if (encoder := _PER_QUERY.get(type(event))) is not None:
-        return encoder(event, redact)
     prefixes = _PREFIXES.get(type(event)) or _prefixes(type(event))
     return ",".join([prefix + encode_value(getattr(event, name), redact)
                      for name, prefix in prefixes])  # fmt: skip
@@ -78,68 +79,7 @@ def _encode_compound(value: object, redact: Redact) -> str:
     if isinstance(value, Mapping):
         items = [_quote(str(k)) + ":" + encode_value(v, redact) for k, v in value.items()]
         return "{" + ",".join(items) + "}"
-    shaped = getattr(value, "to_json", None)  # a value that says how it is recorded (Param)
+    shaped = getattr(value, "to_json", None)  # a value that says how it is recorded
     if callable(shaped):
         return encode_value(shaped(), redact)
     raise TypeError(f"cannot record a {type(value).__name__} in the audit log")
-
-
-# -- the records of every query ----------------------------------------------------------------
-
-
-def _optional(text: str | None, redact: Redact) -> str:
-    return "null" if text is None else _quote(redact(text))
-
-
-def _flag(value: bool) -> str:
-    return "true" if value else "false"
-
-
-def _simple(e: SimpleQuery, r: Redact) -> str:
-    return (
-        f'"session_id":{_quote(r(e.session_id))},"n":{e.n:d},"text":{_quote(r(e.text))},'
-        f'"text_bytes":{e.text_bytes:d},"truncated":{_flag(e.truncated)}'
-    )
-
-
-def _parse(e: ParseStatement, r: Redact) -> str:
-    return (
-        f'"session_id":{_quote(r(e.session_id))},"n":{e.n:d},'
-        f'"statement":{_quote(r(e.statement))},"text":{_quote(r(e.text))},'
-        f'"text_bytes":{e.text_bytes:d},"truncated":{_flag(e.truncated)},'
-        f'"param_types":{encode_value(e.param_types, r)}'
-    )
-
-
-def _bind(e: BindPortal, r: Redact) -> str:
-    return (
-        f'"session_id":{_quote(r(e.session_id))},"n":{e.n:d},"portal":{_quote(r(e.portal))},'
-        f'"statement":{_quote(r(e.statement))},"params":{encode_value(e.params, r)},'
-        f'"params_omitted":{e.params_omitted:d},"redacted":{_flag(e.redacted)}'
-    )
-
-
-def _execute(e: ExecutePortal, r: Redact) -> str:
-    return (
-        f'"session_id":{_quote(r(e.session_id))},"n":{e.n:d},"portal":{_quote(r(e.portal))},'
-        f'"max_rows":{e.max_rows:d}'
-    )
-
-
-def _outcome(e: QueryOutcome, r: Redact) -> str:
-    tags = ",".join([_quote(r(tag)) for tag in e.tags])
-    rows = "null" if e.rows is None else f"{e.rows:d}"
-    return (
-        f'"session_id":{_quote(r(e.session_id))},"n":{e.n:d},"status":{_quote(r(e.status))},'
-        f'"tags":[{tags}],"rows":{rows},"sqlstate":{_optional(e.sqlstate, r)},'
-        f'"error":{_optional(e.error, r)},"duration":{float.__repr__(e.duration.total_seconds())}'
-    )
-
-
-_PER_QUERY: dict[type[AuditEvent], Callable[[Any, Redact], str]] = {
-    SimpleQuery: _simple,
-    ParseStatement: _parse,
-    BindPortal: _bind,
-    ExecutePortal: _execute,
-    QueryOutcome: _outcome,
-}

@@ -1,12 +1,12 @@
 """Audit events: what happened, as typed values (STYLE 12), never as log lines.
 
 Every event is a frozen dataclass with a stable `kind` (`request.created`, `session.started`,
-`query.bind`, ...) and `to_record()`, which turns its fields into JSON values: datetimes become
+`query.copy`, ...) and `to_record()`, which turns its fields into JSON values: datetimes become
 ISO-8601 UTC strings, durations seconds, enums their value, tuples lists. The sink (`log.py`) adds
 the envelope (`seq`, `ts`, `kind`, `prev`, `mac`), redacts and writes. Field names never collide
 with the envelope's (a test checks every event class).
 
-The query events (`query.*`) live in `query_events.py`. The `audit.*` events here are the
+The query records (`query.*`) are described in `query_events.py`. The `audit.*` events here are the
 sink's own: opened, closed, a new file continuing the chain, and what a recovery found.
 """
 
@@ -42,7 +42,7 @@ def to_json(value: object) -> JSONValue:
         return [to_json(item) for item in value]
     if isinstance(value, Mapping):
         return {str(k): to_json(v) for k, v in value.items()}
-    shaped = getattr(value, "to_json", None)  # a value that says how it is recorded (Param)
+    shaped = getattr(value, "to_json", None)  # a value that says how it is recorded
     if callable(shaped):
         result: JSONValue = shaped()
         return result

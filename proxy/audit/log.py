@@ -3,8 +3,9 @@
 `append(event)` redacts the event and writes its line with one `write` under a lock (callers on
 the event loop and on executor threads are serialised; the kernel's page cache takes the write,
 so the loop does not wait for the disk); `append_many(events)` writes several records with one
-`write`. Both return a ticket, the (last) record's `seq`. Durability is the
-background thread's job, per the fsync policy:
+`write` (the query records come already encoded and redacted: `EncodedRecord`). Both return a
+ticket, the (last) record's `seq`. Durability is the background thread's job, per the fsync
+policy:
 
 - `always`: group commit. The thread fsyncs as soon as records are waiting; every record written
   before an fsync starts is covered by it, so a burst of appends shares one fsync.
@@ -38,7 +39,7 @@ from collections.abc import Sequence
 from concurrent.futures import Future
 from pathlib import Path
 
-from proxy.audit.encode import event_members
+from proxy.audit.encode import EncodedRecord, event_members
 from proxy.audit.events import AuditEvent
 from proxy.audit.fsio import FileSystem
 from proxy.audit.records import Signer, format_ts, head_path
@@ -114,14 +115,20 @@ class AuditLog:
     def durable_seq(self) -> int:
         return self._s.durable_seq
 
-    def append(self, event: AuditEvent) -> int:
+    def append(self, event: AuditEvent | EncodedRecord) -> int:
         """Write the event's record now; returns its ticket (seq). Raises AuditUnavailable."""
         return self.append_many((event,))
 
-    def append_many(self, events: Sequence[AuditEvent]) -> int:
-        """Write the events' records now, in order, with one write; returns the last ticket."""
+    def append_many(self, events: Sequence[AuditEvent | EncodedRecord]) -> int:
+        """Write the events' records now, in order, with one write; returns the last ticket.
+        An `EncodedRecord` (the query records) is written as it is: already redacted."""
         redact = self._redactor.redact
-        records = [(event.kind, event_members(event, redact)) for event in events]
+        records = [
+            event
+            if isinstance(event, EncodedRecord)
+            else (event.kind, event_members(event, redact))
+            for event in events
+        ]
         with self._lock:
             if self._s.closed or not self._s.healthy:
                 raise self._unavailable()

@@ -1,99 +1,61 @@
-"""Query events: what a session sent and how each query ended (`query.*`).
+"""The query records (`query.*`, log format 3): one record per client round trip.
 
-Written *before* the message is forwarded: each carries the session's per-session query number
-`n`, and a later `query.outcome` with the same `n` says how it ended. `recorder.py` builds them
-from wire messages; text and values are already redacted and cut to size when they get here.
+`recorder.py` makes them from wire messages, `shaping.py` redacts, cuts and encodes what they
+hold. They are written on every query, so they are built as JSON text directly (`EncodedRecord`)
+rather than as dataclasses; their shapes are these:
+
+`query.batch` — written *before* the round trip is forwarded: a simple Query, or an
+extended-protocol batch up to its Sync::
+
+    {"session_id":"…","n":7,"steps":[{"parse":"","text":"SELECT $1::int"},
+     {"bind":"","statement":"","params":["42"]},{"execute":""}],
+     "done":[{"n":6,"status":"ok","tags":["SELECT 1"],"rows":1,"duration":0.000412}]}
+
+- `n` numbers the session's records (batches and function calls) from 1;
+- `steps`, in the order sent: `{"query":<text>}` (simple protocol, one or more statements);
+  `{"parse":<statement>,"text":<text>,"param_types":[oids]}` (types only when given);
+  `{"bind":<portal>,"statement":<statement>,"params":[...],"omitted":k,"redacted":true}`
+  (`omitted`: values left out once the message's size budget was spent; `redacted`: the statement
+  takes a password, so every value shows as `***`); `{"execute":<portal>,"max_rows":N}`
+  (`max_rows` when not 0); `{"close":"statement"|"portal","name":<name>}`. A text cut at
+  `audit.max_query_bytes` is followed by `"bytes":N,"truncated":true` (N: its size) in its step;
+- a parameter is its text, `{"base64":…}` when binary, null for SQL NULL; one cut at
+  `audit.max_param_bytes` is `{"text"|"base64":…,"bytes":N,"truncated":true}`;
+- `"open":true`: the chunk ended before the batch's Sync; the batch goes on in the next record;
+- `done` (when there is any): outcomes of this session's earlier records, settled since its
+  previous record.
+
+An outcome: `n` (the record it settles), `status` — `ok`, `error`, `skipped` (an error earlier in
+the same batch made the database skip all of it) or `unfinished` (the session ended first) —,
+`tags`, one per statement run, in order: the command tag, `""` for an empty query, null for an
+Execute stopped at `max_rows` (PortalSuspended); `rows`, the sum of the tags' row counts (null if
+none has one); `duration` in seconds, from the record to the answer that settled it; and for an
+error `sqlstate`, `error` (the message) and `step`, the index in `steps` of the step that failed
+(null: the implicit COMMIT at the Sync failed). Steps after it, up to the Sync, did not run.
+
+`query.done` — `{"session_id":…,"done":[…]}`: outcomes no later record of the session carried
+within `OUTCOME_DELAY` (`runtime/auditing.py`), or left at the session's end.
+
+`query.function_call` — `{"session_id":…,"n":…,"function_oid":…,"args":[…],"args_omitted":k}`
+plus `done`, like a batch; its outcome comes like a batch's. `query.copy` — the data of a COPY
+started by record `n`: `direction` and `bytes` (written when the copy ends).
+
+Formats 1 and 2 wrote one record per Query, Parse, Bind, Execute and FunctionCall message
+(`query.simple`, `query.parse`, `query.bind`, `query.execute`, `query.function_call`) and a
+`query.outcome` for each; `audit verify` reads both (`query_trail.py`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
 from enum import StrEnum
-from typing import ClassVar
+from typing import ClassVar, Final
 
 from proxy.audit.events import AuditEvent
-from proxy.audit.records import JSONValue
 
-
-@dataclass(frozen=True, slots=True)
-class Param:
-    """A Bind parameter or FunctionCall argument: text, base64 (binary) or None (SQL NULL).
-
-    `size` is the original length in bytes; `truncated` says the value holds only a prefix.
-    """
-
-    value: str | None
-    binary: bool = False
-    size: int = 0
-    truncated: bool = False
-
-    def to_json(self) -> JSONValue:
-        if self.value is None:
-            return None
-        shown: dict[str, JSONValue] = {"base64" if self.binary else "text": self.value}
-        if self.truncated:
-            shown["bytes"] = self.size
-            shown["truncated"] = True
-        return shown
-
-
-@dataclass(frozen=True, slots=True)
-class SimpleQuery(AuditEvent):
-    """A simple-protocol Query, recorded as sent (several statements stay one record)."""
-
-    kind: ClassVar[str] = "query.simple"
-    session_id: str
-    n: int
-    text: str
-    text_bytes: int
-    truncated: bool
-
-
-@dataclass(frozen=True, slots=True)
-class ParseStatement(AuditEvent):
-    kind: ClassVar[str] = "query.parse"
-    session_id: str
-    n: int
-    statement: str  # "" is the unnamed statement
-    text: str
-    text_bytes: int
-    truncated: bool
-    param_types: tuple[int, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class BindPortal(AuditEvent):
-    """`params_omitted` counts parameters left out once the size budget was spent;
-    `redacted` says the statement sets a password, so every value shows as `***`."""
-
-    kind: ClassVar[str] = "query.bind"
-    session_id: str
-    n: int
-    portal: str
-    statement: str
-    params: tuple[Param, ...]
-    params_omitted: int
-    redacted: bool
-
-
-@dataclass(frozen=True, slots=True)
-class ExecutePortal(AuditEvent):
-    kind: ClassVar[str] = "query.execute"
-    session_id: str
-    n: int
-    portal: str
-    max_rows: int  # 0: all rows
-
-
-@dataclass(frozen=True, slots=True)
-class FunctionCalled(AuditEvent):
-    kind: ClassVar[str] = "query.function_call"
-    session_id: str
-    n: int
-    function_oid: int
-    args: tuple[Param, ...]
-    args_omitted: int
+BATCH: Final = "query.batch"
+DONE: Final = "query.done"
+FUNCTION_CALL_KIND: Final = "query.function_call"
 
 
 class CopyDirection(StrEnum):
@@ -103,7 +65,7 @@ class CopyDirection(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class CopyTransfer(AuditEvent):
-    """The data of a COPY started by query `n` (written when the copy ends)."""
+    """The data of a COPY started by record `n` (written when the copy ends)."""
 
     kind: ClassVar[str] = "query.copy"
     session_id: str
@@ -114,22 +76,6 @@ class CopyTransfer(AuditEvent):
 
 class OutcomeStatus(StrEnum):
     OK = "ok"
-    SUSPENDED = "suspended"  # Execute's row limit was reached (PortalSuspended)
     ERROR = "error"
     SKIPPED = "skipped"  # an earlier error in the same extended-protocol batch skipped it
     UNFINISHED = "unfinished"  # the session ended before the database answered
-
-
-@dataclass(frozen=True, slots=True)
-class QueryOutcome(AuditEvent):
-    """How query `n` ended: command tags (one per statement) and rows, or SQLSTATE and message."""
-
-    kind: ClassVar[str] = "query.outcome"
-    session_id: str
-    n: int
-    status: OutcomeStatus
-    tags: tuple[str, ...]
-    rows: int | None
-    sqlstate: str | None
-    error: str | None
-    duration: timedelta

@@ -1,43 +1,47 @@
-"""One session's queries as audit events: wire messages in, `query.*` events out.
+"""One session's queries as audit records: wire messages in, one record per round trip out.
 
-The relay hands `client(message)` every observed client message *before* forwarding it and
-writes the events it returns first (the query is on record before the database sees it); it
-hands `upstream(message)` the database's answers, which complete the queries as `query.outcome`
-events in protocol order. Every Query, Parse, Bind, Execute and FunctionCall gets the next
-per-session number `n`; outcomes refer to it. Parse and Bind get an outcome only when they fail
-(or are skipped); Query, Execute and FunctionCall always get one.
+The relay hands `client_frames(frames)` the client's messages of one chunk *before* forwarding
+it and writes the records it returns first (the queries are on record before the database sees
+them); it hands `upstream_frames(frames)` the database's answers, which settle each record's
+outcome in protocol order. `query_events.py` describes the records.
 
-How answers are matched: the backend answers client messages in order, so the recorder keeps a
-queue of what awaits an answer. An ErrorResponse in an extended-protocol batch makes the backend
-skip everything up to the next Sync, whose ReadyForQuery ends the batch; the skipped queries get
-`skipped` outcomes. A simple Query ends at its ReadyForQuery, with one tag per statement.
+Round trips. A simple Query is one `query.batch` record. So is an extended-protocol batch —
+Parse, Bind, Execute, Close... up to its Sync, however many statements. When a chunk ends before
+the Sync (a client pipelining with Flush, or a batch longer than one read, or than MAX_STEPS),
+what arrived is written at once as a record marked `open`, and the batch goes on in the next
+record. Describe and Flush are not recorded: they change nothing. Each record takes the next
+per-session number `n`; a FunctionCall has its own record (`query.function_call`), numbered
+alike, and so does the data of a COPY (`query.copy`, with the `n` of the record that started it).
 
-The recorder reads no clock: `monotonic` is the session clock's, for durations. Text is redacted
-(`redact.py`) before it is cut at the configured size, so a cut can never expose half a secret.
+Outcomes. The backend answers in order, so the recorder keeps a queue of the steps awaiting an
+answer (Parse, Bind, Close, Execute, Sync, Query, FunctionCall). A record is settled when its
+last one is answered: its command tags, rows and duration, or the SQLSTATE and message of the
+step that failed. An error makes the backend skip everything up to the Sync, so the later records
+of the batch are `skipped`; an error in a Describe (not recorded) is blamed on the next step.
+Settled outcomes wait in `done` until the session's next record carries them, or the auditor
+writes them in a record of their own (`query.done`, `runtime/auditing.py`).
+
+The recorder reads no clock: `monotonic` is the session clock's, for durations.
 """
 
 from __future__ import annotations
 
-import base64
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import timedelta
+from collections.abc import Callable, Iterable
+from typing import Final
 
+from proxy.audit import fast_decode
+from proxy.audit.encode import EncodedRecord
 from proxy.audit.events import AuditEvent
 from proxy.audit.query_events import (
-    BindPortal,
+    BATCH,
+    DONE,
+    FUNCTION_CALL_KIND,
     CopyDirection,
     CopyTransfer,
-    ExecutePortal,
-    FunctionCalled,
     OutcomeStatus,
-    Param,
-    ParseStatement,
-    QueryOutcome,
-    SimpleQuery,
 )
-from proxy.audit.redact import MASK, Redactor, password_parameters
+from proxy.audit.shaping import Shaper
 from proxy.wire import (
     BIND,
     BIND_COMPLETE,
@@ -45,320 +49,345 @@ from proxy.wire import (
     CLOSE_COMPLETE,
     COMMAND_COMPLETE,
     COPY_BOTH_RESPONSE,
-    COPY_DATA,
-    COPY_DONE,
-    COPY_FAIL,
     COPY_IN_RESPONSE,
     COPY_OUT_RESPONSE,
-    DESCRIBE,
     EMPTY_QUERY_RESPONSE,
     ERROR_RESPONSE,
     EXECUTE,
     FUNCTION_CALL,
-    NO_DATA,
     PARSE,
     PARSE_COMPLETE,
     PORTAL_SUSPENDED,
     QUERY,
     READY_FOR_QUERY,
-    ROW_DESCRIPTION,
     SYNC,
-    Bind,
-    BindComplete,
     Close,
-    CloseComplete,
-    CommandComplete,
-    CopyBothResponse,
-    CopyData,
-    CopyInResponse,
-    CopyOutResponse,
-    Describe,
-    EmptyQueryResponse,
     ErrorResponse,
-    Execute,
     Frame,
     FunctionCall,
-    NoData,
-    Parse,
-    ParseComplete,
-    PortalSuspended,
-    Query,
-    ReadyForQuery,
-    RowDescription,
-    Sync,
-    decode_backend,
 )
 
-DEFAULT_MAX_TEXT_BYTES = 1024 * 1024  # query text kept whole up to here (a very large query)
-DEFAULT_MAX_PARAM_BYTES = 1024  # each Bind value / FunctionCall argument shown up to here
-_REDACT_MARGIN = 1024  # a value is redacted over this much beyond the cut, then cut
+MAX_STEPS: Final = 256  # steps in one record; a longer batch in one chunk goes on in the next
+MAX_DONE: Final = 256  # outcomes waiting for a record to carry them; then they go at once
 
 # The message types the recorder needs to see (for the relay's frame scanners).
-CLIENT_TYPES = frozenset((
-    QUERY, PARSE, BIND, EXECUTE, FUNCTION_CALL, SYNC, DESCRIBE, CLOSE,
-    COPY_DATA, COPY_DONE, COPY_FAIL,
-))  # fmt: skip
-UPSTREAM_TYPES = frozenset((
+CLIENT_TYPES: Final = frozenset((QUERY, PARSE, BIND, EXECUTE, FUNCTION_CALL, SYNC, CLOSE))
+UPSTREAM_TYPES: Final = frozenset((
     PARSE_COMPLETE, BIND_COMPLETE, CLOSE_COMPLETE, COMMAND_COMPLETE, EMPTY_QUERY_RESPONSE,
-    ERROR_RESPONSE, READY_FOR_QUERY, NO_DATA, PORTAL_SUSPENDED, ROW_DESCRIPTION,
-    COPY_IN_RESPONSE, COPY_OUT_RESPONSE, COPY_BOTH_RESPONSE, COPY_DATA, COPY_DONE,
+    ERROR_RESPONSE, READY_FOR_QUERY, PORTAL_SUSPENDED, COPY_IN_RESPONSE, COPY_OUT_RESPONSE,
+    COPY_BOTH_RESPONSE,
 ))  # fmt: skip
+_ENDS_AT_READY = (SYNC, QUERY, FUNCTION_CALL)  # each is answered by one ReadyForQuery
+_OK, _ERROR, _SKIPPED = OutcomeStatus.OK, OutcomeStatus.ERROR, OutcomeStatus.SKIPPED
+_COPY_STARTS = {COPY_IN_RESPONSE: CopyDirection.IN, COPY_OUT_RESPONSE: CopyDirection.OUT,
+                COPY_BOTH_RESPONSE: CopyDirection.OUT}  # fmt: skip
+
+Written = AuditEvent | EncodedRecord
 
 
-@dataclass(frozen=True, slots=True)
-class QueryLimits:
-    max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES
-    max_param_bytes: int = DEFAULT_MAX_PARAM_BYTES  # all values of one message together are
-    # also held to max_text_bytes; values beyond it are counted as omitted
+class _Record:
+    """A record written, awaiting its outcome."""
 
+    __slots__ = ("awaiting", "error", "failed_step", "n", "open", "rows", "skipped", "started",
+                 "tags")  # fmt: skip
 
-@dataclass(slots=True)
-class _Pending:
-    what: str  # simple, parse, bind, execute, function, describe, close, sync
-    n: int | None
-    started: float
-    tags: list[str] = field(default_factory=list)
-    error: ErrorResponse | None = None
+    def __init__(self, n: int, started: float) -> None:
+        self.n = n
+        self.started = started
+        self.awaiting = 0  # its steps not yet answered
+        self.open = False  # the last record of a batch whose Sync has not come yet
+        self.tags: list[str] = []  # JSON, one per statement run
+        self.rows: int | None = None
+        self.error: ErrorResponse | None = None
+        self.failed_step: int | None = None
+        self.skipped = False  # an earlier error in its batch skipped its steps
 
 
 class SessionRecorder:
-    """Turns one session's protocol messages into query events (see the module docstring)."""
+    """Turns one session's protocol messages into query records (see the module docstring)."""
 
     def __init__(
         self,
         session_id: str,
-        redactor: Redactor,
+        shaper: Shaper,
         monotonic: Callable[[], float],
-        limits: QueryLimits = QueryLimits(),
-        copy_bytes: Callable[[CopyDirection], int] | None = None,
+        copy_bytes: Callable[[CopyDirection], int],
     ) -> None:
-        """`copy_bytes(direction)`, when given, is a running total of CopyData payload bytes in
-        that direction, counted by the relay without copying the rows; the recorder then ignores
-        CopyData messages (so the relay need not hand them over)."""
+        """`copy_bytes(direction)` is a running total of CopyData payload bytes in that
+        direction, counted by the relay without copying the rows."""
         self.session_id = session_id
         self.queries = 0  # Query, Execute and FunctionCall messages seen
-        self._redactor = redactor
+        self.done: list[str] = []  # settled outcomes (JSON objects) not yet written
+        self._shaper = shaper
         self._monotonic = monotonic
-        self._limits = limits
-        self._n = 0
-        self._pending: deque[_Pending] = deque()
-        self._secret_statements: set[str] = set()
-        self._copy: tuple[int, CopyDirection, list[int]] | None = None
         self._copy_bytes = copy_bytes
-        self._copy_seen: dict[CopyDirection, int] = {}
+        self._session = '"session_id":' + shaper.string(session_id)
+        self._n = 0
+        self._awaiting: deque[tuple[int, _Record | None, int]] = deque()  # (type, record, step)
+        self._building: _Record | None = None
+        self._steps: list[str] = []  # of the record being built
+        self._open: _Record | None = None
         self._skipping = False
+        self._secret_statements: set[str] = set()
+        self._copy: tuple[int, CopyDirection] | None = None
+        self._copy_seen = {CopyDirection.IN: 0, CopyDirection.OUT: 0}
+        self._copies: list[CopyTransfer] = []  # ended, not yet written
 
     # -- what the client sends -----------------------------------------------------------------
 
-    def client(self, message: object) -> list[AuditEvent]:
-        if isinstance(message, Query):
-            n = self._expect("simple", counted=True)
-            text, size, cut = self._text(message.query)
-            return [SimpleQuery(self.session_id, n, text, size, cut)]
-        if isinstance(message, Parse):
-            n = self._expect("parse")
-            if password_parameters(message.query):
-                self._secret_statements.add(message.statement)
-            else:
-                self._secret_statements.discard(message.statement)
-            text, size, cut = self._text(message.query)
-            parsed = (message.statement, text, size, cut, message.param_types)
-            return [ParseStatement(self.session_id, n, *parsed)]
-        if isinstance(message, Bind):
-            n = self._expect("bind")
-            secret = message.statement in self._secret_statements
-            params, omitted = self._params(message.param_formats, message.params, secret)
-            names = (message.portal, message.statement)
-            return [BindPortal(self.session_id, n, *names, params, omitted, secret)]
-        if isinstance(message, Execute):
-            n = self._expect("execute", counted=True)
-            return [ExecutePortal(self.session_id, n, message.portal, message.max_rows)]
-        if isinstance(message, FunctionCall):
-            n = self._expect("function", counted=True)
-            args, omitted = self._params(message.arg_formats, message.args, secret=False)
-            return [FunctionCalled(self.session_id, n, message.function_oid, args, omitted)]
-        if isinstance(message, Describe | Close | Sync):
-            if isinstance(message, Close) and message.kind == "S":
-                self._secret_statements.discard(message.name)
-            what = {Describe: "describe", Close: "close", Sync: "sync"}[type(message)]
-            self._pending.append(_Pending(what, None, self._monotonic()))
-        elif isinstance(message, CopyData) and self._copy and self._copy[1] is CopyDirection.IN:
-            self._copy[2][0] += len(message.data)
-        return []
+    def client_frames(self, frames: Iterable[Frame]) -> list[Written]:
+        """The records of these messages, to be written before they are forwarded (the first
+        carries the outcomes waiting in `done`). Raises RemoteProtocolError if one is
+        malformed."""
+        written: list[Written] = []
+        shaper = self._shaper
+        for type_byte, payload in frames:
+            if type_byte == BIND:
+                self._bind(payload, written)
+            elif type_byte == EXECUTE:
+                self.queries += 1
+                self._step(_execute(payload, shaper), EXECUTE, written)
+            elif type_byte == SYNC:
+                self._sync(written)
+            elif type_byte == PARSE:
+                self._parse(payload, written)
+            elif type_byte == QUERY:
+                self.queries += 1
+                self._alone(QUERY, f',"steps":[{shaper.query(payload)}]', BATCH, written)
+            elif type_byte == CLOSE:
+                self._close(payload, written)
+            elif type_byte == FUNCTION_CALL:
+                self._function_call(payload, written)
+        if self._building is not None:
+            self._emit(written, open_batch=True)
+        if written and self._copies:
+            written[:0], self._copies = self._copies, []
+        return written
 
-    def _expect(self, what: str, *, counted: bool = False) -> int:
+    def _parse(self, payload: bytes, written: list[Written]) -> None:
+        statement = self._shaper.statement(payload)
+        if statement.secret:
+            self._secret_statements.add(statement.name)
+        else:
+            self._secret_statements.discard(statement.name)
+        self._step(statement.step, PARSE, written)
+
+    def _close(self, payload: bytes, written: list[Written]) -> None:
+        close = Close.decode(payload)
+        if close.kind == "S":
+            self._secret_statements.discard(close.name)
+        what = "statement" if close.kind == "S" else "portal"
+        self._step(f'{{"close":"{what}","name":{self._shaper.name(close.name)}}}', CLOSE, written)
+
+    def _function_call(self, payload: bytes, written: list[Written]) -> None:
+        self.queries += 1
+        call = FunctionCall.decode(payload)
+        args, omitted = self._shaper.values(call.arg_formats, call.args, secret=False)
+        members = f',"function_oid":{call.function_oid},"args":{args},"args_omitted":{omitted}'
+        self._alone(FUNCTION_CALL, members, FUNCTION_CALL_KIND, written)
+
+    def _bind(self, payload: bytes, written: list[Written]) -> None:
+        portal, statement, formats, values = fast_decode.bind(payload)
+        secret = statement in self._secret_statements
+        params, omitted = self._shaper.values(formats, values, secret)
+        name = self._shaper.name
+        step = "".join((
+            '{"bind":', name(portal), ',"statement":', name(statement), ',"params":', params,
+            f',"omitted":{omitted}' if omitted else "", ',"redacted":true}' if secret else "}",
+        ))  # fmt: skip
+        self._step(step, BIND, written)
+
+    def _step(self, step: str, type_byte: int, written: list[Written]) -> None:
+        """An extended-protocol step: into the record being built, awaiting its answer."""
+        record = self._building
+        if record is None or len(self._steps) >= MAX_STEPS:
+            if record is not None:  # full: the batch goes on in the next record
+                self._emit(written, open_batch=True)
+            record = self._building = self._new_record()
+        self._steps.append(step)
+        self._awaiting.append((type_byte, record, len(self._steps) - 1))
+        record.awaiting += 1
+
+    def _sync(self, written: list[Written]) -> None:
+        """The end of a batch: its record is the one being built, or the last one written."""
+        record = self._building or self._open
+        self._awaiting.append((SYNC, record, -1))
+        if record is None:
+            return  # a Sync with nothing before it
+        record.awaiting += 1
+        if record is self._building:
+            self._emit(written, open_batch=False)
+        else:
+            record.open, self._open = False, None
+
+    def _alone(self, type_byte: int, members: str, kind: str, written: list[Written]) -> None:
+        """A Query or FunctionCall: it ends any batch in progress and is a record of its own."""
+        if self._building is not None:
+            self._emit(written, open_batch=False)
+        self._close_batch()
+        record = self._new_record()
+        record.awaiting = 1
+        self._awaiting.append((type_byte, record, 0))
+        members = f'{self._session},"n":{record.n}{members}{self._done()}'
+        written.append(EncodedRecord(kind, members))
+
+    def _new_record(self) -> _Record:
+        self._close_batch()
         self._n += 1
-        self.queries += counted
-        self._pending.append(_Pending(what, self._n, self._monotonic()))
-        return self._n
+        return _Record(self._n, self._monotonic())
+
+    def _close_batch(self) -> None:
+        """The last record written of the current batch is no longer its last."""
+        if (record := self._open) is not None:
+            record.open, self._open = False, None
+            if record.awaiting == 0:
+                self._settle(record, None)
+
+    def _emit(self, written: list[Written], *, open_batch: bool) -> None:
+        record = self._building
+        assert record is not None
+        steps, self._steps, self._building = ",".join(self._steps), [], None
+        more = ',"open":true' if open_batch else ""
+        if open_batch:
+            record.open, self._open = True, record
+        members = f'{self._session},"n":{record.n},"steps":[{steps}]{more}{self._done()}'
+        written.append(EncodedRecord(BATCH, members))
+
+    def _done(self) -> str:
+        if not self.done:
+            return ""
+        done, self.done = self.done, []
+        return ',"done":[' + ",".join(done) + "]"
 
     # -- what the database answers -------------------------------------------------------------
 
-    def upstream_frame(self, frame: Frame) -> list[AuditEvent]:
-        """`upstream` for an undecoded message: decodes only the messages whose content matters
-        here (every query is answered with a ReadyForQuery, most with a RowDescription)."""
-        if frame.type == READY_FOR_QUERY:
-            return self._ready()
-        if frame.type == ROW_DESCRIPTION and not self._describing():
-            return []
-        return self.upstream(decode_backend(frame))
+    def upstream_frames(self, frames: Iterable[Frame]) -> bool:
+        """Follow the database's answers; True if outcomes (or a COPY's record) now wait to be
+        written (`take_waiting`)."""
+        for type_byte, payload in frames:
+            if type_byte == READY_FOR_QUERY:
+                self._ready()
+            elif self._skipping or not self._awaiting:
+                continue
+            elif type_byte == COMMAND_COMPLETE:
+                self._completed(payload)
+            elif type_byte in (PARSE_COMPLETE, BIND_COMPLETE, CLOSE_COMPLETE):
+                self._answered(self._awaiting.popleft()[1])
+            elif type_byte == ERROR_RESPONSE:
+                self._error(ErrorResponse.decode(payload))
+            elif type_byte in (EMPTY_QUERY_RESPONSE, PORTAL_SUSPENDED):
+                kind, record, _ = self._awaiting[0]
+                if kind == EXECUTE and record is not None:
+                    record.tags.append('""' if type_byte == EMPTY_QUERY_RESPONSE else "null")
+                    self._answered(self._awaiting.popleft()[1])
+            elif (direction := _COPY_STARTS.get(type_byte)) is not None:
+                record = self._awaiting[0][1]
+                if record is not None:
+                    self._copy = (record.n, direction)
+        return bool(self.done or self._copies)
 
-    def _describing(self) -> bool:
-        return bool(self._pending) and self._pending[0].what == "describe" and not self._skipping
+    @property
+    def full(self) -> bool:
+        """Whether as many outcomes wait as one record may carry (`take_waiting` now)."""
+        return len(self.done) >= MAX_DONE
 
-    def upstream(self, message: object) -> list[AuditEvent]:
-        if isinstance(message, ReadyForQuery):
-            return self._ready()
-        if not self._pending or self._skipping:
-            return []
-        head = self._pending[0]
-        if isinstance(message, ErrorResponse):
-            return self._error(head, message)
-        if isinstance(message, CommandComplete):
-            head.tags.append(message.tag)
-            events = self._end_copy()
-            if head.what == "execute":
-                events.append(self._finish(head, OutcomeStatus.OK))
-            return events
-        if head.what == "execute" and isinstance(message, EmptyQueryResponse | PortalSuspended):
-            suspended = isinstance(message, PortalSuspended)
-            return [self._finish(head, OutcomeStatus.SUSPENDED if suspended else OutcomeStatus.OK)]
-        self._track(head, message)
-        return []
+    def _completed(self, payload: bytes) -> None:
+        if self._copy is not None:
+            self._end_copy()
+        kind, record, _ = self._awaiting[0]
+        if record is None or kind not in (EXECUTE, QUERY):
+            return
+        tag, rows = self._shaper.tag(fast_decode.command_tag(payload))
+        record.tags.append(tag)
+        if rows is not None:
+            record.rows = rows + (record.rows or 0)
+        if kind == EXECUTE:
+            self._answered(self._awaiting.popleft()[1])
 
-    def _track(self, head: _Pending, message: object) -> None:
-        """Answers that produce no event: COPY's start and data, completions of Parse, Bind,
-        Close and Describe."""
-        if isinstance(message, CopyInResponse | CopyOutResponse | CopyBothResponse):
-            into = isinstance(message, CopyInResponse)
-            if head.n is not None:
-                direction = CopyDirection.IN if into else CopyDirection.OUT
-                self._copy = (head.n, direction, [0])
-        elif isinstance(message, CopyData) and self._copy and self._copy[1] is CopyDirection.OUT:
-            self._copy[2][0] += len(message.data)
-        elif isinstance(message, ParseComplete | BindComplete | CloseComplete) or (
-            isinstance(message, RowDescription | NoData) and head.what == "describe"
-        ):
-            self._pending.popleft()
-
-    def _error(self, head: _Pending, error: ErrorResponse) -> list[AuditEvent]:
-        events = self._end_copy()
-        if head.what == "sync":  # the implicit COMMIT at Sync failed: no query of ours to blame
-            return events
-        if head.what in ("simple", "function"):
-            head.error = error  # ends at its ReadyForQuery
-            return events
-        self._pending.popleft()
-        if head.n is not None:
-            events.append(self._outcome(head, OutcomeStatus.ERROR, error))
+    def _error(self, error: ErrorResponse) -> None:
+        self._end_copy()
+        kind, record, step = self._awaiting[0]
+        if record is not None and record.error is None:
+            record.error, record.failed_step = error, None if kind == SYNC else step
+        if kind in _ENDS_AT_READY:  # ends at its ReadyForQuery (Sync: the implicit COMMIT failed)
+            return
+        self._awaiting.popleft()
         self._skipping = True  # the backend skips to the next Sync
-        return events
+        self._answered(record)
 
-    def _ready(self) -> list[AuditEvent]:
+    def _ready(self) -> None:
         self._skipping = False
-        events = self._end_copy()
-        while self._pending:
-            head = self._pending.popleft()
-            if head.what in ("sync", "simple", "function"):
-                if head.what != "sync":
-                    status = OutcomeStatus.ERROR if head.error else OutcomeStatus.OK
-                    events.append(self._outcome(head, status, head.error))
+        if self._copy is not None:
+            self._end_copy()
+        while self._awaiting:
+            kind, record, _ = self._awaiting.popleft()
+            if record is not None and kind not in _ENDS_AT_READY and record.error is None:
+                record.skipped = True
+            self._answered(record)
+            if kind in _ENDS_AT_READY:
                 break
-            if head.n is not None:
-                events.append(self._outcome(head, OutcomeStatus.SKIPPED, None))
-        return events
 
-    def finish(self) -> list[AuditEvent]:
-        """At the session's end: outcomes for what never got an answer."""
-        events = self._end_copy()
-        events += [
-            self._outcome(p, OutcomeStatus.UNFINISHED, None)
-            for p in self._pending
-            if p.n is not None
-        ]
-        self._pending.clear()
-        return events
+    def _answered(self, record: _Record | None) -> None:
+        if record is not None:
+            record.awaiting -= 1
+            if record.awaiting == 0 and not record.open:
+                self._settle(record, None)
 
-    def _finish(self, head: _Pending, status: OutcomeStatus) -> QueryOutcome:
-        self._pending.popleft()
-        return self._outcome(head, status, None)
+    def _settle(self, record: _Record, status: OutcomeStatus | None) -> None:
+        if status is None:
+            status = _ERROR if record.error else _SKIPPED if record.skipped else _OK
+        rows = "null" if record.rows is None else str(record.rows)
+        duration = round(max(0.0, self._monotonic() - record.started), 6)
+        outcome = (f'{{"n":{record.n},"status":"{status}","tags":[{",".join(record.tags)}],'
+                   f'"rows":{rows},"duration":{float.__repr__(duration)}')  # fmt: skip
+        if (error := record.error) is not None:
+            sqlstate, message = error.sqlstate or "", error.message or ""
+            step = "null" if record.failed_step is None else str(record.failed_step)
+            string = self._shaper.string
+            outcome += (f',"sqlstate":{string(sqlstate)},"error":{string(message)},'
+                        f'"step":{step}')  # fmt: skip
+        self.done.append(outcome + "}")
 
-    def _outcome(
-        self, pending: _Pending, status: OutcomeStatus, error: ErrorResponse | None
-    ) -> QueryOutcome:
-        assert pending.n is not None
-        rows = [r for tag in pending.tags if (r := rows_of(tag)) is not None]
-        return QueryOutcome(
-            self.session_id,
-            pending.n,
-            status,
-            tuple(pending.tags),
-            sum(rows) if rows else None,
-            error.sqlstate if error else None,
-            error.message if error else None,
-            timedelta(seconds=max(0.0, self._monotonic() - pending.started)),
-        )
-
-    def _end_copy(self) -> list[AuditEvent]:
+    def _end_copy(self) -> None:
         if self._copy is None:
-            return []
-        n, direction, counted = self._copy
+            return
+        n, direction = self._copy
         self._copy = None
-        if self._copy_bytes is not None:
-            # CopyData flows only inside a COPY, so what the relay counted since the previous
-            # COPY ended is this COPY's data (the relay counts whole chunks, so the total at
-            # this COPY's start could already include some of its rows).
-            total = self._copy_bytes(direction)
-            counted[0] = total - self._copy_seen.get(direction, 0)
-            self._copy_seen[direction] = total
-        return [CopyTransfer(self.session_id, n, direction, counted[0])]
+        # CopyData flows only inside a COPY, so what the relay counted since the previous COPY
+        # ended is this COPY's data (the relay counts whole chunks, so the total at this COPY's
+        # start could already include some of its rows).
+        total = self._copy_bytes(direction)
+        size, self._copy_seen[direction] = total - self._copy_seen[direction], total
+        self._copies.append(CopyTransfer(self.session_id, n, direction, size))
 
-    # -- shaping values ------------------------------------------------------------------------
+    # -- the session's end ---------------------------------------------------------------------
 
-    def _text(self, text: str) -> tuple[str, int, bool]:
-        limit = self._limits.max_text_bytes
-        whole = len(text) <= limit + _REDACT_MARGIN
-        redacted = self._redactor.redact(text if whole else text[: limit + _REDACT_MARGIN])
-        raw = redacted.encode("utf-8", "surrogateescape")
-        if whole and len(raw) <= limit:
-            return redacted, len(raw), False
-        size = len(raw) if whole else len(text.encode("utf-8", "surrogateescape"))
-        return _decode(raw[:limit]), size, True
+    def take_waiting(self) -> list[Written]:
+        """What waits to be written: COPY records and settled outcomes (as one `query.done`)."""
+        waiting: list[Written] = list(self._copies)
+        self._copies = []
+        if self.done:
+            waiting.append(EncodedRecord(DONE, self._session + self._done()))
+        return waiting
 
-    def _params(
-        self, formats: tuple[int, ...], values: tuple[bytes | None, ...], secret: bool
-    ) -> tuple[tuple[Param, ...], int]:
-        budget = self._limits.max_text_bytes
-        shown: list[Param] = []
-        for index, value in enumerate(values):
-            if budget <= 0:
-                return tuple(shown), len(values) - index
-            binary = (formats[0] if len(formats) == 1 else formats[index] if formats else 0) == 1
-            param = self._param(value, binary, secret)
-            budget -= len(param.value or "")
-            shown.append(param)
-        return tuple(shown), 0
-
-    def _param(self, value: bytes | None, binary: bool, secret: bool) -> Param:
-        if value is None:
-            return Param(None)
-        limit = self._limits.max_param_bytes
-        if secret or (binary and self._redactor.contains_known_secret(value)):
-            return Param(MASK, size=len(value))
-        if binary:
-            shown = base64.b64encode(value[:limit]).decode("ascii")
-            return Param(shown, True, len(value), len(value) > limit)
-        text = self._redactor.redact(_decode(value[: limit + _REDACT_MARGIN]))
-        raw = text.encode("utf-8", "surrogateescape")
-        cut = len(value) > limit or len(raw) > limit
-        return Param(_decode(raw[:limit]) if cut else text, False, len(value), cut)
+    def finish(self) -> list[Written]:
+        """At the session's end: outcomes for what never got an answer (`error` if the error
+        came but its ReadyForQuery did not), then everything waiting."""
+        self._end_copy()
+        seen: set[int] = set()
+        for _, record, _ in self._awaiting:
+            if record is not None and record.n not in seen:
+                seen.add(record.n)
+                self._settle(record, _ERROR if record.error else OutcomeStatus.UNFINISHED)
+        if (record := self._open) is not None and record.n not in seen:
+            self._settle(record, None)
+        self._awaiting.clear()
+        self._open = None
+        return self.take_waiting()
 
 
-def _decode(raw: bytes) -> str:
-    return raw.decode("utf-8", "surrogateescape")
-
-
-def rows_of(tag: str) -> int | None:
-    """The row count in a command tag (`INSERT 0 5` → 5, `SELECT 3` → 3), if it has one."""
-    head, _, count = tag.rpartition(" ")
-    return int(count) if head and count.isascii() and count.isdigit() else None
+def _execute(payload: bytes, shaper: Shaper) -> str:
+    """An Execute's step: `{"execute":<portal>[,"max_rows":N]}`."""
+    portal, max_rows = fast_decode.execute(payload)
+    limit = f',"max_rows":{max_rows}' if max_rows else ""
+    return f'{{"execute":{shaper.name(portal)}{limit}}}'

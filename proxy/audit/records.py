@@ -2,7 +2,7 @@
 
 A record is one line of ASCII JSON, keys in this order::
 
-    {"seq":7,"ts":"2026-01-05T09:00:00.000000Z","kind":"query.simple",<fields>,"prev":"<hex>",
+    {"seq":7,"ts":"2026-01-05T09:00:00.000000Z","kind":"query.batch",<fields>,"prev":"<hex>",
      "mac":"<hex>"}
 
 `seq` counts records from 1 across all files; `prev` is the `mac` of record `seq - 1` (64 zeros
@@ -26,7 +26,9 @@ import functools
 import hashlib
 import hmac
 import json
+import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,7 +38,9 @@ from proxy.policy.models import SecretRef
 
 # 2: lifecycle records are written ahead of their state-store commit, each run of them settled
 # by a `lifecycle.outcome` record (1: written after the commit, with no outcome).
-FORMAT_VERSION = 2
+# 3: one `query.batch` record per client round trip, its outcome carried by a later record
+# (`query_events.py`); 1 and 2: a record per Query, Parse, Bind, Execute and per outcome.
+FORMAT_VERSION = 3
 GENESIS = "0" * 64  # `prev` of the very first record
 MAC_DOMAIN = b"pgwarden-audit-record-v1\n"
 HEAD_DOMAIN = b"pgwarden-audit-head-v1\n"
@@ -80,9 +84,18 @@ def load_key(ref: SecretRef) -> bytes:
 
 def format_ts(when: datetime) -> str:
     """`2026-01-05T09:00:00.000000Z`: UTC, always with microseconds."""
-    if when.tzinfo is UTC:  # the clock's own times: skip the conversion (one per record)
-        return when.isoformat(timespec="microseconds")[:-6] + "Z"
-    return when.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+    global _second  # noqa: PLW0603 - a one-entry cache, replaced whole (thread-safe)
+    if when.tzinfo is not UTC:  # the clock's own times skip the conversion
+        when = when.astimezone(UTC)
+    # Called for every write: `isoformat` with a timespec costs more than the rest of a record's
+    # envelope, and the date and time up to the second change once a second.
+    second, text = _second
+    if (now := when.timestamp() // 1) != second:
+        second, text = _second = (now, when.isoformat(timespec="seconds")[:19])
+    return f"{text}.{when.microsecond:06d}Z"
+
+
+_second = (math.nan, "")  # (whole seconds since the epoch, their `YYYY-MM-DDTHH:MM:SS`)
 
 
 def dump_fields(fields: Fields) -> str:
@@ -101,12 +114,27 @@ class Signer:
     def line(self, seq: int, ts: str, kind: str, body: str, prev: str) -> tuple[bytes, str]:
         """The record's line (with its newline) and its mac; `body` comes from `dump_fields`
         (or `encode.event_members`), `ts` from `format_ts`."""
+        data, _, mac = self.lines(seq - 1, ts, ((kind, body),), prev)
+        return data, mac
+
+    def lines(
+        self, seq: int, ts: str, records: Iterable[tuple[str, str]], prev: str
+    ) -> tuple[bytes, int, str]:
+        """The lines of records `seq + 1`, `seq + 2`, ... (kind, body), chained from `prev`, all
+        with the time `ts`, joined for one write; and the last one's seq and mac."""
         quoted_ts = f'"{ts}"' if _TS.fullmatch(ts) else json.dumps(ts)
-        head = f'{{"seq":{seq},"ts":{quoted_ts},"kind":{_quoted_kind(kind)}'
-        unsigned = f'{head}{"," if body else ""}{body},"prev":"{prev}"'.encode("ascii")
-        # One-shot HMAC (in C): the domain is a prefix of the message, as in `_mac`.
-        mac = hmac.digest(self._key, MAC_DOMAIN + unsigned + b"}", "sha256").hex()
-        return unsigned + b',"mac":"' + mac.encode("ascii") + b'"}\n', mac
+        keyed, parts = self._records, list[bytes]()
+        for kind, body in records:
+            seq += 1
+            unsigned = (f'{{"seq":{seq},"ts":{quoted_ts},"kind":{_quoted_kind(kind)}'
+                        f'{"," if body else ""}{body},"prev":"{prev}"').encode("ascii")  # fmt: skip
+            # The key and domain are hashed once (`_records`); a copy goes on from there.
+            mac = keyed.copy()
+            mac.update(unsigned)
+            mac.update(b"}")
+            prev = mac.hexdigest()
+            parts += (unsigned, b',"mac":"', prev.encode("ascii"), b'"}\n')
+        return b"".join(parts), seq, prev
 
     def parse(self, line: bytes) -> Record:
         """Check one line (with its newline) and return the record; raises BadRecord."""

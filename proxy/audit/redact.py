@@ -176,6 +176,13 @@ class Redactor:
         # still redacting under the old set writes only to the old memo).
         self._memo: tuple[object, dict[str, str]] = ((), {})
 
+    def snapshot(self) -> object | None:
+        """The known secrets now, when they are a snapshot (a tuple or frozenset, replaced when
+        they change): what was redacted under one may be kept until the next (`shaping.py`).
+        None: they are read afresh each time, so nothing redacted may be kept."""
+        secrets = self._known_secrets()
+        return secrets if isinstance(secrets, _SNAPSHOTS) else None
+
     def redact(self, text: str) -> str:
         if len(text) < MIN_SECRET_TEXT:
             return text

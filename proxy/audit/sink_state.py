@@ -133,15 +133,9 @@ class SinkState:
         """Write (kind, members) records with one write; returns the last seq. Raises OSError
         (after cutting off any partial line: then none of them is written)."""
         assert self.fd is not None
-        seq, prev, ts = self.seq, self.prev, _ts(self.clock.now())
-        lines: list[bytes] = []
-        for kind, body in records:
-            seq += 1
-            line, prev = self.signer.line(seq, ts, kind, body, prev)
-            lines.append(line)
-        if not lines:
+        data, seq, prev = self.signer.lines(self.seq, _ts(self.clock.now()), records, self.prev)
+        if not data:
             return self.seq
-        data = b"".join(lines)
         try:
             self.fs.write_all(self.fd, data)
         except OSError:

@@ -16,7 +16,10 @@ wrong — and nothing after it is trusted:
   name the file it was opened as, and that file's worker must be this one's.
 
 The report lists the workers the log says were started (`worker.started`, in the primary's log),
-so that a deleted worker chain is noticed too (`proxy/commands/audit_verify.py`).
+so that a deleted worker chain is noticed too (`proxy/commands/audit_verify.py`), and the records
+that are not tampered with but have no outcome: lifecycle records (`lifecycle_trail.py`) and
+query records (`query_trail.py`) written just before pgwarden stopped. Logs of every format
+verify alike (the chain does not depend on what the records hold).
 
 Archived logs (`archive.py`, `verify_plan.py`): a log whose oldest files were archived starts
 after its anchor, which must be authentic and this chain's, and its first record must continue
@@ -37,6 +40,7 @@ from pathlib import Path
 
 from proxy.audit.archive import Anchor, ArchivedFile, FileFacts
 from proxy.audit.lifecycle_trail import LifecycleTrail
+from proxy.audit.query_trail import QueryTrail
 from proxy.audit.records import (
     GENESIS,
     BadRecord,
@@ -93,6 +97,8 @@ class VerifyReport:
     from_archive: int | None = None  # files walked from the archive (None: not asked to)
     unsettled: tuple[int, ...] = ()  # lifecycle records with no outcome (pgwarden stopped)
     rolled_back: tuple[int, ...] = ()  # lifecycle records whose commit failed
+    queries_unsettled: int = 0  # query records with no outcome (running, or pgwarden stopped)
+    queries_unsettled_seqs: tuple[int, ...] = ()  # the first of them
 
     @property
     def ok(self) -> bool:
@@ -114,6 +120,7 @@ class VerifyReport:
         return (
             f"ok: {self.records} records in {files} file{'s' if files != 1 else ''}{archived}, "
             f"head seq {self.head_seq}{recovered}{after}{left}{self._lifecycle_note()}"
+            f"{self._query_note()}"
         )
 
     def _lifecycle_note(self) -> str:
@@ -127,6 +134,14 @@ class VerifyReport:
                 f"stopped, not known to have taken effect (seq {_seqs(self.unsettled)})"
             )
         return note
+
+    def _query_note(self) -> str:
+        if not self.queries_unsettled:
+            return ""
+        return (
+            f"; {self.queries_unsettled} query record(s) with no outcome: still running, or "
+            f"written just before pgwarden stopped (seq {_seqs(self.queries_unsettled_seqs)})"
+        )
 
 
 def _seqs(seqs: tuple[int, ...]) -> str:
@@ -181,6 +196,7 @@ def verify(path: Path, key: bytes, *, archives: Sequence[Path] = ()) -> VerifyRe
         plan.archived,
         walk.lifecycle.unsettled(),
         tuple(walk.lifecycle.rolled_back),
+        *walk.queries.unsettled(),
     )
 
 
@@ -206,6 +222,7 @@ class _Walk:
         self.last_file, self.last_line = "", 0
         self.facts: list[FileFacts] = []
         self.lifecycle = LifecycleTrail()
+        self.queries = QueryTrail()
 
     def begin(self, plan: WalkPlan) -> None:
         self.archive_mode = plan.archived is not None
@@ -270,6 +287,7 @@ class _Walk:
         elif record.kind == "worker.started" and isinstance(record.body.get("worker"), int):
             self.workers_started.add(record.body["worker"])
         self.lifecycle.see(record)
+        self.queries.see(record)
 
     def _gap(self, record: Record, number: int) -> str:
         seq, expected = record.seq, self.expected

@@ -1,11 +1,12 @@
 """What goes into the audit log, and when: the glue between the proxy, the lifecycle and the sink.
 
 - `SessionAuditor` is a `SessionObserver`: a session-start record before the client is told it
-  is logged in (the log refuses → the session is refused: fail closed), each query's records
-  before the chunk holding it is forwarded, outcomes as answers come back (written with the next
-  query's records, or within `OUTCOME_DELAY`, so that they share writes), a session-end record.
-  With `fsync: always` it returns the durability future of the last record, and the relay holds
-  the client's data until that record is on disk.
+  is logged in (the log refuses → the session is refused: fail closed), one record per round trip
+  (a simple Query, an extended-protocol batch) before the chunk holding it is forwarded, outcomes
+  as answers come back — carried by the session's next record, or written on their own within
+  `OUTCOME_DELAY` when none comes —, a session-end record. With `fsync: always` it returns the
+  durability future of the last record, and the relay holds the client's data until that record
+  is on disk.
 - `LifecycleAuditor` turns the state store's transitions into request/grant/credential records,
   written ahead of the transaction's COMMIT (a record that cannot be written refuses the
   action), then one `lifecycle.outcome` record saying whether the COMMIT took effect.
@@ -46,8 +47,9 @@ from proxy.audit.events import (
     RequestLapsed,
 )
 from proxy.audit.query_events import CopyDirection
-from proxy.audit.recorder import CLIENT_TYPES, UPSTREAM_TYPES, QueryLimits, SessionRecorder
+from proxy.audit.recorder import CLIENT_TYPES, UPSTREAM_TYPES, SessionRecorder, Written
 from proxy.audit.redact import Redactor
+from proxy.audit.shaping import QueryLimits, Shaper
 from proxy.audit.sink_state import SinkOptions
 from proxy.clock import Clock
 from proxy.config import AuditSettings, FsyncPolicy
@@ -57,15 +59,15 @@ from proxy.grants.store import StoreTx
 from proxy.policy.models import Policy
 from proxy.session.observer import LoginFailure, SessionObserver
 from proxy.session.session import Ending, Session
-from proxy.wire import COPY_DATA, Frame, decode_frontend
+from proxy.wire import Frame
 
 log = logging.getLogger(__name__)
 
 # Temporary passwords remembered for redaction; far more than are live at once on any server.
 MAX_REMEMBERED_SECRETS = 10_000
-# How long a query's outcome may wait in memory for the next query's write (see `_later`): the
+# How long a query's outcome may wait in memory for the session's next record (see `_later`): the
 # most that a crash of pgwarden itself could take from the log (queries are written at once).
-OUTCOME_DELAY = 0.005
+OUTCOME_DELAY = 0.01
 # How long a lifecycle action waits for its records' fsync (`fsync: always`) before it is refused.
 LIFECYCLE_DURABLE_TIMEOUT = 5.0
 
@@ -103,9 +105,8 @@ class SecretsToRedact:
 class SessionAuditor(SessionObserver):
     """Records sessions and their queries (see the module docstring)."""
 
-    # CopyData is counted by the relay without copying (the rows of a COPY are not recorded).
-    CLIENT_MESSAGES = CLIENT_TYPES - {COPY_DATA}
-    UPSTREAM_MESSAGES = UPSTREAM_TYPES - {COPY_DATA}
+    CLIENT_MESSAGES = CLIENT_TYPES
+    UPSTREAM_MESSAGES = UPSTREAM_TYPES
 
     def __init__(
         self,
@@ -119,12 +120,13 @@ class SessionAuditor(SessionObserver):
         if not record_queries:  # sessions only: the relay then hands us no message at all
             self.CLIENT_MESSAGES = self.UPSTREAM_MESSAGES = frozenset()
         self._audit = audit
-        self._redactor = redactor
-        self._limits = limits
+        self._shaper = Shaper(redactor, limits)  # one per event loop: its caches serve them all
         self._wait_durable = fsync is FsyncPolicy.ALWAYS
         self._recorders: dict[str, SessionRecorder] = {}
-        self._waiting: list[AuditEvent] = []  # outcomes not yet written (see `_later`)
-        self._flush_scheduled = False
+        # Recorders whose outcomes wait (see `_later`): since the last tick, and before it.
+        self._fresh: dict[SessionRecorder, None] = {}
+        self._aged: dict[SessionRecorder, None] = {}
+        self._ticking = False
 
     def login_failed(
         self, user: str, target: str, source: str, reason: LoginFailure, detail: str
@@ -148,31 +150,39 @@ class SessionAuditor(SessionObserver):
                 return relay.copy_bytes_to_client
 
             recorder = SessionRecorder(
-                session.session_id, self._redactor, session.monotonic, self._limits, copy_bytes
+                session.session_id, self._shaper, session.monotonic, copy_bytes
             )
             self._recorders[session.session_id] = recorder
         return recorder
 
     def client_frames(self, session: Session, frames: list[Frame]) -> Future[None] | None:
         recorder = self._recorder(session)
-        events: list[AuditEvent] = []
-        for frame in frames:
-            events += recorder.client(decode_frontend(frame))
-        if not events:
+        records = recorder.client_frames(frames)
+        if not records:
             return None
-        ticket = self._write([*self._take_later(), *events])  # raises: the query is refused
+        # The first record carries what waited: nothing of this session waits any more.
+        self._fresh.pop(recorder, None)
+        self._aged.pop(recorder, None)
+        ticket = self._write(records)  # raises: the query is refused
         return self._audit.durable(ticket) if self._wait_durable else None
 
     def upstream_frames(self, session: Session, frames: list[Frame]) -> None:
         recorder = self._recorder(session)
-        for frame in frames:
-            if events := recorder.upstream_frame(frame):
-                self._later(events)
+        if not recorder.upstream_frames(frames):
+            return
+        if recorder.full:  # a long pipeline's outcomes: written now, not held in memory
+            self._quietly(recorder.take_waiting())
+        elif recorder not in self._aged:
+            self._later(recorder)
 
     def session_ended(self, session: Session, ending: Ending) -> None:
         recorder = self._recorders.pop(session.session_id, None)
-        events = [*self._take_later(), *(recorder.finish() if recorder is not None else [])]
-        events.append(
+        records: list[Written] = []
+        if recorder is not None:
+            self._fresh.pop(recorder, None)
+            self._aged.pop(recorder, None)
+            records = recorder.finish()
+        records.append(
             SessionEnded(
                 session.session_id, ending.reason.value, ending.detail,
                 timedelta(seconds=session.monotonic() - session.started),
@@ -180,36 +190,42 @@ class SessionAuditor(SessionObserver):
                 recorder.queries if recorder is not None else 0,
             )
         )  # fmt: skip
-        self._quietly(events)
+        self._quietly(records)
 
     def flush(self) -> None:
         """Write the outcomes still waiting (the server calls this before closing the log)."""
-        self._flush_scheduled = False
-        self._quietly(self._take_later())
+        waiting = [*self._aged, *self._fresh]
+        self._aged, self._fresh = {}, {}
+        self._quietly([record for recorder in waiting for record in recorder.take_waiting()])
 
-    def _later(self, events: list[AuditEvent]) -> None:
+    def _later(self, recorder: SessionRecorder) -> None:
         """Outcomes describe what already happened: they need not hold up the relay. They wait
-        for the next query's write (of any session), or OUTCOME_DELAY, whichever comes first,
-        so that a busy server writes a query's outcome with the next query, in one write."""
-        self._waiting += events
-        if self._flush_scheduled:
+        for the session's next record, which carries them, so that a round trip costs one record.
+        A timer ticks every OUTCOME_DELAY / 2 while any wait, and writes those of the sessions
+        that were already waiting at the previous tick: none waits longer than OUTCOME_DELAY."""
+        self._fresh[recorder] = None
+        if self._ticking:
             return
         try:
-            asyncio.get_running_loop().call_later(OUTCOME_DELAY, self.flush)
+            asyncio.get_running_loop().call_later(OUTCOME_DELAY / 2, self._tick)
         except RuntimeError:  # no event loop (a tool or a test driving the auditor directly)
             self.flush()
         else:
-            self._flush_scheduled = True
+            self._ticking = True
 
-    def _take_later(self) -> list[AuditEvent]:
-        waiting, self._waiting = self._waiting, []
-        return waiting
+    def _tick(self) -> None:
+        due, self._aged, self._fresh = self._aged, self._fresh, {}
+        self._quietly([record for recorder in due for record in recorder.take_waiting()])
+        self._ticking = False
+        if self._aged:
+            self._ticking = True
+            asyncio.get_running_loop().call_later(OUTCOME_DELAY / 2, self._tick)
 
-    def _write(self, events: list[AuditEvent]) -> int:
+    def _write(self, records: list[Written]) -> int:
         try:
-            return self._audit.append_many(events)
+            return self._audit.append_many(records)
         except AuditUnavailable as exc:
-            kinds = ", ".join(event.kind for event in events[:10])
+            kinds = ", ".join(record.kind for record in records[:10])
             log.error("audit records not written (%s): %s", exc.detail or exc.message, kinds)
             raise exc from None
 
@@ -219,11 +235,11 @@ class SessionAuditor(SessionObserver):
         self._quietly([LongSession(info.session_id, info.user, info.target, open_for,
                                    timedelta(seconds=threshold))])  # fmt: skip
 
-    def _quietly(self, events: list[AuditEvent]) -> None:
+    def _quietly(self, records: list[Written]) -> None:
         """Records of what already happened: a failure is logged (and counted by the sink)."""
-        if events:
+        if records:
             with contextlib.suppress(AuditUnavailable):  # _write has logged it
-                self._write(events)
+                self._write(records)
 
 
 class LifecycleAuditor:

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -41,7 +42,7 @@ def wait_for(condition: Callable[[], object], bound: float = 5.0) -> None:
         time.sleep(0.01)
 
 
-def records(path: Path) -> list[dict[str, object]]:
+def records(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
@@ -83,18 +84,26 @@ def test_a_whole_story_is_recorded_in_order_verifies_and_leaks_no_secret(
         wait_for(lambda: "grant.expired" in (tmp_path / "audit.jsonl").read_text())
         exposition = generate_latest(warden.runtime.metrics_registry).decode()
     audit_log = tmp_path / "audit.jsonl"
-    kinds = [str(r["kind"]) for r in records(audit_log)]
+    written = records(audit_log)
+    kinds = [str(r["kind"]) for r in written]
     story = ["request.created", "request.approved", "grant.activated", "credential.issued",
-             "session.started", "query.simple", "query.outcome", "query.parse", "query.bind",
-             "query.execute", "query.outcome", "query.simple", "query.outcome", "query.simple",
-             "query.outcome", "session.ended"]  # fmt: skip
+             "session.started", "query.batch", "query.batch", "query.batch", "query.batch",
+             "session.ended"]  # fmt: skip
     story_seen = [kind for kind in kinds if kind in set(story)]
     assert story_seen[: len(story)] == story
-    ended = next(r for r in records(audit_log) if r["kind"] == "session.ended")
+    ended = next(r for r in written if r["kind"] == "session.ended")
     assert ended["reason"] == "expired"
     assert "grant.expired" in kinds
-    bind = next(r for r in records(audit_log) if r["kind"] == "query.bind")
-    assert len(bind["params"]) == 2  # type: ignore[arg-type]
+    # One record per round trip (simple, extended, simple, simple), each settled by a later one.
+    batches = [r["steps"] for r in written if r["kind"] == "query.batch"]
+    assert [[next(iter(step)) for step in steps] for steps in batches] == [
+        ["query"], ["parse", "bind", "execute"], ["query"], ["query"],
+    ]  # fmt: skip
+    params = batches[1][1]["params"]
+    assert (len(params), params[0]) == (2, "extended")
+    done = {d["n"]: d for r in written for d in r.get("done", [])}
+    outcomes = [(done[n]["status"], done[n].get("sqlstate")) for n in (1, 2, 3, 4)]
+    assert outcomes == [("ok", None), ("ok", None), ("error", "42501"), ("ok", None)]
     result = verify(audit_log)
     assert result.returncode == 0, result.stdout + result.stderr
     text = audit_log.read_text()
@@ -144,7 +153,11 @@ def test_with_fsync_always_each_query_waits_for_its_record_and_all_verify(
                 cursors = [conn.execute("SELECT %s::int", (v,)) for v in range(20)]
             assert [c.fetchone() for c in cursors] == [(v,) for v in range(20)]
         durable = warden.runtime.audit.durable_seq
-        assert durable >= 2 * 70  # every query and its outcome reached the disk
+    written = records(tmp_path / "audit.jsonl")
+    batches = [r for r in written if r["kind"] == "query.batch"]
+    assert durable >= batches[-1]["seq"]
+    executes = [step for r in batches for step in r["steps"] if "execute" in step]
+    assert len(executes) == 70  # every query reached the disk before the database saw it
     assert verify(tmp_path / "audit.jsonl").returncode == 0
 
 

@@ -12,11 +12,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from proxy.audit.encode import EncodedRecord
 from proxy.audit.events import LoginFailed
 from proxy.audit.fsio import FileSystem
 from proxy.audit.log import AuditLog, FsyncPolicy, SinkOptions
+from proxy.audit.recorder import SessionRecorder, Written
 from proxy.audit.records import head_path, log_files
+from proxy.audit.redact import Redactor
+from proxy.audit.shaping import QueryLimits, Shaper
 from proxy.cli import main
+from proxy.wire import Frame, MessageReader, Query, encode
+from proxy.wire.framing import NEED_DATA
 from tests.fixtures.clock import FakeClock
 
 if TYPE_CHECKING:  # not at run time: the kill test's child process imports this module
@@ -91,6 +97,36 @@ def open_log(
 
 def event(n: int = 0) -> LoginFailed:
     return LoginFailed(f"user{n}", "orders", "10.0.0.1", "wrong_password")
+
+
+def frames_of(*messages: Any) -> list[Frame]:
+    """Messages as the relay hands them over: encoded, then split into frames."""
+    reader = MessageReader()
+    for message in messages:
+        reader.feed(encode(message))
+    result = []
+    while (frame := reader.next_message()) is not NEED_DATA:
+        assert isinstance(frame, Frame)
+        result.append(frame)
+    return result
+
+
+def recorder(
+    redactor: Redactor | None = None,
+    limits: QueryLimits | None = None,
+    monotonic: Callable[[], float] = lambda: 0.0,
+    copy_bytes: Callable[[Any], int] = lambda _direction: 0,
+) -> SessionRecorder:
+    """A query recorder for session `s1`."""
+    shaper = Shaper(redactor or Redactor(), limits or QueryLimits())
+    return SessionRecorder("s1", shaper, monotonic, copy_bytes)
+
+
+def query_record(text: str) -> Written:
+    """The record of a simple Query of `text` (no NUL: a protocol String cannot hold one)."""
+    (record,) = recorder().client_frames(frames_of(Query(text)))
+    assert isinstance(record, EncodedRecord)
+    return record
 
 
 def records(path: Path) -> list[dict[str, Any]]:

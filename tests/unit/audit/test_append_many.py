@@ -13,15 +13,14 @@ from __future__ import annotations
 import itertools
 import json
 from collections.abc import Sequence
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
 import proxy.audit.log
+from proxy.audit.encode import EncodedRecord
 from proxy.audit.events import AuditEvent
 from proxy.audit.log import AuditLog, AuditUnavailable, FsyncPolicy, SinkOptions
-from proxy.audit.query_events import OutcomeStatus, QueryOutcome, SimpleQuery
 from proxy.audit.verify import verify
 from tests.fixtures.clock import FakeClock
 from tests.unit.audit.helpers import (
@@ -55,13 +54,13 @@ class WritesFs(FaultyFs):
         return super().write(fd, data)
 
 
-def query_events(n: int) -> list[AuditEvent]:
-    return [
-        QueryOutcome("s1", n - 1, OutcomeStatus.OK, ("SELECT 1",), 1, None, None,
-                     timedelta(microseconds=250)),
-        SimpleQuery("s1", n, f"SELECT {n}", 8, False),
-        event(n),
-    ]  # fmt: skip
+def query_events(n: int) -> list[AuditEvent | EncodedRecord]:
+    """An outcome and a query record, as the recorder makes them (already encoded), and an
+    event encoded by the sink: one append_many takes both kinds."""
+    outcome = f'{{"n":{n - 1},"status":"ok","tags":["SELECT 1"],"rows":1,"duration":0.00025}}'
+    query = f'"session_id":"s1","n":{n},"steps":[{{"query":"SELECT {n}"}}]'
+    done = f'"session_id":"s1","done":[{outcome}]'
+    return [EncodedRecord("query.done", done), EncodedRecord("query.batch", query), event(n)]
 
 
 def interval_options(**overrides: float) -> SinkOptions:
@@ -89,7 +88,7 @@ def test_append_many_writes_its_records_with_one_write_and_returns_the_last_seq(
     (data,) = fs.record_writes[writes:]
     lines = [json.loads(line) for line in data.splitlines()]
     assert [(r["seq"], r["kind"]) for r in lines] == [
-        (before + 1, "query.outcome"), (before + 2, "query.simple"), (ticket, "login.failed"),
+        (before + 1, "query.done"), (before + 2, "query.batch"), (ticket, "login.failed"),
     ]  # fmt: skip
     assert path.read_bytes().endswith(data)
     log.wait_durable(ticket, timeout=5)
@@ -109,11 +108,14 @@ def test_records_of_append_many_chain_with_single_appends(tmp_path: Path) -> Non
     body = [r for r in records(path) if first <= r["seq"] <= first + 5]
     assert [r["seq"] for r in body] == list(range(first, first + 6))
     assert [r["kind"] for r in body] == [
-        "login.failed", "query.outcome", "query.simple", "login.failed", "login.failed",
-        "query.outcome",
+        "login.failed", "query.done", "query.batch", "login.failed", "login.failed",
+        "query.done",
     ]  # fmt: skip
     assert all(r["prev"] == p["mac"] for p, r in itertools.pairwise(body))
-    assert body[1]["duration"] == 0.00025
+    assert body[1]["done"] == [
+        {"n": 0, "status": "ok", "tags": ["SELECT 1"], "rows": 1, "duration": 0.00025}
+    ]
+    assert body[2]["steps"] == [{"query": "SELECT 1"}]
 
 
 @pytest.mark.parametrize("how", ["refused", "half_written", "second_record"])
@@ -124,7 +126,7 @@ def test_a_write_error_writes_none_of_the_records(tmp_path: Path, how: str) -> N
     last = log.append(event(0))
     size = path.stat().st_size
     if how == "second_record":  # only a write holding the batch's second record fails
-        fs.poison = b'"text":"SELECT 5"'
+        fs.poison = b'{"query":"SELECT 5"}'
     else:
         fs.write_error, fs.partial_write = ENOSPC, how == "half_written"
     with pytest.raises(AuditUnavailable) as raised:
@@ -151,7 +153,7 @@ def test_append_many_of_nothing_returns_the_current_seq_and_writes_nothing(
     log = open_log(path, fs=fs)
     ticket = log.append(event(0))
     size, writes = path.stat().st_size, len(fs.record_writes)
-    nothing: Sequence[AuditEvent] = ()
+    nothing: Sequence[AuditEvent | EncodedRecord] = ()
     assert log.append_many(nothing) == ticket
     assert log.append_many([]) == ticket
     assert (path.stat().st_size, len(fs.record_writes)) == (size, writes)

@@ -11,7 +11,6 @@ import pytest
 
 import proxy.audit.query_events  # noqa: F401 - registers the query events as subclasses
 from proxy.audit.events import AuditEvent, GrantActivated, SessionEnded, SessionStarted
-from proxy.audit.query_events import BindPortal, Param
 from proxy.audit.records import ENVELOPE
 from proxy.session.session import EndReason, SessionInfo
 
@@ -33,7 +32,7 @@ def test_every_event_has_its_own_kind() -> None:
     kinds = [cls.kind for cls in every_event()]
     assert all(kinds)
     assert len(kinds) == len(set(kinds))
-    assert len(kinds) == 30
+    assert len(kinds) == 24  # the query records but `query.copy` are not events (query_events.py)
 
 
 @pytest.mark.parametrize("cls", every_event(), ids=lambda cls: cls.kind)
@@ -68,5 +67,3 @@ def test_records_are_json_values() -> None:
     assert ended.to_record()["duration"] == 90.5
     activated = GrantActivated("g1", "alice", "orders", "ro", NOW, NOW, "bob")
     assert activated.to_record()["ends_at"] == "2026-01-05T09:00:00.000000Z"
-    bind = BindPortal("s1", 1, "", "", (Param(None), Param("x" * 4, False, 9, True)), 0, False)
-    assert bind.to_record()["params"] == [None, {"text": "xxxx", "bytes": 9, "truncated": True}]

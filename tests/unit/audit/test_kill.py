@@ -28,9 +28,8 @@ import os, sys, time
 from pathlib import Path
 from proxy.audit.fsio import FileSystem
 from proxy.audit.log import AuditLog, SinkOptions
-from proxy.audit.query_events import SimpleQuery
 from tests.fixtures.clock import FakeClock
-from tests.unit.audit.helpers import KEY
+from tests.unit.audit.helpers import KEY, query_record
 
 stop_in = int(sys.argv[2])  # stop half-way through the stop_in'th record line (0: never)
 
@@ -48,7 +47,7 @@ class Chunky(FileSystem):
 log = AuditLog(Path(sys.argv[1]), KEY, clock=FakeClock(),
                options=SinkOptions(head_interval=0.05, retry_interval=0), fs=Chunky())
 for n in range(100000):
-    ticket = log.append(SimpleQuery("s", n, "SELECT " + "x" * (n % 300), 0, False))
+    ticket = log.append(query_record("SELECT " + "x" * (n % 300)))
     log.wait_durable(ticket, timeout=10)
     print(ticket, flush=True)
 """
