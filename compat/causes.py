@@ -74,7 +74,7 @@ RULES: tuple[Rule, ...] = (
             "pgwarden tells the grant's end time in a NoticeResponse at login; libpq prints a "
             "notice that arrives before the connection is ready on stderr, and the test wants a "
             "child process's stderr empty. A product choice, not a protocol fault: the notice "
-            "tells the user when access ends; it could be made optional",
+            "tells the user when access ends; with `proxy.login_notice: false` these pass",
         ),
     ),
     Rule(
@@ -91,8 +91,8 @@ RULES: tuple[Rule, ...] = (
             "none (directly the INSERT is cancelled in PostgreSQL's log; through pgwarden it "
             "never is). Measured on 2026-12-06: asyncpg executemany of 128 rows of "
             "`pg_sleep(0.1) || $1` with timeout=0.5 on a fresh connection left 128 rows in 6 "
-            "rounds of 6 through pgwarden, 0 directly. Fixable: forward a cancel whenever "
-            "anything was forwarded since the last ReadyForQuery",
+            "rounds of 6 through pgwarden, 0 directly. Fixed in 16d8f36 (a cancel is forwarded "
+            "whatever runs); should it show again, it is a regression",
         ),
     ),
     Rule(
@@ -109,8 +109,8 @@ RULES: tuple[Rule, ...] = (
             "land on that one. Measured on 2026-12-06 (psycopg 3: a thread calls conn.cancel() "
             "near the end of `select pg_sleep(0.006)`, then `select pg_sleep(0.03)` runs): the "
             "next statement was cancelled in 18-38 rounds of 150 through pgwarden (3 runs), "
-            "never directly (2 runs). "
-            "Fixable: close the client's cancel connection once the upstream one has closed",
+            "never directly (2 runs). Fixed in 16d8f36 (the client's cancel connection closes "
+            "once the upstream one has); should it show again, it is a regression",
         ),
     ),
     Rule(
