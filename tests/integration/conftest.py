@@ -10,6 +10,7 @@ import pytest
 from tests.fixtures.clock import FakeClock
 from tests.fixtures.pgwarden import PgwardenDeployment, RunningPgwarden, running_pgwarden
 from tests.fixtures.postgres import PostgresServer
+from tests.fixtures.served import mounted_tiny_disk
 
 
 @pytest.fixture(scope="session")
@@ -45,3 +46,9 @@ def warden(
         deployment.write_files(tmp_path_factory.mktemp("clocked")), clock=clock
     ) as instance:
         yield instance
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 2 MiB tmpfs, for disk-full tests (skipped, saying why, where mounting is not allowed)."""
+    yield from mounted_tiny_disk(tmp_path)

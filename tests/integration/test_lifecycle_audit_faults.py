@@ -10,34 +10,21 @@ settled by a `lifecycle.outcome` written after its commit.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.fixtures.clients import wait_until
 from tests.fixtures.pgwarden import PgwardenDeployment
-from tests.integration.test_state_store_faults import fill, readiness, serving, tiny_disk
+from tests.fixtures.served import fill, readiness, serving, verify_audit
 
 pytestmark = pytest.mark.integration
-
-__all__ = ["tiny_disk"]  # the fixture, used by name
 
 RECOVERED_WITHIN = 5.0  # seconds: the sink retries its disk about once a second
 NOT_AUDITED = (
     "the audit log cannot be written; requests, approvals, credentials and revocations are "
     "refused until it can (to end a session now: pgwarden kill)"
 )
-
-
-def verify(audit_log: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "proxy", "audit", "verify", str(audit_log),
-         "--key-env", "PGWARDEN_TEST_AUDIT_KEY"],
-        capture_output=True, text=True, timeout=60, check=False, env=os.environ.copy(),
-    )  # fmt: skip
 
 
 def test_a_full_audit_disk_refuses_every_lifecycle_action_and_changes_nothing(
@@ -87,7 +74,7 @@ def test_a_full_audit_disk_refuses_every_lifecycle_action_and_changes_nothing(
         log = served.log_text()
     assert "Traceback" not in log
 
-    result = verify(audit_log)
+    result = verify_audit(audit_log)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "lifecycle record" not in result.stdout  # every action's records were settled
     records = [json.loads(line) for line in audit_log.read_text().splitlines()]

@@ -14,149 +14,20 @@ by itself within a couple of seconds, and the refused revocation can be done.
 
 from __future__ import annotations
 
-import errno
-import http.client
-import json
-import os
-import re
-import shutil
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import psycopg
 import pytest
 
 from proxy.grants.store_watch import LOGIN_REFUSED
 from tests.fixtures.clients import wait_until
-from tests.fixtures.pgwarden import PgwardenDeployment, port_from_log
-from tests.fixtures.rawpg import RawPg
+from tests.fixtures.pgwarden import PgwardenDeployment
+from tests.fixtures.served import fill, pgwarden, readiness, refused_login, serving
 
 pytestmark = pytest.mark.integration
 
-PROXY_LISTENING = re.compile(r"listening for Postgres clients on 127\.0\.0\.1:(\d+)")
-API_LISTENING = re.compile(r"pgwarden API listening on 127\.0\.0\.1:(\d+)")
 NOTICED_WITHIN = 3.0  # seconds: housekeeping looks once a second
-TMPFS_SIZE = "2m"  # room for the state file and its WAL, small enough to fill in a moment
-
-
-@dataclass
-class Served:
-    """A `pgwarden serve` process, its log, and people's tokens for its API."""
-
-    config: Path
-    state: Path
-    process: subprocess.Popen[bytes]
-    log: Path
-    proxy_port: int
-    api_port: int
-    tokens: dict[str, str] = field(default_factory=dict)
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def token(self, user: str) -> str:
-        if user not in self.tokens:
-            done = pgwarden("token", "create", user, "--config", str(self.config))
-            assert done.returncode == 0, done.stderr
-            self.tokens[user] = done.stdout.strip()
-        return self.tokens[user]
-
-    def call(self, method: str, path: str, user: str | None = None, body: Any = None) -> Any:
-        """(status, JSON body) of an API call, as `user`."""
-        conn = http.client.HTTPConnection("127.0.0.1", self.api_port, timeout=30)
-        headers = {"Content-Type": "application/json"}
-        if user is not None:
-            headers["Authorization"] = f"Bearer {self.token(user)}"
-        try:
-            data = None if body is None else json.dumps(body)
-            conn.request(method, path, body=data, headers=headers)
-            response = conn.getresponse()
-            return response.status, json.loads(response.read())
-        finally:
-            conn.close()
-
-    def cli(self, user: str, *argv: str) -> subprocess.CompletedProcess[str]:
-        env = {"PGWARDEN_URL": f"http://127.0.0.1:{self.api_port}",
-               "PGWARDEN_TOKEN": self.token(user), "XDG_CONFIG_HOME": "/nonexistent"}  # fmt: skip
-        return pgwarden(*argv, env=env)
-
-    def request(self, user: str = "alice") -> tuple[int, Any]:
-        body = {"target": "orders", "access_level": "read-only", "duration": "30m",
-                "reason": "incident 42"}  # fmt: skip
-        return self.call("POST", "/api/v1/requests", user, body)  # type: ignore[no-any-return]
-
-    def active_grant(self) -> tuple[str, str]:
-        """(request id, libpq DSN) of an active grant of alice's, approved by carol."""
-        status, created = self.request()
-        assert status == 201, created
-        request_id = created["id"]
-        status, _ = self.call("POST", f"/api/v1/requests/{request_id}/approve", "carol", {})
-        assert status == 200
-        status, credential = self.call("POST", f"/api/v1/requests/{request_id}/credentials",
-                                       "alice", {})  # fmt: skip
-        assert status == 201, credential
-        return request_id, credential["dsn"]
-
-    def session_of(self, request_id: str) -> str:
-        status, listed = self.call("GET", "/api/v1/sessions", "carol")
-        assert status == 200
-        (session,) = [s for s in listed["sessions"] if s["request_id"] == request_id]
-        return str(session["id"])
-
-    def metric(self, name: str, **labels: str) -> float:
-        conn = http.client.HTTPConnection("127.0.0.1", self.api_port, timeout=30)
-        try:
-            conn.request("GET", "/metrics")
-            text = conn.getresponse().read().decode()
-        finally:
-            conn.close()
-        total = 0.0  # summed over processes (`worker` label) when there are several
-        for line in text.splitlines():
-            if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
-                total += float(line.rsplit(" ", 1)[1])
-        return total
-
-
-def pgwarden(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "proxy", *argv], env={**os.environ, **(env or {})},
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
-
-
-@contextmanager
-def serving(config: Path, state: Path) -> Iterator[Served]:
-    log = config.parent / "serve.log"
-    with log.open("wb") as sink:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "proxy", "serve", "--config", str(config)],
-            stdout=sink, stderr=subprocess.STDOUT, env=os.environ.copy(),
-        )  # fmt: skip
-        try:
-            proxy_port = port_from_log(PROXY_LISTENING, log, process)
-            api_port = port_from_log(API_LISTENING, log, process)
-            yield Served(config, state, process, log, proxy_port, api_port)
-        finally:
-            if process.poll() is None:
-                process.terminate()
-            process.wait(30)
-
-
-def refused_login(served: Served) -> dict[str, str]:
-    """The ErrorResponse a new login gets right after its StartupMessage."""
-    with RawPg.connect("127.0.0.1", served.proxy_port) as conn:
-        conn.send_startup({"user": "alice", "database": "orders"})
-        return conn.expect_error()
-
-
-def readiness(served: Served) -> tuple[int, Any]:
-    return served.call("GET", "/readyz")  # type: ignore[no-any-return]
 
 
 def delete_state(state: Path) -> None:
@@ -241,39 +112,6 @@ def test_a_state_file_deleted_under_a_live_server_is_loud_and_refuses_new_access
 
 
 # --- the state store's disk full ------------------------------------------------------------
-
-
-@pytest.fixture
-def tiny_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 2 MiB tmpfs, unmounted at the end."""
-    mount = tmp_path / "statefs"
-    mount.mkdir()
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a tmpfs needs root and mount(8): disk full is not tested here")
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={TMPFS_SIZE},mode=0700", "tmpfs", str(mount)],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    if done.returncode != 0:
-        pytest.skip(f"mounting a tmpfs is not permitted here ({done.stderr.strip()})")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", str(mount)], check=True)
-
-
-def fill(directory: Path) -> Path:
-    """Write zeros into `directory` until its file system is full; the file that did it."""
-    filler = directory / "filler"
-    with filler.open("wb", buffering=0) as sink:
-        chunk = bytes(64 * 1024)
-        try:
-            while True:
-                sink.write(chunk)
-        except OSError as exc:
-            if exc.errno != errno.ENOSPC:
-                raise
-    return filler
 
 
 def test_disk_full_under_the_state_store_is_a_clear_503_and_recovers_by_itself(

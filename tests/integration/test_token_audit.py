@@ -15,11 +15,9 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.pgwarden import PgwardenDeployment
-from tests.integration.test_state_store_faults import fill, pgwarden, tiny_disk
+from tests.fixtures.served import fill, pgwarden
 
 pytestmark = pytest.mark.integration
-
-__all__ = ["tiny_disk"]  # the fixture, used by name
 
 
 def kinds_and_fields(chain: Path) -> list[dict[str, object]]:
