@@ -14,12 +14,11 @@ archived (`archive.py`), the chain continues from the anchor the archiver left.
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from proxy.audit.archive import BadAnchor, read_anchor
+from proxy.audit.archive import BadAnchor, anchor_path, read_anchor
 from proxy.audit.records import GENESIS, BadRecord, Head, Record, Signer, head_path, log_files
 
 INITIAL_WINDOW = 1024 * 1024
@@ -84,11 +83,17 @@ def find_chain_end(active: Path, signer: Signer, scan_limit: int) -> ChainEnd:
 
 def _continue_after_anchor(end: ChainEnd, active: Path, signer: Signer) -> None:
     """No record left here, but an archive anchor (every rotated file archived, the active one
-    empty): the chain goes on from the last archived record, not from genesis. A bad anchor is
-    left for `audit verify` to report."""
-    with contextlib.suppress(BadAnchor):
-        if (anchor := read_anchor(active, signer)) is not None:
-            end.seq, end.mac = anchor.seq, anchor.mac
+    empty): the chain goes on from the last archived record, not from genesis. An anchor that
+    does not verify refuses the log: going on from seq 1 would hide what happened to it."""
+    try:
+        anchor = read_anchor(active, signer)
+    except BadAnchor as exc:
+        raise ChainUnreadable(
+            f"{anchor_path(active)} is not a valid archive anchor ({exc}); restore it from the "
+            "copy in the archive (`pgwarden audit verify --archive DIR` checks it)"
+        ) from None
+    if anchor is not None:
+        end.seq, end.mac = anchor.seq, anchor.mac
 
 
 def _last_record(

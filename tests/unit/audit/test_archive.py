@@ -30,6 +30,7 @@ from proxy.audit.archive import (
     seal,
 )
 from proxy.audit.records import Signer, head_path, log_files
+from proxy.audit.sink_state import AuditUnavailable
 from proxy.audit.verify import verify
 from tests.fixtures.clock import FakeClock
 from tests.unit.audit.archive_helpers import (
@@ -151,6 +152,22 @@ def test_with_every_rotated_file_archived_and_the_active_one_empty_the_chain_goe
     assert (first["seq"], first["prev"]) == (anchor.seq + 1, anchor.mac)
     assert verify(log, KEY).ok
     assert verify(log, KEY, archives=[vault]).ok
+
+
+def test_with_every_file_archived_a_tampered_anchor_refuses_to_reopen_the_log(
+    log: Path, vault: Path
+) -> None:
+    """Going on from seq 1 would hide what happened to the anchor: the log refuses to open,
+    naming the anchor and where a good copy is."""
+    archive(log, vault, keep=0)
+    log.write_bytes(b"")
+    head_path(log).unlink()
+    anchor = anchor_path(log)
+    anchor.write_bytes(anchor.read_bytes().replace(b'"seq":', b'"seq":1'))
+    with pytest.raises(AuditUnavailable) as caught:
+        open_log(log)
+    assert f"{anchor} is not a valid archive anchor" in str(caught.value.detail)
+    assert log.read_bytes() == b""  # nothing written: no new chain from seq 1
 
 
 # -- tampering --------------------------------------------------------------------------------
