@@ -11,38 +11,20 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
-from tests.fixtures.pgwarden import PgwardenDeployment, port_from_log
+from tests.fixtures.pgwarden import PgwardenDeployment
+from tests.fixtures.served import Served, serving
 
 pytestmark = pytest.mark.integration
 
-PROXY_LISTENING = re.compile(r"listening for Postgres clients on 127\.0\.0\.1:(\d+)")
-API_LISTENING = re.compile(r"pgwarden API listening on 127\.0\.0\.1:(\d+)")
-START_TIMEOUT = 30.0
 PSQL = shutil.which("psql")
-
-
-@dataclass
-class Served:
-    config: Path
-    process: subprocess.Popen[bytes]
-    log: Path
-    proxy_port: int
-    api_port: int
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.api_port}"
 
 
 @pytest.fixture(scope="module")
@@ -50,20 +32,8 @@ def served(
     deployment: PgwardenDeployment, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Served]:
     directory = tmp_path_factory.mktemp("e2e")
-    config = deployment.write_files(directory)
-    log = directory / "serve.log"
-    with log.open("wb") as sink:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "proxy", "serve", "--config", str(config)],
-            stdout=sink, stderr=subprocess.STDOUT, env=os.environ.copy(),
-        )  # fmt: skip
-        try:
-            proxy_port = port_from_log(PROXY_LISTENING, log, process)
-            api_port = port_from_log(API_LISTENING, log, process)
-            yield Served(config, process, log, proxy_port, api_port)
-        finally:
-            process.terminate()
-            process.wait(30)
+    with serving(deployment.write_files(directory), directory / "state.db") as running:
+        yield running
 
 
 class People:
