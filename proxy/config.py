@@ -12,16 +12,25 @@ Every limit has a safe default, named below with its reason; an admin writes onl
 
 from __future__ import annotations
 
-import ipaddress
+import socket
 from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
 from pathlib import Path
 
-from proxy.policy.fields import Fields, check_host, check_pg_identifier, secret_ref
+from proxy.addresses import ListenAddress, check_listen, is_loopback, parse_listen
+from proxy.policy.fields import (
+    Fields,
+    check_name,
+    check_pg_identifier,
+    secret_ref,
+)
 from proxy.policy.models import SecretRef
 from proxy.policy.yaml_strict import DocumentError, Problems, build_document, read_source
 from proxy.wire.limits import DEFAULT_MAX_MESSAGE_LENGTH, MAX_PREAUTH_MESSAGE_LENGTH
+
+# Re-exported: the config's users name the address types here.
+__all__ = ["ListenAddress", "is_loopback", "parse_listen"]  # and every public name below
 
 DEFAULT_PROXY_LISTEN = "127.0.0.1:6432"  # loopback until an admin decides otherwise
 DEFAULT_API_LISTEN = "127.0.0.1:8080"
@@ -80,19 +89,6 @@ class FsyncPolicy(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
-class ListenAddress:
-    host: str
-    port: int  # 0: any free port (tests)
-
-    def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
-
-    @property
-    def is_loopback(self) -> bool:
-        return is_loopback(self.host)
-
-
-@dataclass(frozen=True, slots=True)
 class TlsFiles:
     cert_file: Path
     key_file: Path
@@ -133,6 +129,7 @@ class StateBackend(StrEnum):
 
 
 DEFAULT_STATE_SCHEMA = "pgwarden"
+DEFAULT_MAX_STALENESS = 30.0  # seconds: a login may rest on state read this long ago, no longer
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +142,13 @@ class StateSettings:
     backend: StateBackend = StateBackend.SQLITE
     dsn: SecretRef | None = None
     schema: str = DEFAULT_STATE_SCHEMA
+    # With postgres, this server is one replica of several (proxy/cluster): `replica` names it
+    # (its audit chain, its sessions, its cancel keys; default: the host name), `advertise` is
+    # where the others reach its proxy port (cancel forwarding; default: `proxy.listen`), and
+    # logins are served from the last state read for `max_staleness` while the store is away.
+    replica: str = ""
+    advertise: ListenAddress | None = None
+    max_staleness: float = DEFAULT_MAX_STALENESS
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,45 +235,6 @@ def parse_config(
     )
 
 
-def parse_listen(text: str) -> ListenAddress:
-    """`host:port` or `[ipv6]:port`; raises ValueError with a message for people."""
-    if text.startswith("["):
-        host, bracket, rest = text[1:].partition("]")
-        port_text = rest[1:] if rest.startswith(":") else ""
-        if not bracket or not port_text or not _is_ipv6(host):
-            raise ValueError(f"{text[:60]!r} is not [ipv6-address]:port, e.g. [::1]:6432")
-    else:
-        host, colon, port_text = text.rpartition(":")
-        if not colon or not host:
-            raise ValueError(f"{text[:60]!r} needs host:port, e.g. 127.0.0.1:6432")
-        if ":" in host:
-            raise ValueError(
-                f"write an IPv6 address in brackets, e.g. [::1]:6432, not {text[:60]!r}"
-            )
-        if (error := check_host(host)) is not None:
-            raise ValueError(error)
-    if not (port_text.isascii() and port_text.isdigit() and int(port_text) <= 65535):
-        raise ValueError(f"the port in {text[:60]!r} must be a number from 0 to 65535")
-    return ListenAddress(host, int(port_text))
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _is_ipv6(text: str) -> bool:
-    try:
-        ipaddress.IPv6Address(text)
-    except ValueError:
-        return False
-    return True
-
-
 def _config(
     document: object, problems: Problems, base_dir: Path | None, source: str
 ) -> ServerConfig | None:
@@ -299,16 +264,8 @@ def _config(
 
 
 def _listen(f: Fields, default: str) -> ListenAddress | None:
-    text = f.string("listen", default=default, check=_check_listen)
+    text = f.string("listen", default=default, check=check_listen)
     return None if text is None else parse_listen(text)
-
-
-def _check_listen(text: str) -> str | None:
-    try:
-        parse_listen(text)
-    except ValueError as exc:
-        return str(exc)
-    return None
 
 
 def _proxy(f: Fields, base_dir: Path | None) -> ProxySettings | None:
@@ -347,7 +304,7 @@ def _api(f: Fields) -> ApiSettings | None:
 
 
 def _check_public_address(text: str) -> str | None:
-    if (error := _check_listen(text)) is not None:
+    if (error := check_listen(text)) is not None:
         return error
     address = parse_listen(text)
     if address.port == 0 or address.host in ("0.0.0.0", "::"):  # noqa: S104 - refusing it
@@ -372,14 +329,28 @@ def _paths(f: Fields | None, base_dir: Path | None, *, sqlite: bool) -> PathSett
 def _state(f: Fields, base_dir: Path | None) -> StateSettings | None:
     backend = f.choice("backend", StateBackend, default=StateBackend.SQLITE)
     if backend is not StateBackend.POSTGRES:
-        for key in ("dsn_env", "dsn_file", "schema"):
+        for key in ("dsn_env", "dsn_file", "schema", "replica", "advertise", "max_staleness"):
             f.forbid(key, "is for state.backend: postgres")
         f.finish()
         return None if backend is None else StateSettings()
     dsn = secret_ref(f, "dsn", base_dir)
     schema = f.string("schema", default=DEFAULT_STATE_SCHEMA, check=check_pg_identifier)
+    replica = f.string("replica", default=default_replica(), check=check_name)
+    advertise_text = f.string("advertise", check=check_listen)
+    advertise = None if advertise_text is None else parse_listen(advertise_text)
+    staleness = f.duration("max_staleness", default=timedelta(seconds=DEFAULT_MAX_STALENESS))
     f.finish()
-    return StateSettings(backend, dsn, schema) if dsn and schema else None
+    if not (dsn and schema and replica and staleness) or (f.has("advertise") and not advertise):
+        return None  # the problem is reported
+    return StateSettings(
+        backend, dsn, schema, replica, advertise, staleness.total_seconds()
+    )  # fmt: skip
+
+
+def default_replica() -> str:
+    """This host's name, as far as it is a valid replica name (else "pgwarden")."""
+    name = socket.gethostname().split(".")[0]
+    return name if name and check_name(name) is None else "pgwarden"
 
 
 def _audit(f: Fields | None, base_dir: Path | None) -> AuditSettings | None:

@@ -26,9 +26,9 @@ from typing import ParamSpec, Protocol, TypeVar
 from aiohttp import web
 from prometheus_client import REGISTRY, CollectorRegistry
 
+from proxy.addresses import ListenAddress
 from proxy.api.webhooks import Notifier
 from proxy.clock import Clock
-from proxy.config import ListenAddress
 from proxy.grants.lifecycle import GrantService
 from proxy.grants.store import Store
 from proxy.policy.models import Policy, UserName

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from proxy.config import is_loopback
+from proxy.addresses import is_loopback
 
 CONFIG_KEYS = frozenset({"url", "token"})
 

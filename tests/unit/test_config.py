@@ -18,6 +18,7 @@ from proxy.config import (
     StateBackend,
     StateSettings,
     ThrottleSettings,
+    default_replica,
     load_config,
     parse_config,
     parse_listen,
@@ -273,12 +274,42 @@ def test_the_state_is_the_sqlite_file_unless_postgres_is_named() -> None:
     assert parse_config(MINIMAL).state == StateSettings(StateBackend.SQLITE)
     config = parse_config(POSTGRES_STATE)
     assert config.state == StateSettings(
-        StateBackend.POSTGRES, SecretRef(env="PGWARDEN_STATE_DSN"), "pgwarden"
+        StateBackend.POSTGRES, SecretRef(env="PGWARDEN_STATE_DSN"), "pgwarden", default_replica()
     )
+    assert (config.state.advertise, config.state.max_staleness) == (None, 30.0)
     assert config.paths.state is None
     assert "state: PostgreSQL (DSN from env PGWARDEN_STATE_DSN, schema pgwarden)" in (
         describe_config(config)
     )
+
+
+def test_a_replica_names_itself_and_where_peers_reach_it() -> None:
+    text = POSTGRES_STATE.replace(
+        "dsn_env: PGWARDEN_STATE_DSN",
+        "dsn_env: PGWARDEN_STATE_DSN, replica: pgw-b, advertise: 10.0.0.2:6432, max_staleness: 10s",
+    )
+    state = parse_config(text).state
+    assert (state.replica, state.max_staleness) == ("pgw-b", 10.0)
+    assert state.advertise == ListenAddress("10.0.0.2", 6432)
+
+
+@pytest.mark.parametrize(
+    ("setting", "problem"),
+    [
+        ("replica: 'a b'", "state.replica"),
+        ("advertise: nowhere", "state.advertise"),
+        ("max_staleness: forever", "state.max_staleness"),
+    ],
+)
+def test_bad_replica_settings_are_named(setting: str, problem: str) -> None:
+    text = POSTGRES_STATE.replace("dsn_env: PGWARDEN_STATE_DSN", f"dsn_env: X, {setting}")
+    with pytest.raises(ConfigError, match=problem):
+        parse_config(text)
+
+
+def test_replica_settings_need_the_postgres_store() -> None:
+    with pytest.raises(ConfigError, match=r"state\.replica.*is for state\.backend: postgres"):
+        parse_config(MINIMAL + "state: {replica: a}\n")
 
 
 def test_a_dsn_file_and_a_schema_of_its_own(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
-from proxy.config import ListenAddress
+from proxy.addresses import ListenAddress
 from tests.fixtures.api import ApiHarness
 from tests.fixtures.clock import FakeClock
 
