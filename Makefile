@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-dev
 # Branch coverage the sans-I/O core must keep (the issue tracker's bar for wire and auth).
 CORE_COVERAGE_MIN ?= 90
 
-.PHONY: test lint typecheck unit coverage clean bench compat deps demo
+.PHONY: test lint typecheck unit coverage clean bench compat deps demo ha-trials
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -55,6 +55,12 @@ bench: $(STAMP)
 # not part of `make test`. `make compat SUITES=pg8000`: only these (comma-separated).
 compat: deps $(STAMP)
 	$(BIN)/python -m compat.run $(if $(SUITES),--suites "$(SUITES)")
+
+# Revocation across three replicas (>= 50 trials) and a state-database outage (bench/ha_trials.py);
+# by hand, not part of `make test`: `make ha-trials TRIALS=100 OUTAGE=60`.
+ha-trials: deps $(STAMP)
+	$(BIN)/python -m bench.ha_trials $(if $(TRIALS),--trials $(TRIALS)) $(if $(OUTAGE),--outage $(OUTAGE)) \
+		$(if $(FAILOVERS),--failovers $(FAILOVERS))
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage

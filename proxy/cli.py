@@ -70,6 +70,7 @@ GROUPS: dict[tuple[str, ...], str] = {
     ("tls",): "TLS certificates",
     ("token",): "API tokens (on the server host, against its state store)",
     ("audit",): "work with the audit log",
+    ("store",): "work with the state store",
 }
 
 COMMANDS: tuple[Command, ...] = (
@@ -96,7 +97,14 @@ COMMANDS: tuple[Command, ...] = (
             "tokens", "add_common", "run_list"),
     Command(("token", "revoke"), "revoke an API token",
             "tokens", "add_revoke_arguments", "run_revoke"),
-    # The people's side: clients of the HTTP API (PGWARDEN_URL, PGWARDEN_TOKEN).
+    Command(("store", "migrate"),
+            "copy a SQLite state into the config's (empty) PostgreSQL store, and check it",
+            "store_migrate", "add_arguments", "run"),
+    # The people's side: clients of the HTTP API (PGWARDEN_URL, PGWARDEN_TOKEN or a sign-in).
+    Command(("login",), "sign in with your organization's identity provider (single sign-on)",
+            "login", "add_login_arguments", "run_login"),
+    Command(("logout",), "sign out: end your session at the server and forget it here",
+            "login", "add_logout_arguments", "run_logout"),
     Command(("targets",), "list what you may request: levels, limits, approvers, auto-approval",
             "overview", "add_arguments", "run_targets", client=True),
     Command(("status",), "show your active grants (with time left) and pending requests",

@@ -8,7 +8,7 @@ durations inside one process (login timeouts, timers) and never jumps. Tests inj
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 
@@ -35,3 +35,20 @@ class SystemClock:
 
 
 SYSTEM_CLOCK: Clock = SystemClock()
+
+
+class OffsetClock:
+    """`base`'s wall clock moved by `offset`, its monotonic clock as is.
+
+    A replica's change feed sets `offset` to how far the state database's clock is ahead of this
+    host's, so that replicas whose hosts disagree by seconds still agree on when a grant ends
+    (a host running late would otherwise keep a session past the grant's end)."""
+
+    def __init__(self, base: Clock, offset: timedelta = timedelta(0)) -> None:
+        self.base, self.offset = base, offset
+
+    def now(self) -> datetime:
+        return self.base.now() + self.offset
+
+    def monotonic(self) -> float:
+        return self.base.monotonic()

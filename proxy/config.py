@@ -12,13 +12,15 @@ Every limit has a safe default, named below with its reason; an admin writes onl
 
 from __future__ import annotations
 
-import socket
+import os
+import re
 from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
 from pathlib import Path
 
 from proxy.addresses import ListenAddress, check_listen, is_loopback, parse_listen
+from proxy.identity.settings import OidcSettings, parse_identity
 from proxy.policy.fields import (
     Fields,
     check_name,
@@ -218,6 +220,7 @@ class ServerConfig:
     source: str = ""
     upstream_pool: PoolSettings = PoolSettings()
     state: StateSettings = StateSettings()
+    identity: OidcSettings | None = None  # `identity.oidc`: single sign-on (proxy/identity)
 
 
 def load_config(path: Path) -> ServerConfig:
@@ -253,6 +256,7 @@ def _config(
     limits = _limits(root.section_or_empty("limits"))
     sessions = _sessions(root.section_or_empty("sessions"))
     pool = _upstream_pool(root.section_or_empty("upstream_pool"))
+    identity = parse_identity(root.section("identity"), base_dir)
     root.finish()
     if proxy and api and proxy.listen == api.listen and proxy.listen.port != 0:
         root.problem("api", f"api.listen and proxy.listen are the same address ({api.listen})")
@@ -260,7 +264,7 @@ def _config(
         return None
     if limits is None or sessions is None or pool is None or state is None:
         return None
-    return ServerConfig(proxy, api, paths, audit, limits, sessions, source, pool, state)
+    return ServerConfig(proxy, api, paths, audit, limits, sessions, source, pool, state, identity)
 
 
 def _listen(f: Fields, default: str) -> ListenAddress | None:
@@ -335,7 +339,7 @@ def _state(f: Fields, base_dir: Path | None) -> StateSettings | None:
         return None if backend is None else StateSettings()
     dsn = secret_ref(f, "dsn", base_dir)
     schema = f.string("schema", default=DEFAULT_STATE_SCHEMA, check=check_pg_identifier)
-    replica = f.string("replica", default=default_replica(), check=check_name)
+    replica = f.string("replica", default=default_replica(), check=check_replica)
     advertise_text = f.string("advertise", check=check_listen)
     advertise = None if advertise_text is None else parse_listen(advertise_text)
     staleness = f.duration("max_staleness", default=timedelta(seconds=DEFAULT_MAX_STALENESS))
@@ -347,10 +351,29 @@ def _state(f: Fields, base_dir: Path | None) -> StateSettings | None:
     )  # fmt: skip
 
 
+# A replica's name goes into its audit files' names (`audit.<replica>.jsonl`): a last part that
+# names another audit file (a worker's chain, the commands', a head, an archive) would clash.
+_RESERVED_LAST = re.compile(r"worker[0-9]+|commands|head|anchor|lock|tmp|[0-9]+")
+
+
+def check_replica(text: str) -> str | None:
+    """A `check_name` name whose last dot-separated part names no other audit file."""
+    return check_name(text) or replica_name_problem(text)
+
+
+def replica_name_problem(replica: str) -> str | None:
+    """Why `replica` cannot name audit chains, or None."""
+    last = replica.rpartition(".")[2]
+    if _RESERVED_LAST.fullmatch(last):
+        return (f"{replica!r} ends in {last!r}, which names another audit file (a worker's, "
+                "the commands', a head or an archive); choose another name")  # fmt: skip
+    return None
+
+
 def default_replica() -> str:
     """This host's name, as far as it is a valid replica name (else "pgwarden")."""
-    name = socket.gethostname().split(".")[0]
-    return name if name and check_name(name) is None else "pgwarden"
+    name = os.uname().nodename.split(".")[0]  # socket.gethostname(), without `socket`
+    return name if name and check_replica(name) is None else "pgwarden"
 
 
 def _audit(f: Fields | None, base_dir: Path | None) -> AuditSettings | None:

@@ -10,3 +10,10 @@ REVOKE CREATE ON SCHEMA public FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION lo_create(oid), lo_creat(integer), lo_from_bytea(oid, bytea) FROM PUBLIC;
 REVOKE TEMPORARY ON DATABASE shop FROM PUBLIC;
 GRANT SELECT ON ALL TABLES IN SCHEMA public TO shop_ro;
+
+-- The state store of the two-replica example (`--profile ha`): its own role, database, schema.
+\connect postgres
+CREATE ROLE pgwarden_state LOGIN PASSWORD 'example-state-password';
+CREATE DATABASE pgwarden_state;
+\connect pgwarden_state
+CREATE SCHEMA pgwarden AUTHORIZATION pgwarden_state;

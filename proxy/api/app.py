@@ -3,7 +3,8 @@
 Middlewares, outermost first: `headers` (every answer `Cache-Control: no-store` — credentials
 must never be cached — and `nosniff`), `errors.error_middleware` (everything becomes the JSON
 error shape), `authenticate` (every path but the three public ones needs a bearer token — an
-allow-list, so no spelling of a path can slip past it; see `auth.py`).
+allow-list, so no spelling of a path can slip past it; see `auth.py`; the sign-in routes of
+`auth_routes.py` are on it).
 
 `/healthz`, `/readyz` and `/metrics` take no token, so that load balancers, orchestrators and
 Prometheus can reach them; they reveal nothing about requests or people (the metrics carry no
@@ -19,15 +20,17 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from proxy.api import caller_routes, requests_routes, sessions_routes
-from proxy.api.auth import authenticate, bearer_secret
+from proxy.api import auth_routes, caller_routes, requests_routes, sessions_routes
+from proxy.api.auth import PersonUnknown, authenticate, bearer_secret
 from proxy.api.context import CONTEXT, USER, ApiContext, ReadinessCheck
 from proxy.api.errors import error_middleware
 from proxy.api.schemas import MAX_BODY_BYTES
+from proxy.policy.models import UserName
 
 log = logging.getLogger(__name__)
 
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+# The sign-in routes are public: they are how a caller gets a bearer token (auth_routes.py).
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics"}) | auth_routes.PUBLIC
 
 
 def build_app(ctx: ApiContext) -> web.Application:
@@ -44,6 +47,7 @@ def build_app(ctx: ApiContext) -> web.Application:
             *requests_routes.routes(),
             *sessions_routes.routes(),
             *caller_routes.routes(),
+            *auth_routes.routes(),
         ]
     )
     return app
@@ -62,10 +66,20 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if request.path not in PUBLIC_PATHS:
         ctx = request.app[CONTEXT]
         secret = bearer_secret(request.headers.get("Authorization"))  # malformed: 401 at once
-        request[USER] = await ctx.blocking(
-            authenticate, ctx.store, secret, ctx.policy(), ctx.clock.now()
-        )
+        request[USER] = await ctx.blocking(_authenticate, ctx, secret)
     return await handler(request)
+
+
+def _authenticate(ctx: ApiContext, secret: str) -> UserName:
+    """The caller (blocking). A person signed in through another replica a moment ago may not be
+    in this one's people yet: then they are read again, once, before refusing."""
+    try:
+        return authenticate(ctx.store, secret, ctx.policy(), ctx.clock.now())
+    except PersonUnknown:
+        if ctx.identity is None:
+            raise
+        ctx.identity.people.refresh()
+        return authenticate(ctx.store, secret, ctx.policy(), ctx.clock.now())
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -74,12 +88,16 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Readiness: every check in `ApiContext.readiness_checks` passes."""
+    """Readiness: every check in `ApiContext.readiness_checks` passes; `notes` say what is
+    degraded without making the server unready."""
     ctx = request.app[CONTEXT]
     problems = await ctx.blocking(run_checks, list(ctx.readiness_checks))
+    notes = await ctx.blocking(run_checks, list(ctx.readiness_notes))
+    extra = {"notes": notes} if notes else {}
     if problems:
-        return web.json_response({"status": "not_ready", "problems": problems}, status=503)
-    return web.json_response({"status": "ready"})
+        body = {"status": "not_ready", "problems": problems, **extra}
+        return web.json_response(body, status=503)
+    return web.json_response({"status": "ready", **extra})
 
 
 async def metrics(request: web.Request) -> web.Response:

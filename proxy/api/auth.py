@@ -12,6 +12,10 @@ person from the policy also cuts their API access. `last_used_at` is written at 
 `TOUCH_INTERVAL`, so API traffic does not turn into a disk write per call, and not at all while
 the state store cannot be written: a token still works then, so that `pgwarden sessions` and
 `pgwarden kill` can end sessions when nothing else can.
+
+A single sign-on session (`pgs_...`, proxy/identity/sessions.py) is accepted the same way and
+yields the same principal: looked up by digest in `api_sessions`, refused once revoked (logout)
+or past its end, and only while its person is in the effective policy.
 """
 
 from __future__ import annotations
@@ -23,9 +27,10 @@ import logging
 import secrets
 from datetime import datetime, timedelta
 
-from proxy.api.errors import unauthenticated
+from proxy.api.errors import ApiError, unauthenticated
 from proxy.grants.store import StateStoreUnavailable, Store
 from proxy.grants.store_schema import TokenRecord
+from proxy.identity.sessions import SESSION_PREFIX, session_digest
 from proxy.policy.models import Policy, UserName
 
 log = logging.getLogger(__name__)
@@ -37,6 +42,7 @@ TOKEN_ID_BYTES = 6  # the public id shown by `token list`, used by `token revoke
 MAX_TOKEN_LENGTH = 128
 TOUCH_INTERVAL = timedelta(minutes=1)
 HOW_TO_GET_ONE = "create one on the server host with: pgwarden token create USER"
+SIGN_IN_AGAIN = "sign in again with: pgwarden login"
 
 
 def new_token(user: UserName, now: datetime) -> tuple[str, TokenRecord]:
@@ -62,7 +68,7 @@ def bearer_secret(header: str | None) -> str:
     secret = secret.strip()
     if scheme.lower() != "bearer" or not secret:
         raise unauthenticated("the Authorization header must be: Bearer <token>")
-    if len(secret) > MAX_TOKEN_LENGTH or not secret.startswith(TOKEN_PREFIX):
+    if len(secret) > MAX_TOKEN_LENGTH or not secret.startswith((TOKEN_PREFIX, SESSION_PREFIX)):
         raise unauthenticated(f"invalid token ({HOW_TO_GET_ONE})")
     return secret
 
@@ -72,6 +78,8 @@ def authenticate(store: Store, secret: str, policy: Policy, now: datetime) -> Us
 
     Blocking (SQLite): call it in an executor.
     """
+    if secret.startswith(SESSION_PREFIX):
+        return authenticate_session(store, secret, policy, now)
     digest = token_digest(secret)
     with store.read() as tx:
         record = tx.token_by_digest(digest)
@@ -88,3 +96,29 @@ def authenticate(store: Store, secret: str, policy: Policy, now: datetime) -> Us
         except StateStoreUnavailable as exc:  # a bookkeeping write: never worth refusing a call
             log.debug("token %s: last use not recorded: %s", record.id, exc)
     return record.user
+
+
+def authenticate_session(store: Store, secret: str, policy: Policy, now: datetime) -> UserName:
+    """The person a single sign-on session speaks for; raises a 401 `ApiError`. Blocking."""
+    digest = session_digest(secret)
+    with store.read() as tx:
+        session = tx.api_session(digest)
+    if session is None or not hmac.compare_digest(session.digest, digest):
+        raise unauthenticated(f"unknown pgwarden session; {SIGN_IN_AGAIN}")
+    if session.revoked_at is not None:
+        ended = session.revoked_at.isoformat(timespec="seconds")
+        raise unauthenticated(f"your pgwarden session was ended at {ended}; {SIGN_IN_AGAIN}")
+    if now >= session.expires_at:
+        ended = session.expires_at.isoformat(timespec="seconds")
+        raise unauthenticated(f"your pgwarden session expired at {ended}; {SIGN_IN_AGAIN}")
+    if session.user not in policy.users:
+        raise PersonUnknown(f"{session.user!r} is no longer in the policy")
+    return session.user
+
+
+class PersonUnknown(ApiError):
+    """401: a valid session whose person this server's effective policy does not hold (yet:
+    they may have signed in on another replica a moment ago; `app.py` looks again once)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(401, "unauthenticated", message)

@@ -27,10 +27,10 @@ from aiohttp import web
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from proxy.addresses import ListenAddress
-from proxy.api.webhooks import Notifier
 from proxy.clock import Clock
 from proxy.grants.lifecycle import GrantService
 from proxy.grants.store import Store
+from proxy.identity.signin import SignInService
 from proxy.policy.models import Policy, UserName
 from proxy.session.registry import SessionRegistry
 from proxy.session.session import Ending, Session, SessionInfo
@@ -45,12 +45,33 @@ API_THREADS = 4
 WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", ""})  # noqa: S104 - names them to avoid them
 
 
+class Notifier(Protocol):
+    """Announces what the API did that the lifecycle does not (proxy/notify/outbox.py Outbox);
+    blocking: call it through `blocking()`."""
+
+    def session_killed(self, info: SessionInfo, actor: str, reason: str) -> None: ...
+
+
 class OtherWorkers(Protocol):
     """The sessions of the other worker processes (proxy/workers/primary.py WorkerSet)."""
 
     async def sessions(self) -> list[SessionInfo]: ...
     async def find(self, session_id: str) -> tuple[int, SessionInfo] | None: ...
     async def end(self, worker: int, session_id: str, ending: Ending) -> bool: ...
+
+
+class OtherReplicas(Protocol):
+    """The sessions of the other replicas (proxy/cluster/sessions.py ReplicaSync); blocking,
+    run in `ApiContext.blocking`. PgwardenError when the registry cannot be read."""
+
+    @property
+    def replica_id(self) -> str: ...
+    def sessions(self) -> list[tuple[str, SessionInfo]]: ...
+    def find(self, session_id: str) -> tuple[str, bool, SessionInfo] | None: ...
+    def order_kill(
+        self, holder: str, session_id: str, *, actor: str, message: str, detail: str
+    ) -> int: ...
+    def kill_outcome(self, order: int) -> bool | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +96,11 @@ class ApiContext:
     readiness_checks: list[ReadinessCheck] = field(default_factory=list)
     metrics: CollectorRegistry = REGISTRY  # what /metrics serves
     workers: OtherWorkers | None = None  # the other worker processes' sessions (proxy.workers)
+    replicas: OtherReplicas | None = None  # the other replicas' sessions (PostgreSQL store)
+    identity: SignInService | None = None  # single sign-on, when `identity.oidc` is configured
+    # Shown by /readyz without failing it: a replica serving logins from memory while its state
+    # database is away (proxy/cluster/replica.py) is still ready, and says so.
+    readiness_notes: list[ReadinessCheck] = field(default_factory=list)
     executor: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(API_THREADS, thread_name_prefix="pgwarden-api")
     )

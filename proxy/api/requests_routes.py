@@ -32,7 +32,6 @@ from proxy.api.views import (
 )
 from proxy.grants.lifecycle import LifecycleError
 from proxy.grants.requests import AccessRequest, Approval, RequestId, RequestState
-from proxy.grants.rules import count_approvals, rule_or_none
 from proxy.grants.store import (
     DEFAULT_LIST_LIMIT,
     MAX_LIST_LIMIT,
@@ -77,7 +76,6 @@ async def create(request: web.Request) -> web.Response:
         ctx.grants.create_request, user, TargetName(body["target"]),
         AccessLevelName(body["access_level"]), duration, body.get("reason", ""),
     )  # fmt: skip
-    ctx.notifier.request_created(created)
     return web.json_response(_summary(ctx.policy(), created, ()), status=201)
 
 
@@ -108,7 +106,7 @@ async def approve(request: web.Request) -> web.Response:
     ctx, user, request_id = _parts(request)
     comment = (await read_body(request, APPROVE)).get("comment", "")
 
-    def work() -> tuple[AccessRequest, tuple[Approval, ...], bool]:
+    def work() -> tuple[AccessRequest, tuple[Approval, ...]]:
         policy = ctx.policy()
         before = _visible(ctx, policy, request_id, user)
         prior = ctx.grants.approvals(request_id)
@@ -120,16 +118,10 @@ async def approve(request: web.Request) -> web.Response:
                 f"you cannot approve your own request {request_id} (admins neither){who}",
             )  # fmt: skip
         after = ctx.grants.approve(request_id, user, comment)
-        first_time = all(a.approver != user for a in prior)
-        return after, ctx.grants.approvals(request_id), first_time
+        return after, ctx.grants.approvals(request_id)
 
-    after, approvals, first_time = await ctx.blocking(work)
-    policy = ctx.policy()
-    rule = rule_or_none(policy, after)
-    if first_time and rule is not None:
-        received = count_approvals(policy, after, approvals)
-        ctx.notifier.request_approved(after, user, comment, received, rule.required_approvals)
-    return web.json_response(_summary(policy, after, approvals))
+    after, approvals = await ctx.blocking(work)
+    return web.json_response(_summary(ctx.policy(), after, approvals))
 
 
 async def deny(request: web.Request) -> web.Response:
@@ -140,7 +132,6 @@ async def deny(request: web.Request) -> web.Response:
     denied = await ctx.blocking(
         _act, ctx, request_id, user, lambda: ctx.grants.deny(request_id, user, reason)
     )
-    ctx.notifier.request_denied(denied, user, reason)
     return web.json_response(_summary(ctx.policy(), denied, ()))
 
 
@@ -162,7 +153,6 @@ async def revoke(request: web.Request) -> web.Response:
         )
     except StateStoreUnavailable as exc:
         raise store_unavailable(exc, await _kill_instead(ctx, request_id, user)) from exc
-    ctx.notifier.request_revoked(revoked, user, reason)
     return web.json_response(_summary(ctx.policy(), revoked, ()))
 
 

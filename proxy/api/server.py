@@ -16,12 +16,19 @@ from aiohttp import web
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from proxy.api.app import build_app
-from proxy.api.context import ApiContext, OtherWorkers, ProxyAddress, ReadinessCheck
-from proxy.api.webhooks import Notifier
+from proxy.api.context import (
+    ApiContext,
+    Notifier,
+    OtherReplicas,
+    OtherWorkers,
+    ProxyAddress,
+    ReadinessCheck,
+)
 from proxy.clock import Clock
 from proxy.config import ServerConfig
 from proxy.grants.lifecycle import GrantService
 from proxy.grants.store import StateStoreUnavailable, Store
+from proxy.identity.signin import SignInService
 from proxy.policy.models import Policy
 from proxy.session.server import ProxyServer
 
@@ -61,6 +68,8 @@ class ApiServer:
         if self._runner is not None:
             runner, self._runner = self._runner, None
             await runner.cleanup()
+        if self.context.identity is not None:
+            await self.context.identity.close()
         self.context.executor.shutdown(wait=True, cancel_futures=True)
 
 
@@ -76,21 +85,40 @@ def api_server(
     metrics: CollectorRegistry = REGISTRY,
     checks: Iterable[ReadinessCheck] = (),
     workers: OtherWorkers | None = None,
+    replicas: OtherReplicas | None = None,
+    identity: SignInService | None = None,
+    store_tolerated: Callable[[], bool] | None = None,
 ) -> ApiServer:
     """The API of a pgwarden: its grants, store, policy, live sessions and notifier; `checks`
-    add to the readiness of the store, policy and listener; `workers` are the other processes."""
+    add to the readiness of the store, policy and listener; `workers` are the other processes.
+    `store_tolerated`: whether a state store problem leaves the server ready (a replica serving
+    logins from memory, within `state.max_staleness`): then it is a note, not a problem."""
     address = ProxyAddress(
         listen=config.proxy.listen,
         public=config.api.public_proxy_address,
         bound_port=lambda: proxy.port,
         tls=config.proxy.tls is not None,
     )
-    ready = [store_check(store), policy_check(policy), listener_check(proxy), *checks]
+    state = store_check(store)
+    notes = []
+    if store_tolerated is not None:
+        state, notes = _unless(store_tolerated, state), [_while(store_tolerated, state)]
+    ready = [state, policy_check(policy), listener_check(proxy), *checks]
     context = ApiContext(
         grants, store, policy, clock, proxy.ctx.registry, notifier, address, ready, metrics,
-        workers,
+        workers, replicas, identity=identity, readiness_notes=notes,
     )  # fmt: skip
     return ApiServer(context, config.api.listen.host, config.api.listen.port)
+
+
+def _unless(tolerated: Callable[[], bool], check: ReadinessCheck) -> ReadinessCheck:
+    """`check`, passing while `tolerated()` holds."""
+    return lambda: None if tolerated() else check()
+
+
+def _while(tolerated: Callable[[], bool], check: ReadinessCheck) -> ReadinessCheck:
+    """`check`'s problem as a note while `tolerated()` holds (after, it is a problem)."""
+    return lambda: check() if tolerated() else None
 
 
 def listener_check(proxy: ProxyServer) -> ReadinessCheck:

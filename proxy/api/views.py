@@ -106,8 +106,9 @@ def needs_text(status: JsonObject) -> str:
     return f"{missing} more {noun} from: {', '.join(who) or 'nobody eligible'}"
 
 
-def session_view(info: SessionInfo) -> JsonObject:
-    return {
+def session_view(info: SessionInfo, replica: str | None = None) -> JsonObject:
+    """A live session; with several replicas, `replica` names the one that holds it."""
+    view: JsonObject = {
         "id": info.session_id,
         "user": info.user,
         "target": info.target,
@@ -119,6 +120,9 @@ def session_view(info: SessionInfo) -> JsonObject:
         "started_at": timestamp(info.started_at),
         "ends_at": timestamp(info.grant_ends_at),
     }
+    if replica is not None:
+        view["replica"] = replica
+    return view
 
 
 def targets_view(policy: Policy, user: UserName) -> JsonObject:

@@ -33,11 +33,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from proxy.audit.records import ARCHIVE_DIGITS, GENESIS, Signer, archive_seq
+from proxy.audit.records import ANCHOR_SUFFIX, ARCHIVE_DIGITS, GENESIS, Signer, archive_seq
 
 ANCHOR_DOMAIN = b"pgwarden-audit-anchor-v1\n"
 ANCHOR_VERSION = 1
-ANCHOR_SUFFIX = ".anchor"
 MAX_ANCHOR_BYTES = 16 * 1024 * 1024  # ~100,000 files listed: far above any real segment
 _HEX64 = frozenset("0123456789abcdef")
 _CHUNK = 1024 * 1024

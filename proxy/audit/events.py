@@ -149,6 +149,19 @@ class TokenRevoked(AuditEvent):
 
 
 @dataclass(frozen=True, slots=True)
+class StateMigrated(AuditEvent):
+    """A SQLite state file was copied into a PostgreSQL store (`pgwarden store migrate`) by the
+    OS user `by`; `target` names the database and schema, never a user or password."""
+
+    kind: ClassVar[str] = "state.migrated"
+    source: str
+    target: str
+    requests: int
+    api_tokens: int
+    by: str
+
+
+@dataclass(frozen=True, slots=True)
 class LifecycleOutcome(AuditEvent):
     """Whether the lifecycle records `first_seq`..`last_seq`, written before their state-store
     commit (write-ahead), took effect. A run of lifecycle records with no outcome after it was
@@ -169,6 +182,58 @@ class CredentialIssued(AuditEvent):
     grant_id: str
     user: str
     expires_at: datetime
+
+
+# -- single sign-on (proxy/identity) ----------------------------------------------------------
+# A session is named by its public id (`ses_` + a prefix of its token's digest), never its token.
+
+
+@dataclass(frozen=True, slots=True)
+class PersonSignedIn(AuditEvent):
+    """`user` (the provider's `subject` at `issuer`) signed in, or refreshed (`method`: device,
+    browser or refresh), with the provider's `groups`; `replaced`: the sessions a refresh ended."""
+
+    kind: ClassVar[str] = "identity.signed_in"
+    user: str
+    issuer: str
+    subject: str
+    groups: tuple[str, ...]
+    method: str
+    session: str
+    expires_at: datetime
+    replaced: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class PersonSignedOut(AuditEvent):
+    kind: ClassVar[str] = "identity.signed_out"
+    user: str
+    session: str
+    refresh_token_revoked: bool  # the provider's refresh token was sent along to be revoked
+
+
+@dataclass(frozen=True, slots=True)
+class SignInRefusal(AuditEvent):
+    """A sign-in step refused (`reason`: the metric's label); `user` when it is known."""
+
+    kind: ClassVar[str] = "identity.sign_in_refused"
+    method: str
+    reason: str
+    issuer: str
+    user: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class PersonRemoved(AuditEvent):
+    """The provider said `user`'s account is gone: their sessions end, and their grants
+    (revoked by `<identity>`, in their own records)."""
+
+    kind: ClassVar[str] = "identity.person_removed"
+    user: str
+    issuer: str
+    subject: str
+    evidence: str
 
 
 # -- logins and sessions -----------------------------------------------------------------------

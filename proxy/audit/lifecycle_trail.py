@@ -17,11 +17,13 @@ from typing import Final
 from proxy.audit.records import Record
 
 # The kinds a lifecycle action writes ahead of its commit (`runtime/auditing.py`, and the token
-# commands' own chain, `commands/token_audit.py`).
+# commands' own chain, `commands/token_audit.py`, which `store migrate` writes too; sign-ins:
+# `runtime/identity_audit.py`).
 LIFECYCLE_KINDS: Final = frozenset({
     "request.created", "request.approved", "grant.activated", "request.denied",
     "request.cancelled", "request.lapsed", "credential.issued", "grant.expired", "grant.revoked",
-    "token.created", "token.revoked",
+    "token.created", "token.revoked", "state.migrated",
+    "identity.signed_in", "identity.signed_out", "identity.person_removed",  # proxy/identity
 })  # fmt: skip
 WRITE_AHEAD_FORMAT: Final = 2
 # Records awaiting their outcome at once: a handful per action in flight; past this, the oldest

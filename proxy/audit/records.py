@@ -18,6 +18,16 @@ Files: the active file is the configured path (`audit.jsonl`); at rotation it is
 `audit.jsonl.<seq of its first record, 12 digits>`, so names sort in chain order and a missing
 file shows as a gap in `seq`. The head (`audit.jsonl.head`) anchors the last durable record
 (seq and mac) with its own MAC under `HEAD_DOMAIN`; it is replaced atomically.
+
+Chains: one per writing process, each named after the configured path (`chain_path`): the
+server's own (`audit.jsonl`), each worker's (`audit.worker1.jsonl`), the token commands'
+(`audit.commands.jsonl`). With a PostgreSQL state store every server is a replica of several,
+and each of its chains carries the replica's name (`audit.a.jsonl`, `audit.a.worker1.jsonl`,
+`audit.a.commands.jsonl`), so that the chains of every replica can be gathered in one
+directory, and replicas that share one never write one file; their `audit.opened` records name
+the file, hence the replica. The replica's name sits where a worker's does, so a name whose last
+part is a process's (`worker1`, `commands`) or a side file's (`head`, a number) would stand for
+another chain's file: `proxy.config.check_replica` refuses those.
 """
 
 from __future__ import annotations
@@ -34,6 +44,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from proxy.config import check_replica
 from proxy.policy.models import SecretRef
 
 # 2: lifecycle records are written ahead of their state-store commit, each run of them settled
@@ -47,6 +58,7 @@ HEAD_DOMAIN = b"pgwarden-audit-head-v1\n"
 MIN_KEY_BYTES = 16  # below this an HMAC key can be guessed
 ENVELOPE = frozenset({"seq", "ts", "kind", "prev", "mac"})  # event fields may not use these
 HEAD_SUFFIX = ".head"
+ANCHOR_SUFFIX = ".anchor"  # the archive anchor (`archive.py`)
 ARCHIVE_DIGITS = 12
 
 _TS = re.compile(r"[0-9T:.Z-]+")
@@ -213,24 +225,91 @@ def head_path(active: Path) -> Path:
     return active.with_name(active.name + HEAD_SUFFIX)
 
 
-def worker_audit_path(audit_log: Path, worker: int) -> Path:
-    """Worker 0 (the primary) writes `audit_log`; worker k its own chain, `<stem>.worker<k><suffix>`
-    (`proxy.workers`: one chain per process, since each appends on its own)."""
-    if worker == 0:
-        return audit_log
-    return audit_log.with_name(f"{audit_log.stem}.worker{worker}{audit_log.suffix}")
+def chain_path(audit_log: Path, replica: str = "", process: str = "") -> Path:
+    """The active file of one chain: `<stem>[.<replica>][.<process>]<suffix>` beside `audit_log`
+    (`replica` "": a server with a SQLite store; `process` "": the server's own process)."""
+    name = ".".join(part for part in (audit_log.stem, replica, process) if part)
+    return audit_log.with_name(name + audit_log.suffix)
 
 
-def commands_audit_path(audit_log: Path) -> Path:
+def worker_audit_path(audit_log: Path, worker: int, replica: str = "") -> Path:
+    """Worker 0 (the primary) writes the server's chain; worker k its own, `<stem>.worker<k>
+    <suffix>` (`proxy.workers`: one chain per process, since each appends on its own)."""
+    return chain_path(audit_log, replica, f"worker{worker}" if worker else "")
+
+
+def commands_audit_path(audit_log: Path, replica: str = "") -> Path:
     """The chain the server host's commands write (`pgwarden token create|revoke`): each runs as
     its own process, and a chain has one writer at a time (they take `<chain>.lock`)."""
-    return audit_log.with_name(f"{audit_log.stem}.commands{audit_log.suffix}")
+    return chain_path(audit_log, replica, COMMANDS)
 
 
-def worker_audit_paths(audit_log: Path, max_workers: int) -> list[Path]:
+def worker_audit_paths(audit_log: Path, max_workers: int, replica: str = "") -> list[Path]:
     """The primary's audit log and every worker's that exists beside it, in worker order."""
-    workers = (worker_audit_path(audit_log, k) for k in range(1, max_workers))
-    return [audit_log, *(path for path in workers if path.exists())]
+    workers = (worker_audit_path(audit_log, k, replica) for k in range(1, max_workers))
+    return [worker_audit_path(audit_log, 0, replica), *(p for p in workers if p.exists())]
+
+
+COMMANDS = "commands"
+_PROCESS = re.compile(r"worker([1-9][0-9]*)|commands")
+
+
+# Last parts of a replica's name that would make its chain another file: a process's (worker1,
+# commands) or, when the configured path has no suffix, a side file's (`audit.a.head`).
+@dataclass(frozen=True, slots=True, order=True)
+class Chain:
+    """Whose chain a file is: a replica's ("": a server with a SQLite store), and which process
+    of it wrote it (worker 0: the server's own; `commands`: the token commands)."""
+
+    replica: str
+    commands: bool
+    worker: int
+
+    def path(self, audit_log: Path) -> Path:
+        if self.commands:
+            return commands_audit_path(audit_log, self.replica)
+        return worker_audit_path(audit_log, self.worker, self.replica)
+
+    def describe(self) -> str:
+        process = "token commands" if self.commands else f"worker {self.worker}"
+        owner = f"replica {self.replica}" if self.replica else "the server"
+        return owner if not (self.commands or self.worker) else f"{owner}, {process}"
+
+
+def chain_of(audit_log: Path, name: str) -> Chain | None:
+    """The chain whose active file is called `name`, among those named after `audit_log`; None
+    for any other file (archives, heads, anchors, other logs)."""
+    stem, suffix = audit_log.stem, audit_log.suffix
+    if not (name.startswith(stem) and name.endswith(suffix)) or len(name) < len(stem + suffix):
+        return None
+    middle = name[len(stem) : len(name) - len(suffix)]
+    if not middle:
+        return Chain("", False, 0)
+    if not middle.startswith("."):
+        return None
+    replica, _, last = middle[1:].rpartition(".")
+    process = _PROCESS.fullmatch(last)
+    if process is None:
+        replica, process_text, worker = middle[1:], "", 0
+    else:
+        process_text, worker = last, int(process.group(1) or 0)
+    if replica and check_replica(replica) is not None:
+        return None
+    return Chain(replica, process_text == COMMANDS, worker)
+
+
+def chains_beside(audit_log: Path) -> list[Chain]:
+    """Every chain named after `audit_log` in its directory, in order (replica, then process):
+    those with an active file, and those whose file is gone but whose head or anchor is left."""
+    found: set[Chain] = set()
+    if audit_log.parent.is_dir():
+        for candidate in audit_log.parent.iterdir():
+            name = candidate.name
+            for side in (HEAD_SUFFIX, ANCHOR_SUFFIX):
+                name = name.removesuffix(side) if name.endswith(side) else name
+            if (chain := chain_of(audit_log, name)) is not None:
+                found.add(chain)
+    return sorted(found)
 
 
 def archive_path(active: Path, first_seq: int) -> Path:

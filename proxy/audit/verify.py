@@ -13,7 +13,9 @@ wrong — and nothing after it is trusted:
 - a truncated tail: the log ends before the head's seq (or mid-line: a torn write that the server
   seals when it next opens the log);
 - a worker's chain put in another worker's place (`proxy.workers`): its `audit.opened` records
-  name the file it was opened as, and that file's worker must be this one's.
+  name the file it was opened as, and that file's worker must be this one's; for a replica's
+  chain (`records.chain_path`), whose name was never anything else, the file must be this one
+  (`opened_as`), so that one replica's chain cannot stand in for another's.
 
 The report lists the workers the log says were started (`worker.started`, in the primary's log),
 so that a deleted worker chain is noticed too (`proxy/commands/audit_verify.py`), and the records
@@ -149,15 +151,18 @@ def _seqs(seqs: tuple[int, ...]) -> str:
     return shown + (", ..." if len(seqs) > MAX_SEQS_SHOWN else "")
 
 
-def verify(path: Path, key: bytes, *, archives: Sequence[Path] = ()) -> VerifyReport:
+def verify(
+    path: Path, key: bytes, *, archives: Sequence[Path] = (), opened_as: str | None = None
+) -> VerifyReport:
     """Verify the log at `path` (its active file); with `archives`, the directories its archived
-    files were moved to (`pgwarden audit archive`), verify them and the log as one chain."""
+    files were moved to (`pgwarden audit archive`), verify them and the log as one chain. With
+    `opened_as`, every `audit.opened` record must name that file (a replica's chain)."""
     files = log_files(path)
     if not files:
         raise VerifyUnreadable(f"no audit log at {path}")
     if missing := [str(d) for d in archives if not d.is_dir()]:
         raise VerifyUnreadable(f"no archive directory at {', '.join(missing)}")
-    walk = _Walk(Signer(key), worker_of(path.name))
+    walk = _Walk(Signer(key), worker_of(path.name), opened_as)
     head, head_problem = None, None
     try:
         head = walk.signer.parse_head(head_path(path).read_bytes())
@@ -206,9 +211,10 @@ class _Found(Exception):
 
 
 class _Walk:
-    def __init__(self, signer: Signer, worker: int) -> None:
+    def __init__(self, signer: Signer, worker: int, opened_as: str | None = None) -> None:
         self.signer = signer
         self.worker = worker
+        self.opened_as = opened_as
         self.workers_started: set[int] = set()
         self.expected = 1
         self.prev = GENESIS
@@ -280,6 +286,10 @@ class _Walk:
     def _kind_checks(self, record: Record, fail: Callable[[str, int | None], _Found]) -> None:
         if record.kind == "audit.opened":
             opened_as = str(record.body.get("file", ""))
+            if self.opened_as is not None and opened_as != self.opened_as:
+                raise fail(f"this chain was opened as {opened_as}, not {self.opened_as}: "
+                           "another replica's or process's chain put in its place?",
+                           record.seq)  # fmt: skip
             if worker_of(opened_as) != self.worker:
                 raise fail(f"this chain was opened as {opened_as}, a file of worker "
                            f"{worker_of(opened_as)}, not {self.worker}: a chain put in another's "

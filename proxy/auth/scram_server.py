@@ -136,6 +136,7 @@ class ScramServer:
         channel_binding: bytes | None = None,
         require_channel_binding: bool = False,
         still_valid: Callable[[ScramVerifier], bool] | None = None,
+        late_verifiers: Callable[[], Sequence[ScramVerifier]] | None = None,
         nonce_factory: Callable[[], str] = new_nonce,
         mock_iterations: int = DEFAULT_ITERATIONS,
     ) -> None:
@@ -143,8 +144,11 @@ class ScramServer:
         for several grants): the proof is checked against each, and `matched` says which held.
         `channel_binding` is our certificate's tls-server-end-point hash (None on plaintext);
         `still_valid` is asked at the last step whether the grant of the verifier that matched
-        still holds (SECURITY.md row 16); `mock_iterations` should equal the count real verifiers
-        use."""
+        still holds (SECURITY.md row 16); `late_verifiers` is asked, when the proof holds for
+        none, for verifiers the caller did not know of at the start (a credential issued a moment
+        ago elsewhere): those sharing the salt are checked too. It is asked on a mock exchange as
+        well, so that a wrong password costs the same whether or not the user has a credential.
+        `mock_iterations` should equal the count real verifiers use."""
         if len(mock_secret) < MIN_MOCK_SECRET_LENGTH:
             raise ValueError(f"mock_secret must be at least {MIN_MOCK_SECRET_LENGTH} bytes")
         if require_channel_binding and channel_binding is None:
@@ -159,7 +163,7 @@ class ScramServer:
         self._matched: int | None = None
         self._channel_binding = channel_binding
         self._require_channel_binding = require_channel_binding
-        self._still_valid = still_valid
+        self._still_valid, self._late_verifiers = still_valid, late_verifiers
         self._nonce_factory = nonce_factory
         self._state = ServerState.AWAITING_CLIENT_FIRST
         self._client_first: ClientFirst | None = None
@@ -225,7 +229,26 @@ class ScramServer:
             signatures.append(signature)
             if valid and matched is None:
                 matched = index
+        if matched is None and self._late_verifiers is not None:
+            late = self._usable_late(tuple(self._late_verifiers()))
+            for index, verifier in enumerate(late, start=len(signatures)):
+                valid, signature = check_proof(verifier, auth_message, proof)
+                signatures.append(signature)
+                if valid and matched is None:
+                    matched = index
+            if late:  # only ever on a genuine exchange (`_usable_late`)
+                self._credentials = _Credentials(self._credentials.verifiers + late, genuine=True)
         return matched, signatures[matched or 0]
+
+    def _usable_late(self, late: tuple[ScramVerifier, ...]) -> tuple[ScramVerifier, ...]:
+        """The late verifiers to check: none on a mock exchange (the salt sent was not a real
+        one); on a genuine one they must share the salt sent, as the first ones do."""
+        if not self._credentials.genuine:
+            return ()
+        first = self._credentials.verifiers[0]
+        if any((v.salt, v.iterations) != (first.salt, first.iterations) for v in late):
+            raise ValueError("late verifiers must share the salt and iteration count sent")
+        return late
 
     def _check_outcome(self, matched: int | None) -> None:
         """Fail with the one client-visible error; its typed `reason` is for pgwarden only."""

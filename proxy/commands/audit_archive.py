@@ -8,7 +8,9 @@ nothing, are in `proxy/audit/archiving.py`; running the command again finishes t
 `--keep N` leaves the N newest rotated files; `--before DATE` archives only files whose last
 record is older than DATE (ISO 8601, UTC unless it says otherwise); with both, a file must pass
 both. The file being written is never archived. The key and PATH are read as `audit verify`
-reads them; with `--config` and no PATH every worker's chain is archived too.
+reads them; with `--config` and no PATH every worker's chain is archived too, and with a
+PostgreSQL store every chain of every replica found beside the configured log (each chain on
+its own: its files and anchor carry its name, so the chains of several replicas may share DIR).
 
 Prints one line per chain on stdout and exits 0 when done (or when there is nothing to archive);
 exits 1 when a chain does not verify (nothing of it is archived); 2 when the log, the key or DIR
@@ -32,13 +34,14 @@ from proxy.audit.archiving import (
     ChainBroken,
     archive_chain,
 )
-from proxy.audit.records import worker_audit_paths
+from proxy.audit.records import chains_beside, worker_audit_paths
 from proxy.audit.verify import VerifyUnreadable, verify
 from proxy.clock import SYSTEM_CLOCK
 from proxy.commands.audit_verify import (
     EXIT_OK,
     EXIT_TAMPERED,
     EXIT_UNREADABLE,
+    Source,
     SourceUnreadable,
     add_key_arguments,
     log_and_key,
@@ -64,12 +67,12 @@ def run(args: argparse.Namespace) -> int:
         return _fail("pgwarden: say which files to archive: --keep N (rotated files to keep) "
                      "or --before DATE", EXIT_UNREADABLE)  # fmt: skip
     try:
-        path, key, every_chain = log_and_key(args)
+        source = log_and_key(args)
     except SourceUnreadable as exc:
         return _fail(f"pgwarden: {exc}", EXIT_UNREADABLE)
-    archivist = _archivist()
+    archivist, key = _archivist(), source.key
     status = EXIT_OK
-    for chain in worker_audit_paths(path, MAX_WORKERS) if every_chain else [path]:
+    for chain in _chains(source):
         try:
             result = archive_chain(
                 chain, key, args.destination, keep=args.keep, before=args.before,
@@ -86,6 +89,14 @@ def run(args: argparse.Namespace) -> int:
         if not rest.ok:  # what is left no longer verifies: say so loudly
             status = max(status, _fail(f"{chain}: {rest.summary()}", EXIT_TAMPERED))
     return status
+
+
+def _chains(source: Source) -> list[Path]:
+    """The chains to archive: every replica's found (`audit_replicas.py`), every worker's of one
+    server (with --config and no PATH), or the one named."""
+    if source.replicas():
+        return [chain.path(source.path) for chain in chains_beside(source.path)]
+    return worker_audit_paths(source.path, MAX_WORKERS) if source.every_chain else [source.path]
 
 
 def _describe(result: ArchiveResult, destination: Path) -> str:

@@ -35,7 +35,7 @@ from proxy.config import (
 )
 from proxy.policy.durations import format_duration as fmt
 from proxy.policy.models import ApprovalRule, Policy, SecretRef, Target, UpstreamTlsMode
-from proxy.policy.policy_file import PolicyError, PolicyUnreadable, load_policy
+from proxy.policy.policy_file import PolicyError, PolicyUnreadable, load_policy, unheld_names
 from proxy.policy.yaml_strict import DocumentError
 from proxy.upstream.probe import inspect_policy_roles
 
@@ -56,11 +56,17 @@ def add_policy_check_arguments(parser: argparse.ArgumentParser) -> None:
         help="also log in as every mapped role and report what it can do (superuser, "
         "CREATEROLE, BYPASSRLS, large objects, temporary tables, pg_signal_backend)",
     )  # fmt: skip
+    parser.add_argument(
+        "--sso", action="store_true",
+        help="people sign in through an identity provider (identity.oidc): users: may be left "
+        "out, and rules may name users and groups that only the provider holds (listed)",
+    )  # fmt: skip
 
 
 def run_policy_check(args: argparse.Namespace) -> int:
     try:
-        policy = load_policy(args.file)
+        sso = bool(getattr(args, "sso", False))
+        policy = load_policy(args.file, people_from_identity=sso)
     except PolicyUnreadable as exc:
         return _unreadable(exc)
     except PolicyError as exc:
@@ -68,6 +74,8 @@ def run_policy_check(args: argparse.Namespace) -> int:
     connect = bool(getattr(args, "connect", False))
     # With --connect each role's secret is used for real, and a missing one is a finding there.
     warnings = policy_warnings(policy, os.environ, role_secrets=not connect)
+    if sso:
+        warnings += _unheld_warnings(policy)
     summary = describe_policy(policy)
     if not connect:
         _print(summary, warnings)
@@ -100,6 +108,13 @@ def run_config_check(args: argparse.Namespace) -> int:
         return _invalid(exc, "config")
     _print(describe_config(config), config_warnings(config, os.environ))
     return EXIT_OK
+
+
+def _unheld_warnings(policy: Policy) -> list[str]:
+    users, groups = unheld_names(policy)
+    return [f"{what} {', '.join(sorted(names))}: in no user of users:, so only the identity "
+            "provider can supply them; check the spelling against the provider's"
+            for what, names in (("users", users), ("groups", groups)) if names]  # fmt: skip
 
 
 def _unreadable(exc: DocumentError) -> int:

@@ -1,10 +1,13 @@
-"""Where the CLI finds the server and its token: the environment, else a small YAML file.
+"""Where the CLI finds the server and its credential: the environment, else a small YAML file.
 
 `PGWARDEN_URL` and `PGWARDEN_TOKEN` win; each one not set is read from the config file,
 `$XDG_CONFIG_HOME/pgwarden/cli.yaml` (by default `~/.config/pgwarden/cli.yaml`):
 
     url: https://pgwarden.internal:8080
     token: pgw_...
+
+An API token (automation, or people without single sign-on) is used when there is one; else the
+session of `pgwarden login` (`session_file.py`), which `transport.py` opens and refreshes.
 
 The file is read strictly (unknown keys are errors). It holds a secret, so a file that others can
 read draws a warning. The URL must be http or https; a plain-http URL to a host that is not this
@@ -24,6 +27,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from proxy.addresses import is_loopback
+from proxy.commands.session_file import session_path
 
 CONFIG_KEYS = frozenset({"url", "token"})
 
@@ -35,7 +39,8 @@ class ClientConfigError(Exception):
 @dataclass(frozen=True, slots=True)
 class ClientConfig:
     url: str  # without a trailing slash
-    token: str = field(repr=False)
+    token: str = field(repr=False)  # an API token or a session token; "": use the session file
+    session_file: Path | None = None  # where `pgwarden login` keeps the session
 
 
 def config_file(env: Mapping[str, str]) -> Path:
@@ -43,7 +48,11 @@ def config_file(env: Mapping[str, str]) -> Path:
     return Path(base) / "pgwarden" / "cli.yaml"
 
 
-def load_client_config(env: Mapping[str, str] | None = None) -> ClientConfig:
+def load_client_config(
+    env: Mapping[str, str] | None = None, *, need_credential: bool = True
+) -> ClientConfig:
+    """The server and the credential; `token` is "" when the session file is to be used (it
+    exists), or with `need_credential=False` (login and logout need the URL only)."""
     env = os.environ if env is None else env
     url, token = env.get("PGWARDEN_URL", ""), env.get("PGWARDEN_TOKEN", "")
     path = config_file(env)
@@ -53,12 +62,13 @@ def load_client_config(env: Mapping[str, str] | None = None) -> ClientConfig:
     where = f"set PGWARDEN_URL and PGWARDEN_TOKEN, or write url: and token: in {path}"
     if not url:
         raise ClientConfigError(f"no server URL: {where}")
-    if not token:
+    session = session_path(env)
+    if not token and need_credential and not session.exists():
         raise ClientConfigError(
-            f"no API token: {where} (an admin creates one on the server host with: "
-            "pgwarden token create YOUR_NAME)"
+            f"no API token and not signed in: sign in with: pgwarden login, or {where} (an admin "
+            "creates a token on the server host with: pgwarden token create YOUR_NAME)"
         )
-    return ClientConfig(_check_url(url), token.strip())
+    return ClientConfig(_check_url(url), token.strip(), session)
 
 
 def _read_file(path: Path) -> dict[str, str]:

@@ -23,7 +23,8 @@ from pathlib import Path
 
 from proxy.config import ConfigError, load_config
 from proxy.errors import PgwardenError
-from proxy.runtime.serve import WorkerArgs, run_event_loop, serve
+from proxy.runtime.event_loop import run_event_loop
+from proxy.runtime.serve import WorkerArgs, serve
 from proxy.runtime.startup import StartupError, config_problem
 
 EXIT_FAILED = 1

@@ -24,7 +24,7 @@ from proxy.audit.records import commands_audit_path
 from proxy.clock import SYSTEM_CLOCK
 from proxy.config import FsyncPolicy, ServerConfig
 from proxy.runtime.auditing import SecretsToRedact
-from proxy.runtime.startup import StartupError, audit_key, open_audit
+from proxy.runtime.startup import StartupError, audit_key, audit_replica, open_audit
 
 # How long a command waits for its record's fsync (`audit.fsync: always`) before it gives up.
 DURABLE_TIMEOUT = 10.0
@@ -42,7 +42,7 @@ def os_user() -> str:
 def recorded_ahead(config: ServerConfig, event: AuditEvent) -> Iterator[None]:
     """Write `event` to the commands' chain, then run the block (the store change); its outcome
     follows. StartupError (exit 2) if the record cannot be written: the block does not run."""
-    path = commands_audit_path(config.paths.audit_log)
+    path = commands_audit_path(config.paths.audit_log, audit_replica(config))
     key = audit_key(config.audit.hmac_key, config.paths.audit_log)
     with _locked(path), _opened(config, key, path) as log:
         try:

@@ -4,6 +4,10 @@ Every line of the block runs as it stands in a fresh bash or zsh: the first puts
 `pgwarden` on PATH, the next sets the server URL and alice's token, and the rest use real ids (the
 demo files one request for the user to approve) and the config whose key file verifies the audit
 log. The demo's last line repeats the PATH line, for the README's commands.
+
+With the local OpenID provider running (`sign_in.py`), a second block signs in as a person
+instead: `pgwarden login` shows an address and a code, the person signs in there as alice or
+carol with the password printed beside it, and the commands that follow use that session.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 BLOCK_START = "Try it in another terminal"
+SIGN_IN_START = "Or sign in as a person, with single sign-on through the local OpenID provider"
 QUERY = "SELECT count(*) FROM orders"
 AUDIT_SUMMARY = re.compile(r"ok: (\d+) records in (\d+) files?, head seq (\d+)")
 
@@ -82,3 +87,24 @@ EXPLANATION = """\
 The first line puts pgwarden on PATH, the second makes you alice. The demo left a request of
 alice's pending: carol approves it (with her token), then alice queries through pgwarden (without
 `-- -c ...`, psql's prompt) and asks for read-write, which waits for an approver."""
+
+
+def sign_in_block(*, api_port: int) -> Sequence[str]:
+    """The lines to paste for single sign-on: an API token set in this shell would win over it."""
+    return [
+        path_line(),
+        f"unset PGWARDEN_TOKEN; export PGWARDEN_URL=http://127.0.0.1:{api_port}",
+        "pgwarden login",
+        "pgwarden requests",
+    ]
+
+
+def sign_in_explanation(issuer: str, alice: str, carol: str) -> str:
+    """How to finish `pgwarden login` at the provider, with the demo's passwords."""
+    return (
+        f"pgwarden login shows an address at {issuer} and a code: open it in a\n"
+        f"browser, enter the code, and sign in as alice / {alice} (her group, engineers, comes\n"
+        f"from the provider). To approve, sign in as carol / {carol} (group leads): pgwarden\n"
+        "logout, then pgwarden login. With a browser on this machine, pgwarden login --browser\n"
+        "skips the code. These passwords are made up for this demo, and end with it."
+    )

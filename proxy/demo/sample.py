@@ -40,13 +40,15 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO shop_rw;
 """
 
 POLICY = """\
-# The demo's policy: alice (a developer) asks, carol (a DBA) approves.
+# The demo's policy: alice (an engineer) asks, carol (a lead) approves. With single sign-on
+# the groups come from the identity provider too (the same ones here); these users stay for the
+# demo's API tokens.
 version: 1
-admin_groups: [dba]
+admin_groups: [leads]
 pending_timeout: 1h
 users:
-  alice: {{groups: [developers]}}
-  carol: {{groups: [dba]}}
+  alice: {{groups: [engineers]}}
+  carol: {{groups: [leads]}}
 targets:
   shop:
     description: the demo shop database
@@ -54,7 +56,7 @@ targets:
     max_duration: 1h
     control: {{role: pgwarden_control, password_env: DEMO_CONTROL_PASSWORD}}
     approval:
-      approvers: {{groups: [dba]}}
+      approvers: {{groups: [leads]}}
       required_approvals: 1
       require_reason: true
     access_levels:
@@ -123,14 +125,17 @@ def create_shop(cluster: LocalCluster, demo: DemoSecrets) -> None:
 
 
 def write_files(
-    directory: Path, cluster: LocalCluster, demo: DemoSecrets, proxy_port: int, api_port: int
-) -> Path:
-    """policy.yaml, pgwarden.yaml and the audit key (mode 600) for the demo; returns the config."""
+    directory: Path, cluster: LocalCluster, demo: DemoSecrets, ports: tuple[int, int],
+    identity: str = "",
+) -> Path:  # fmt: skip
+    """policy.yaml, pgwarden.yaml (with `identity`, the single sign-on section, if any) and the
+    audit key (mode 600) for the demo; returns the config. `ports`: the proxy's, the API's."""
     (directory / "audit").mkdir(parents=True, exist_ok=True)
     key = directory / "audit.key"
     key.touch(mode=0o600)
     key.write_text(demo.audit_key)
     (directory / "policy.yaml").write_text(POLICY.format(port=cluster.port))
     config = directory / "pgwarden.yaml"
-    config.write_text(CONFIG.format(proxy_port=proxy_port, api_port=api_port))
+    proxy_port, api_port = ports
+    config.write_text(CONFIG.format(proxy_port=proxy_port, api_port=api_port) + identity)
     return config

@@ -6,7 +6,9 @@ queries, a write is refused, carol revokes while alice's query runs and the sess
 message; then the audit log is verified. pgwarden stays up for the user to try things until
 Ctrl-C (not with PGWARDEN_DEMO_NONINTERACTIVE=1), with commands to paste into a second terminal
 (`handover.py`); everything is stopped and removed at the end, Ctrl-C at any point included, and
-the demo says what it stopped and removed.
+the demo says what it stopped and removed. With Node.js, a local OpenID provider runs beside it
+and the hand-over offers `pgwarden login` as alice or carol (`sign_in.py`); the story itself runs
+on API tokens, as automation would, and one `sign-in:` line near the top says which is offered.
 """
 
 from __future__ import annotations
@@ -32,11 +34,15 @@ from proxy.demo.cluster import start_local_cluster as start_cluster
 from proxy.demo.handover import (
     BLOCK_START,
     EXPLANATION,
+    SIGN_IN_START,
     explain_audit_summary,
     path_line,
     second_terminal_block,
+    sign_in_block,
+    sign_in_explanation,
 )
 from proxy.demo.sample import DemoSecrets, PsqlMissing, create_shop, psql_binary, write_files
+from proxy.demo.sign_in import SignIn, start_sign_in
 
 START_TIMEOUT = 30.0
 COMMAND_TIMEOUT = 60.0
@@ -50,11 +56,15 @@ class DemoFailed(RuntimeError):
 class Demo:
     """The running pieces, and how to run a command as alice or carol."""
 
-    def __init__(self, directory: Path, cluster: LocalCluster, secrets: DemoSecrets) -> None:
+    def __init__(self, directory: Path, cluster: LocalCluster, secrets: DemoSecrets,
+                 sign_in: SignIn) -> None:  # fmt: skip
         self.directory = directory
         self.cluster = cluster
+        self.sign_in = sign_in
         self.proxy_port, self.api_port = free_loopback_port(), free_loopback_port()
-        self.config = write_files(directory, cluster, secrets, self.proxy_port, self.api_port)
+        ports = (self.proxy_port, self.api_port)
+        identity = sign_in.config_section(directory)
+        self.config = write_files(directory, cluster, secrets, ports, identity)
         self.server_env = {**os.environ, **secrets.environment()}
         self.tokens: dict[str, str] = {}
         self.server: subprocess.Popen[bytes] | None = None
@@ -205,8 +215,11 @@ def try_it_yourself(demo: Demo) -> None:
     for line in lines:
         say(f"  {line}")
     say(EXPLANATION)
+    if demo.sign_in.provider is not None:
+        offer_sign_in(demo)
     say(f"Config, state, audit log and pgwarden.log are in {demo.directory}.")
-    say("Press Ctrl-C here to stop pgwarden and PostgreSQL and remove their files.")
+    provider = ", the OpenID provider" if demo.sign_in.provider is not None else ""
+    say(f"Press Ctrl-C here to stop pgwarden{provider} and PostgreSQL and remove their files.")
     try:
         while demo.server is not None and demo.server.poll() is None:
             time.sleep(0.5)
@@ -215,6 +228,15 @@ def try_it_yourself(demo: Demo) -> None:
         return
     if demo.server is not None and demo.server.poll() is not None:
         say(f"pgwarden exited by itself (status {demo.server.returncode}); see {demo.log}")
+
+
+def offer_sign_in(demo: Demo) -> None:
+    """Single sign-on as alice or carol, for a terminal of its own."""
+    say(f"\n{SIGN_IN_START}, in a new terminal:")
+    for line in sign_in_block(api_port=demo.api_port):
+        say(f"  {line}")
+    sign_in = demo.sign_in
+    say(sign_in_explanation(sign_in.issuer, sign_in.password("alice"), sign_in.password("carol")))
 
 
 @contextmanager
@@ -230,18 +252,25 @@ def demo_world() -> Iterator[tuple[Demo, DemoSecrets]]:
     try:
         secrets = DemoSecrets()
         create_shop(cluster, secrets)
-        demo = Demo(directory, cluster, secrets)
+        sign_in = start_sign_in(directory / "idp", say)
         try:
-            demo.start_server()
-            say(f"pgwarden is up: Postgres clients on 127.0.0.1:{demo.proxy_port}, API on "
-                f"127.0.0.1:{demo.api_port}, database on 127.0.0.1:{cluster.port}")  # fmt: skip
-            demo.token_for("alice")
-            demo.token_for("carol")
-            yield demo, secrets
+            demo = Demo(directory, cluster, secrets, sign_in)
+            try:
+                demo.start_server()
+                say(f"pgwarden is up: Postgres clients on 127.0.0.1:{demo.proxy_port}, API on "
+                    f"127.0.0.1:{demo.api_port}, database on 127.0.0.1:{cluster.port}")  # fmt: skip
+                say(sign_in.line())
+                demo.token_for("alice")
+                demo.token_for("carol")
+                yield demo, secrets
+            finally:
+                _quietly(demo.stop_server)
+                if demo.server is not None:
+                    cleaned.append(f"pgwarden (pid {demo.server.pid})")
         finally:
-            _quietly(demo.stop_server)
-            if demo.server is not None:
-                cleaned.append(f"pgwarden (pid {demo.server.pid})")
+            if sign_in.provider is not None:
+                _quietly(sign_in.stop)
+                cleaned.append(f"the OpenID provider at {sign_in.issuer}")
     except KeyboardInterrupt as exc:
         say(f"\n{_why(exc)}: stopping the demo.")
         raise
@@ -249,8 +278,13 @@ def demo_world() -> Iterator[tuple[Demo, DemoSecrets]]:
         _quietly(cluster.stop)
         cleaned.append(f"PostgreSQL on 127.0.0.1:{cluster.port}")
         shutil.rmtree(directory, ignore_errors=True)
-        say(f"Stopped {' and '.join(cleaned)}; removed {directory} (config, state, audit log) "
+        say(f"Stopped {_listed(cleaned)}; removed {directory} (config, state, audit log) "
             f"and {cluster.root} (the database).")  # fmt: skip
+
+
+def _listed(names: Sequence[str]) -> str:
+    """`a`, `a and b`, `a, b and c`."""
+    return " and ".join(filter(None, [", ".join(names[:-1]), *names[-1:]]))
 
 
 def _why(interrupt: KeyboardInterrupt) -> str:

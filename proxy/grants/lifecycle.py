@@ -31,6 +31,7 @@ from proxy.auth.credentials import DEFAULT_ITERATIONS, generate_password, make_v
 from proxy.clock import Clock
 from proxy.errors import PgwardenError, Severity
 from proxy.grants.decide import Allow, Decision, decide
+from proxy.grants.grant_cache import GrantCache
 from proxy.grants.requests import (
     POLICY_ACTOR,
     SYSTEM_ACTOR,
@@ -57,7 +58,13 @@ from proxy.grants.rules import (
     policy_problem,
     require_rule,
 )
-from proxy.grants.store import MAX_LIST_LIMIT, RequestQuery, Store, StoreTx
+from proxy.grants.store import (
+    MAX_LIST_LIMIT,
+    RequestQuery,
+    StateStoreUnavailable,
+    Store,
+    StoreTx,
+)
 from proxy.policy.models import AccessLevelName, Policy, TargetName, UserName
 
 _PENDING, _ACTIVE = RequestState.PENDING, RequestState.ACTIVE
@@ -162,8 +169,9 @@ class GrantService:
         policy: Callable[[], Policy],
         *,
         on_credential: Callable[[IssuedCredential], None] | None = None,
+        cache: GrantCache | None = None,
     ) -> None:
-        self._store = store
+        self._store, self._cache = store, cache  # cache: a replica's (grant_cache.py)
         self._clock = clock
         self._policy = policy
         # Told each credential issued (the audit log's redactor must know the new password).
@@ -234,6 +242,16 @@ class GrantService:
     def revoke(self, request_id: RequestId, actor: UserName, reason: str) -> AccessRequest:
         """End an active grant now: an eligible approver, an admin, or the requester."""
         return self._end(request_id, Action.REVOKE, actor, reason, may_revoke)
+
+    def end_all_of(self, user: UserName, actor: UserName, why: str) -> list[AccessRequest]:
+        """pgwarden's own act (no permission check): revoke `user`'s active grants and cancel
+        their pending requests, as when their identity provider says the account is gone."""
+        with self._store.write() as tx:
+            now = self._clock.now()
+            mine = [r for state in (_ACTIVE, _PENDING) for r in tx.list_requests(
+                RequestQuery(state, requester=user, limit=MAX_LIST_LIMIT))]  # fmt: skip
+            return [_apply(tx, r, Action.REVOKE if r.state is _ACTIVE else Action.CANCEL,
+                           actor=actor, now=now, why=why) for r in mine]  # fmt: skip
 
     def issue_credential(self, request_id: RequestId, actor: UserName) -> IssuedCredential:
         """A new temporary password for an active grant, returned once; replaces any previous one.
@@ -315,11 +333,34 @@ class GrantService:
             self._swept_policy = policy
         return due
 
-    def login_decision(self, user: UserName, target: TargetName, now: datetime) -> Decision:
-        """Whether `user` may log in to `target` at `now`, and with which grant (`decide.py`)."""
-        with self._store.read() as tx:
-            grants = tx.active_grants(user, target)
-        return decide(user, target, grants, self._policy(), now)
+    def login_decision(
+        self, user: UserName, target: TargetName, now: datetime, *, fresh: bool = False
+    ) -> Decision:
+        """Whether `user` may log in to `target` at `now`, and with which grant (`decide.py`).
+        A replica answers from memory when it can; a refusal, or `fresh`, reads the store: a
+        credential issued on another replica a moment ago may not have reached memory yet."""
+        policy = self._policy()
+        cached = None if self._cache is None or fresh else self._cache.current(user, target)
+        if cached is not None:
+            decision = decide(user, target, cached, policy, now)
+            if isinstance(decision, Allow):
+                return decision
+        return decide(user, target, self._read_grants(user, target), policy, now)
+
+    @property
+    def caching(self) -> bool:
+        """Whether logins may be answered from a replica's memory (`grant_cache.py`)."""
+        return self._cache is not None
+
+    def _read_grants(self, user: UserName, target: TargetName) -> tuple[ActiveGrant, ...]:
+        try:
+            with self._store.read() as tx:
+                return tx.active_grants(user, target)
+        except StateStoreUnavailable:
+            known = None if self._cache is None else self._cache.last_known(user, target)
+            if known is None:
+                raise  # no memory, or older than max_staleness: fail closed
+            return known
 
     def active_grant(self, user: UserName, target: TargetName, now: datetime) -> ActiveGrant | None:
         """The grant a login of `user` to `target` gets at `now`, or None (see `decide.py`)."""
@@ -327,7 +368,11 @@ class GrantService:
         return decision.grant if isinstance(decision, Allow) else None
 
     def changes(self) -> int:
-        """The store's change counter: poll it to notice revocations without reading requests."""
+        """The store's change counter: poll it to notice revocations without reading requests.
+        A replica whose feed is listening knows it without asking (`grant_cache.py`)."""
+        cache = self._cache
+        if cache is not None and cache.is_current():
+            return cache.known
         return self._store.changes()
 
     def _end(

@@ -27,6 +27,9 @@ import psycopg
 from psycopg import sql
 
 from proxy.grants.pg_connection import quoted
+from proxy.grants.replica_schema import REPLICA_MIGRATIONS
+from proxy.grants.store_identity_schema import POSTGRES_MIGRATION as IDENTITY_POSTGRES_MIGRATION
+from proxy.grants.store_schema import OUTBOX_DUE_INDEX
 from proxy.grants.store_watch import StoreError
 
 APPLICATION: Final = "pgwarden"
@@ -95,6 +98,29 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
             revoked_us bigint
         )""",
     ),
+    # 2: the notification outbox (SQLite's migration 3).
+    (
+        """CREATE TABLE notifications (
+            id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            event_id text COLLATE "C" NOT NULL,
+            destination text COLLATE "C" NOT NULL,
+            kind text COLLATE "C" NOT NULL,
+            body text NOT NULL,
+            created_us bigint NOT NULL,
+            attempts integer NOT NULL DEFAULT 0,
+            next_attempt_us bigint NOT NULL,
+            delivered_us bigint,
+            gave_up_us bigint,
+            last_error text,
+            UNIQUE (event_id, destination)
+        )""",
+        OUTBOX_DUE_INDEX,
+    ),
+    # 3: the replicas of a cluster, their live sessions, and kill orders between them
+    # (proxy/cluster/replica_sql.py). PostgreSQL only: a SQLite store has one server.
+    *REPLICA_MIGRATIONS,
+    # 4: single sign-on: API sessions, people, sign-in flows (store_identity.py).
+    IDENTITY_POSTGRES_MIGRATION,
 )
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)
@@ -111,6 +137,12 @@ def lock_key(schema: str) -> int:
     database, so two schemas in one database never wait for each other)."""
     digest = hashlib.sha256(f"pgwarden state store {schema}".encode()).digest()
     return int.from_bytes(digest[:8], "big", signed=True)
+
+
+def changes_channel(schema: str) -> str:
+    """The NOTIFY channel on which the store in `schema` announces its changes (a digest:
+    channel names are limited to 63 bytes, schema names are not much shorter)."""
+    return f"pgwarden_changes_{lock_key(schema) & 0xFFFFFFFFFFFF:012x}"
 
 
 def migrate(conn: psycopg.Connection[Any], schema: str, where: str) -> int:

@@ -54,7 +54,7 @@ from proxy.grants.pg_connection import (
     problem_of,
     roll_back,
 )
-from proxy.grants.pg_schema import lock_key, migrate
+from proxy.grants.pg_schema import changes_channel, lock_key, migrate
 from proxy.grants.requests import Transition
 from proxy.grants.store import StoreTx
 from proxy.grants.store_watch import Problem, ProblemLog, StateStoreUnavailable, StoreError
@@ -72,6 +72,10 @@ POOL_SIZE: Final = 8
 POOL_TIMEOUT: Final = 3.0
 POOL_CLOSE_TIMEOUT: Final = 1.0  # seconds for a replaced pool's threads to end (else left to)
 _COUNTER: Final = "SELECT value FROM change_counter WHERE id = 1"
+_BUMP: Final = "UPDATE change_counter SET value = value + 1 WHERE id = 1 RETURNING value"
+_ANNOUNCE: Final = (
+    "SELECT pg_notify(%s, %s || ' ' || (extract(epoch FROM clock_timestamp()) * 1e6)::bigint)"
+)
 
 
 class PostgresStore:
@@ -88,14 +92,18 @@ class PostgresStore:
         on_commit: Callable[[list[Transition]], None] | None = None,
         before_commit: Callable[[StoreTx, list[Transition]], None] | None = None,
         on_abort: Callable[[list[Transition], BaseException], None] | None = None,
+        on_changes: Callable[[int], None] | None = None,
         pool_size: int = POOL_SIZE,
         pool_timeout: float = POOL_TIMEOUT,
+        login_grace: float = 0.0,
     ) -> None:
         self._conninfo = connection_info(dsn)
         self.schema, self.where = schema, describe(self._conninfo, schema)
         self._on_commit, self._before_commit, self._on_abort = on_commit, before_commit, on_abort
+        self._on_changes = on_changes  # told each change counter this process commits
+        self.channel = changes_channel(schema)
         self._lock_key, self._pool_size = lock_key(schema), pool_size
-        self._log = ProblemLog(self.where)
+        self._log = ProblemLog(self.where, login_grace=login_grace)  # for its messages
         self._local = threading.local()
         self._closed = False
         try:
@@ -125,7 +133,7 @@ class PostgresStore:
         rolls back and the error propagates), then `on_commit` after it, or `on_abort` if the
         COMMIT failed; neither when whether it committed cannot be known."""
         tx: PostgresTx | None = None
-        unknown = False
+        unknown, counter = False, None
         try:
             with self._connection(writing=True, transaction=True, first="BEGIN") as (conn, _):
                 try:
@@ -133,7 +141,7 @@ class PostgresStore:
                     tx = PostgresTx(conn, writable=True)
                     yield tx
                     if tx.dirty:
-                        conn.execute("UPDATE change_counter SET value = value + 1 WHERE id = 1")
+                        counter = self._count_change(conn)
                     if tx.transitions and self._before_commit is not None:
                         self._before_commit(tx, tx.transitions)
                         tx.announced = True
@@ -155,8 +163,18 @@ class PostgresStore:
             elif tx is not None and tx.announced and self._on_abort is not None:
                 self._on_abort(tx.transitions, exc)  # recorded, then not committed
             raise
+        if counter is not None and self._on_changes is not None:
+            self._on_changes(counter)
         if tx.transitions and self._on_commit is not None:
             self._on_commit(tx.transitions)  # only what committed: a rollback is never reported
+
+    def _count_change(self, conn: psycopg.Connection[Any]) -> int:
+        """Bump the change counter and announce it: every replica LISTENs on `channel`, and
+        PostgreSQL delivers the NOTIFY only if this transaction commits. The payload is the new
+        counter and the database's clock in microseconds (the propagation delay's start)."""
+        counter = int(one(conn, _BUMP))
+        conn.execute(_ANNOUNCE, (self.channel, str(counter)))
+        return counter
 
     def _send_commit(self, conn: psycopg.Connection[Any]) -> None:
         conn.execute("COMMIT")
@@ -215,6 +233,13 @@ class PostgresStore:
             self._pool.drain()  # connections made while it was read-only are still so
         self._log.succeeded(writing=problem.writing)
         return self.problem()
+
+    def suspect(self) -> None:
+        """Something (the change feed losing its connection) says the database may be gone:
+        look at once, on a connection of its own, so that the first login or API call of an
+        outage is refused at once instead of waiting `POOL_TIMEOUT` for the pool. Blocking."""
+        if self._log.problem is None and not self._closed:
+            self._answers(writing=False)
 
     def _answers(self, *, writing: bool) -> bool:
         """Whether the database answers on a new connection (the pool's may be stale), with a

@@ -29,6 +29,10 @@ The angle brackets keep it apart from any real user name a policy could declare.
 POLICY_ACTOR = UserName("<policy>")
 """The actor recorded when a policy change ends a grant (its user, target or level removed)."""
 
+IDENTITY_ACTOR = UserName("<identity>")
+"""The actor recorded when a person's identity provider says their account is gone
+(proxy/identity/removal.py): their grants are revoked and pending requests cancelled."""
+
 
 class RequestState(StrEnum):
     """Where a request is in its life; see `lifecycle.TRANSITIONS` for the moves between them."""

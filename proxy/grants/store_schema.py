@@ -21,6 +21,7 @@ from typing import Any, Final
 
 from proxy.auth.credentials import ScramVerifier
 from proxy.grants.requests import AccessRequest, ActiveGrant, RequestId, RequestState
+from proxy.grants.store_identity_schema import SQLITE_MIGRATION as IDENTITY_SQLITE_MIGRATION
 from proxy.grants.store_watch import StoreError
 from proxy.policy.models import AccessLevelName, TargetName, UserName
 
@@ -28,6 +29,11 @@ from proxy.policy.models import AccessLevelName, TargetName, UserName
 APPLICATION_ID: Final = 0x70677764
 
 _STATES = "('pending', 'active', 'denied', 'cancelled', 'lapsed', 'expired', 'revoked')"
+# What the deliverer looks for: rows still to send (the same text in both stores' schemas).
+OUTBOX_DUE_INDEX: Final = (
+    "CREATE INDEX notifications_due ON notifications (next_attempt_us, id) "
+    "WHERE delivered_us IS NULL AND gave_up_us IS NULL"
+)
 
 MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
     # 1: the initial schema.
@@ -95,6 +101,27 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         ) STRICT""",
         "CREATE INDEX requests_by_created ON requests (created_us)",
     ),
+    # 3: the notification outbox (proxy/notify): one row per event and destination, written in
+    # the transaction of the change it announces, delivered by the leader.
+    (
+        """CREATE TABLE notifications (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            event_id TEXT NOT NULL,
+            destination TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            body TEXT NOT NULL,
+            created_us INTEGER NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt_us INTEGER NOT NULL,
+            delivered_us INTEGER,
+            gave_up_us INTEGER,
+            last_error TEXT,
+            UNIQUE (event_id, destination)
+        ) STRICT""",
+        OUTBOX_DUE_INDEX,
+    ),
+    # 4: single sign-on: API sessions, people, sign-in flows (store_identity.py).
+    IDENTITY_SQLITE_MIGRATION,
 )
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)
@@ -165,6 +192,35 @@ def token_to_row(token: TokenRecord) -> tuple[object, ...]:
     return (
         token.id, token.user, token.digest, to_us(token.created_at),
         _opt_to_us(token.last_used_at), _opt_to_us(token.revoked_at),
+    )  # fmt: skip
+
+
+NOTIFICATION_COLUMNS = (
+    "id, event_id, destination, kind, body, created_us, attempts, next_attempt_us, last_error"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Notification:
+    """An outbox row still to deliver: event `event_id` (what a receiver deduplicates on) of
+    `kind` for `destination`, its `body` (the event's JSON document), and how far it got."""
+
+    id: int
+    event_id: str
+    destination: str
+    kind: str
+    body: str
+    created_at: datetime
+    attempts: int
+    next_attempt_at: datetime
+    last_error: str | None
+
+
+def notification_from_row(row: tuple[Any, ...]) -> Notification:
+    id_, event_id, destination, kind, body, created_us, attempts, next_us, error = row
+    return Notification(
+        int(id_), event_id, destination, kind, body, from_us(created_us), int(attempts),
+        from_us(next_us), error,
     )  # fmt: skip
 
 

@@ -10,7 +10,9 @@ The SQL is the common subset of SQLite and PostgreSQL (`ON CONFLICT`, `excluded`
 
 A write marks the transaction `dirty` when it changed a row that matters to grants, so that the
 store bumps its change counter; token writes do not (store.py says why). The transitions added
-are kept for the store's `on_commit` listener. Once the file is gone (`store_watch.py`) the
+are kept for the store's `on_commit` listener. The notification outbox's writes (proxy/notify)
+do not count either: a row to deliver changes no grant. Single sign-on's statements are mixed in
+from `store_identity.py`. Once the file is gone (`store_watch.py`) the
 transaction is `untrusted`: reads go on, but the login lookup refuses.
 """
 
@@ -31,12 +33,16 @@ from proxy.grants.requests import (
     RequestState,
     Transition,
 )
+from proxy.grants.store_identity import IdentitySql
 from proxy.grants.store_schema import (
+    NOTIFICATION_COLUMNS,
     REQUEST_COLUMNS,
     TOKEN_COLUMNS,
+    Notification,
     TokenRecord,
     from_us,
     grant_from_row,
+    notification_from_row,
     request_from_row,
     request_to_row,
     to_us,
@@ -82,7 +88,7 @@ class Connection(Protocol):
     def execute(self, sql: str, parameters: Any = ..., /) -> Cursor: ...
 
 
-class SqliteTx:
+class SqliteTx(IdentitySql):
     """`StoreTx` over one connection inside an open transaction (SQLite's, or PostgreSQL's)."""
 
     def __init__(
@@ -154,6 +160,18 @@ class SqliteTx:
             "c.verifier, c.created_us FROM requests r JOIN credentials c ON c.request_id = r.id "
             "WHERE r.requester = ? AND r.target = ? AND r.state = 'active'",
             (user, target),
+        )
+        return tuple(grant_from_row(row) for row in rows)
+
+    def all_active_grants(self) -> tuple[ActiveGrant, ...]:
+        """Every active grant with its credential: what a replica keeps in memory for logins
+        (`grant_cache.py`). Active grants are few (people, not queries)."""
+        if self._untrusted is not None:
+            raise self._untrusted
+        rows = self._conn.execute(
+            "SELECT r.id, r.requester, r.target, r.access_level, r.activated_us, r.ends_us, "
+            "c.verifier, c.created_us FROM requests r JOIN credentials c ON c.request_id = r.id "
+            "WHERE r.state = 'active'"
         )
         return tuple(grant_from_row(row) for row in rows)
 
@@ -274,3 +292,55 @@ class SqliteTx:
             (to_us(at), token_id), counts=False,
         )  # fmt: skip
         return changed == 1
+
+    # --- the notification outbox (proxy/notify) -------------------------------------------
+
+    def add_notification(
+        self, event_id: str, destination: str, kind: str, body: str, at: datetime
+    ) -> None:
+        self._write(
+            "INSERT INTO notifications (event_id, destination, kind, body, created_us, "
+            "next_attempt_us) VALUES (?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (event_id, destination) DO NOTHING",
+            (event_id, destination, kind, body, to_us(at), to_us(at)), counts=False,
+        )  # fmt: skip
+
+    def due_notifications(self, now: datetime, limit: int) -> tuple[Notification, ...]:
+        sql = (
+            f"SELECT {NOTIFICATION_COLUMNS} FROM notifications "  # noqa: S608 constant columns
+            "WHERE delivered_us IS NULL AND gave_up_us IS NULL AND next_attempt_us <= ? "
+            "ORDER BY id LIMIT ?"
+        )
+        rows = self._conn.execute(sql, (to_us(now), max(1, limit)))
+        return tuple(notification_from_row(row) for row in rows)
+
+    def notification_delivered(self, row_id: int, attempts: int, at: datetime) -> bool:
+        changed = self._write(
+            "UPDATE notifications SET attempts = ?, delivered_us = ?, last_error = NULL "
+            "WHERE id = ? AND delivered_us IS NULL",
+            (attempts, to_us(at), row_id), counts=False,
+        )  # fmt: skip
+        return changed == 1
+
+    def notification_failed(
+        self, row_id: int, attempts: int, error: str, retry_at: datetime, gave_up: bool
+    ) -> None:
+        gave_up_us = to_us(retry_at) if gave_up else None
+        self._write(
+            "UPDATE notifications SET attempts = ?, last_error = ?, next_attempt_us = ?, "
+            "gave_up_us = ? WHERE id = ? AND delivered_us IS NULL",
+            (attempts, error, to_us(retry_at), gave_up_us, row_id), counts=False,
+        )  # fmt: skip
+
+    def undelivered_notifications(self) -> int:
+        row = self._conn.execute(
+            "SELECT count(*) FROM notifications WHERE delivered_us IS NULL AND gave_up_us IS NULL"
+        ).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def prune_notifications(self, before: datetime) -> int:
+        """Forget rows delivered or given up before `before`; how many."""
+        return self._write(
+            "DELETE FROM notifications WHERE delivered_us < ? OR gave_up_us < ?",
+            (to_us(before), to_us(before)), counts=False,
+        )  # fmt: skip

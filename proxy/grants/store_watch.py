@@ -102,9 +102,13 @@ class StateStoreUnavailable(StoreError):
 
     sqlstate = "57P03"
 
-    def __init__(self, path: Path | str, problem: Problem, *, writing: bool) -> None:
+    def __init__(
+        self, path: Path | str, problem: Problem, *, writing: bool, login_grace: float = 0.0
+    ) -> None:
         # `path`: the SQLite file, or the PostgreSQL database as `PostgresStore.where` names it.
+        # `login_grace`: how long a replica's logins go on from memory (`state.max_staleness`).
         self.path, self.problem, self.writing = path, problem, writing
+        self.login_grace = login_grace
         super().__init__(LOGIN_REFUSED, detail=self.summary)
 
     @property
@@ -126,6 +130,12 @@ class StateStoreUnavailable(StoreError):
             return (
                 f"{self.summary}; approvals, credentials and logins are refused until pgwarden "
                 "is restarted (put the file back first)"
+            )
+        if self.problem is Problem.UNREACHABLE and self.login_grace > 0:
+            return (
+                f"{self.summary}; approvals and credentials are refused until it answers "
+                f"(logins go on from what this server last read, for at most "
+                f"{self.login_grace:.0f} s: state.max_staleness)"
             )
         if self.problem is Problem.UNREACHABLE:  # nothing can be read either
             return f"{self.summary}; approvals, credentials and logins are refused until it answers"
@@ -161,8 +171,8 @@ class ProblemLog:
     database). Thread-safe: every thread of every store operation reports here. Each call gets an
     error of its own (one instance raised in many threads would pile up their tracebacks)."""
 
-    def __init__(self, where: Path | str) -> None:
-        self.path = where
+    def __init__(self, where: Path | str, *, login_grace: float = 0.0) -> None:
+        self.path, self._login_grace = where, login_grace
         self._lock = threading.Lock()
         self._state: tuple[Problem, bool] | None = None  # (problem, while writing)
         self._errors: dict[Problem, int] = {}
@@ -209,7 +219,9 @@ class ProblemLog:
         return error
 
     def _error(self, state: tuple[Problem, bool]) -> StateStoreUnavailable:
-        return StateStoreUnavailable(self.path, state[0], writing=state[1])
+        return StateStoreUnavailable(
+            self.path, state[0], writing=state[1], login_grace=self._login_grace
+        )
 
 
 class StoreWatch(ProblemLog):

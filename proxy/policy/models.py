@@ -150,12 +150,13 @@ class Target:
 
 
 class EventKind(StrEnum):
-    """What a webhook can be told about (`proxy/api/webhooks.py` sends them)."""
+    """What a webhook can be told about (`proxy/notify` sends them)."""
 
     REQUEST_CREATED = "request_created"
     REQUEST_APPROVED = "request_approved"
     REQUEST_DENIED = "request_denied"
     REQUEST_REVOKED = "request_revoked"
+    REQUEST_LAPSED = "request_lapsed"
     GRANT_EXPIRED = "grant_expired"
     SESSION_KILLED = "session_killed"
 

@@ -7,7 +7,10 @@ secret), and the references between parts: approvers and auto-approve rules must
 exist and groups that someone is in, a rule must be satisfiable (no more required approvals than
 distinct eligible approvers), an auto-approve rule must name levels of its target and stay within
 their maximum duration. A policy that could never work is rejected here rather than discovered
-by the first person who needs access at 3 a.m.
+by the first person who needs access at 3 a.m. With single sign-on (`identity.oidc`: the server
+passes `people_from_identity`) people and groups also come from the provider: `users:` may be
+left out, rules may name users and groups no YAML user holds (`unheld_names` lists them, for a
+warning that still shows a typo), and a quorum is checked only against the users a rule names.
 
 The shape (see `config/policy.example.yaml`):
 
@@ -90,17 +93,45 @@ class PolicyUnreadable(PolicyError):
     """The policy file could not be read at all (missing, permissions, a directory)."""
 
 
-def load_policy(path: Path) -> Policy:
-    """Read and validate the policy file; relative paths in it are taken from its directory."""
+def load_policy(path: Path, *, people_from_identity: bool = False) -> Policy:
+    """Read and validate the policy file; relative paths in it are taken from its directory.
+    `people_from_identity`: the server signs people in (`identity.oidc`), see the docstring."""
     text = read_source(path, PolicyError, PolicyUnreadable)
-    return parse_policy(text, str(path), base_dir=path.absolute().parent)
+    return parse_policy(
+        text, str(path), base_dir=path.absolute().parent, people_from_identity=people_from_identity
+    )
 
 
-def parse_policy(text: str, source: str = "<policy>", *, base_dir: Path | None = None) -> Policy:
+def parse_policy(
+    text: str,
+    source: str = "<policy>",
+    *,
+    base_dir: Path | None = None,
+    people_from_identity: bool = False,
+) -> Policy:
     """Validate policy YAML; `base_dir` resolves relative paths (None: leave them relative)."""
     return build_document(
-        text, source, PolicyError, lambda doc, problems: _policy(doc, problems, base_dir, source)
-    )
+        text, source, PolicyError,
+        lambda doc, problems: _policy(doc, problems, base_dir, source, people_from_identity),
+    )  # fmt: skip
+
+
+def unheld_names(policy: Policy) -> tuple[frozenset[UserName], frozenset[GroupName]]:
+    """The users and groups the rules (and `admin_groups`) name that `users:` does not hold:
+    with people from an identity provider, those must come from it; a typo shows up here."""
+    held = frozenset(g for user in policy.users.values() for g in user.groups)
+    rules = [t.approval for t in policy.targets.values()]
+    rules += [lv.approval for t in policy.targets.values() for lv in t.access_levels.values()
+              if lv.approval is not None]  # fmt: skip
+    users: set[UserName] = set()
+    groups: set[GroupName] = set(policy.admin_groups)
+    for rule in rules:
+        users |= rule.approver_users
+        groups |= rule.approver_groups
+        for auto in rule.auto_approve:
+            users |= auto.users
+            groups |= auto.groups
+    return frozenset(users - set(policy.users)), frozenset(groups - held)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +139,9 @@ class _Directory:
     """The users of the policy, for checking the references that rules make to them."""
 
     users: Mapping[UserName, User]
+    # People sign in through an identity provider, which gives their groups: a name the YAML
+    # does not hold may be theirs, so it is not an error (`unheld_names` lists them instead).
+    open_ended: bool = False
 
     @property
     def groups(self) -> frozenset[GroupName]:
@@ -138,7 +172,7 @@ class _Scope:
 
 
 def _policy(
-    document: object, problems: Problems, base_dir: Path | None, source: str
+    document: object, problems: Problems, base_dir: Path | None, source: str, open_ended: bool
 ) -> Policy | None:
     if document is None:
         problems.add("", "the policy is empty (a half-written file?); it needs at least version: 1")
@@ -151,8 +185,8 @@ def _policy(
         root.problem("version", f"unsupported version {version}; this pgwarden reads version 1")
     admin_groups = root.names("admin_groups")
     pending_timeout = root.duration("pending_timeout", default=DEFAULT_PENDING_TIMEOUT)
-    users = _users(root)
-    directory = _Directory(users or {})
+    users = _users(root, required=not open_ended)
+    directory = _Directory(users or {}, open_ended)
     targets = _targets(root, directory, base_dir)
     notifications = _notifications(root.section_or_empty("notifications"))
     root.finish()
@@ -170,7 +204,9 @@ def _policy(
     )
 
 
-def _users(root: Fields) -> dict[UserName, User] | None:
+def _users(root: Fields, *, required: bool) -> dict[UserName, User] | None:
+    if not required and not root.has("users"):
+        return {}  # everyone signs in through the identity provider
     sections = root.named_sections("users", required=True)
     if sections is None:
         return None
@@ -323,6 +359,14 @@ def _check_satisfiable(f: Fields, rule: ApprovalRule, directory: _Directory) -> 
     eligible = directory.eligible(rule)
     if not rule.approver_users and not rule.approver_groups:
         f.problem("approvers", "names no users or groups, so nobody could approve")
+    elif directory.open_ended and rule.approver_groups:
+        return  # who is in a group is the identity provider's to say, at approval time
+    elif directory.open_ended and rule.required_approvals > len(rule.approver_users):
+        f.problem(
+            "required_approvals",
+            f"{rule.required_approvals} approvals required but the rule names only "
+            f"{len(rule.approver_users)} user(s), so a request could never be approved",
+        )
     elif rule.required_approvals > len(eligible):
         who = ", ".join(eligible) or "nobody"
         f.problem(
@@ -338,6 +382,8 @@ def _people(
     """`users:` and `groups:` of a rule, each checked against the policy's users."""
     users = f.names("users")
     groups = f.names("groups")
+    if directory.open_ended:
+        return users, groups  # the provider's people and groups: `unheld_names` lists them
     for user in users or ():
         if UserName(user) not in directory.users:
             f.problem("users", f"unknown user {user!r} (not in users:)")

@@ -24,7 +24,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from proxy.policy.models import Policy
-from proxy.policy.policy_file import PolicyError, PolicyUnreadable, load_policy
+from proxy.policy.policy_file import PolicyError, PolicyUnreadable, load_policy, unheld_names
 from proxy.policy.yaml_strict import Problem
 
 logger = logging.getLogger(__name__)
@@ -58,9 +58,14 @@ ReloadHook = Callable[[ReloadResult], None]
 class PolicyHolder:
     """The current policy of one file, and the machinery to replace it safely."""
 
-    def __init__(self, path: Path, policy: Policy, *, on_reload: ReloadHook | None = None) -> None:
-        """Hold `policy`, already loaded from `path` (see `open` for the usual way in)."""
+    def __init__(
+        self, path: Path, policy: Policy, *, on_reload: ReloadHook | None = None,
+        people_from_identity: bool = False,
+    ) -> None:  # fmt: skip
+        """Hold `policy`, already loaded from `path` (see `open` for the usual way in);
+        `people_from_identity`: it is read as `load_policy` says, at every reload too."""
         self._path = path
+        self._people_from_identity = people_from_identity
         self._policy = policy
         self._seen = _signature(path)
         self._on_reload = on_reload
@@ -68,11 +73,16 @@ class PolicyHolder:
         self._counts: Counter[ReloadOutcome] = Counter()
 
     @classmethod
-    def open(cls, path: Path, *, on_reload: ReloadHook | None = None) -> PolicyHolder:
+    def open(
+        cls, path: Path, *, on_reload: ReloadHook | None = None, people_from_identity: bool = False
+    ) -> PolicyHolder:
         """Load the policy at startup; raises `PolicyError`: a server never starts without one."""
         signature = _signature(path)
-        holder = cls(path, load_policy(path), on_reload=on_reload)
+        policy = load_policy(path, people_from_identity=people_from_identity)
+        holder = cls(path, policy, on_reload=on_reload, people_from_identity=people_from_identity)
         holder._seen = signature  # the version read, even if the file changed since
+        if people_from_identity:
+            _log_unheld(policy)
         return holder
 
     @property
@@ -108,7 +118,7 @@ class PolicyHolder:
     def _load(self) -> ReloadResult:
         source = str(self._path)
         try:
-            policy = load_policy(self._path)
+            policy = load_policy(self._path, people_from_identity=self._people_from_identity)
         except PolicyUnreadable as exc:
             logger.warning("policy %s not reloaded, keeping the policy in force: %s", source, exc)
             return ReloadResult(ReloadOutcome.UNREADABLE, source, exc.problems)
@@ -127,6 +137,8 @@ class PolicyHolder:
             len(policy.targets),
             len(policy.users),
         )
+        if self._people_from_identity:
+            _log_unheld(policy)
         return ReloadResult(ReloadOutcome.APPLIED, source)
 
     def _notify(self, result: ReloadResult) -> None:
@@ -137,6 +149,17 @@ class PolicyHolder:
         except Exception:
             # A broken metrics hook must not stop policy reloads.
             logger.exception("policy reload hook failed")
+
+
+def _log_unheld(policy: Policy) -> None:
+    """Say which names the identity provider must supply: where a typo in the policy shows."""
+    users, groups = unheld_names(policy)
+    if users or groups:
+        logger.warning(
+            "policy %s names what no user in users: holds, expected from the identity provider "
+            "(check the spelling against the provider's): users %s; groups %s",
+            policy.source, ", ".join(sorted(users)) or "none", ", ".join(sorted(groups)) or "none",
+        )  # fmt: skip
 
 
 def _signature(path: Path) -> FileSignature | None:

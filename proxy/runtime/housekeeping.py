@@ -134,10 +134,12 @@ class RequestCounts:
 
 @dataclass(eq=False)
 class GrantSweep:
-    """The primary's store work: lapse and expire what is due, then count what there is."""
+    """The primary's store work: lapse and expire what is due (on the leader only: a duty done
+    once across replicas, `proxy/cluster/leader.py`), then count what there is."""
 
     grants: GrantService
     counts: RequestCounts
+    leading: Callable[[], bool] = lambda: True
 
 
 @dataclass(eq=False)
@@ -162,7 +164,8 @@ class Housekeeping:
                 self.store_health.publish()
                 if self.sweep is not None:
                     # Attribute lookups at call time: a test may replace `grants.sweep`.
-                    await loop.run_in_executor(self.store_work, self.sweep.grants.sweep)
+                    if self.sweep.leading():
+                        await loop.run_in_executor(self.store_work, self.sweep.grants.sweep)
                     counts = await loop.run_in_executor(self.store_work, self.sweep.counts.read)
                     self.sweep.counts.publish(counts)
             except StateStoreUnavailable as exc:

@@ -14,14 +14,17 @@ from proxy.audit import AuditLog, AuditUnavailable
 from proxy.audit.events import OrphanBackendEnded
 from proxy.policy.models import Policy
 from proxy.runtime.metrics import Metrics, policy_label
-from proxy.upstream.orphans import sweep_orphans
+from proxy.upstream.orphans import SweepScope, sweep_orphans
 
 log = logging.getLogger(__name__)
 
 
-async def end_leftover_backends(policy: Policy, metrics: Metrics, audit: AuditLog) -> int:
-    """Sweep every target with a control role; how many backends were ended. Never raises."""
-    orphans = await sweep_orphans(policy)
+async def end_leftover_backends(
+    policy: Policy, metrics: Metrics, audit: AuditLog, scope: SweepScope | None = None
+) -> int:
+    """Sweep every target with a control role (a replica: within `scope`); how many backends
+    were ended. Never raises."""
+    orphans = await sweep_orphans(policy, scope=scope)
     for orphan in orphans:
         (target,) = policy_label(policy, orphan.target)
         metrics.orphan_backends_ended.labels(target).inc()

@@ -120,6 +120,22 @@ class Metrics:
             "Database backends a previous run of pgwarden left behind (a crash), ended at start",
             ["target"], registry=registry,
         )  # fmt: skip
+        # Notifications (proxy/notify) and the leader that sends them (proxy/cluster/leader.py).
+        self.notification_failures = Counter(
+            "pgwarden_notification_failures_total",
+            "Notifications given up after every retry (or never written), by event",
+            ["event"], registry=registry,  # one of models.EventKind: a fixed set
+        )  # fmt: skip
+        self.notifications_undelivered = Gauge(
+            "pgwarden_notifications_undelivered",
+            "Outbox rows neither delivered nor given up (published by the leader)",
+            registry=registry,
+        )  # fmt: skip
+        self.leader = Gauge(
+            "pgwarden_leader",
+            "1 while this replica leads (sweeps grants and sends notifications), else 0",
+            registry=registry,
+        )  # fmt: skip
 
 
 def policy_label(policy: Policy, target: str, level: str | None = None) -> tuple[str, ...]:

@@ -19,7 +19,7 @@ from proxy.grants.lifecycle import GrantService
 from proxy.net.tls import server_channel_binding, server_ssl_context
 from proxy.policy.models import Policy
 from proxy.session.admission import Admission, AdmissionLimits
-from proxy.session.context import MOCK_SECRET_BYTES, ClientTls, ProxyContext
+from proxy.session.context import MOCK_SECRET_BYTES, ClientTls, OtherReplicas, ProxyContext
 from proxy.session.observer import SessionObserver
 from proxy.session.registry import SessionRegistry
 from proxy.session.session import Session
@@ -47,6 +47,7 @@ def build_context(
     upstream_pool: UpstreamPool | None = None,
     cancel_elsewhere: Cancel = None,
     client_tls: ClientTls | None = None,
+    other_replicas: OtherReplicas | None = None,
 ) -> ProxyContext:
     limits = share_limits(config.limits, config.proxy.workers)
     return ProxyContext(
@@ -75,6 +76,7 @@ def build_context(
         mock_secret=mock_secret,
         upstream_pool=upstream_pool,
         cancel_elsewhere=cancel_elsewhere,
+        other_replicas=other_replicas,
         identity_in_application_name=config.proxy.identity_in_application_name,
         login_notice=config.proxy.login_notice,
     )

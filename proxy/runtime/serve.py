@@ -2,7 +2,7 @@
 
 Builds, from the server config: the policy holder (reloaded when the file changes and on SIGHUP),
 the state store and grant service, the client-facing TLS context, the login throttle and
-admission limits, the Postgres listener, the webhook notifier and the HTTP API (`proxy/api`) —
+admission limits, the Postgres listener, the notification outbox and the HTTP API (`proxy/api`) —
 after checking everything a person can get wrong, so that a failed start leaves nothing behind
 (`startup.py`: the checks, the order files are opened in, and why); then runs the housekeeping
 loop (policy reload check, lapse/expiry sweep) once a second until told to stop, and shuts down
@@ -20,7 +20,7 @@ import contextlib
 import functools
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -30,16 +30,19 @@ from prometheus_client import CollectorRegistry, ProcessCollector
 
 from proxy.api.context import ReadinessCheck
 from proxy.api.server import ApiServer, api_server
-from proxy.api.webhooks import Notifier, notification_failures
 from proxy.audit import AuditLog
 from proxy.audit.records import worker_audit_path
 from proxy.audit.redact import Redactor
 from proxy.clock import SYSTEM_CLOCK, Clock
+from proxy.cluster.replica import ReplicaView
+from proxy.cluster.wiring import Cluster, join_cluster
 from proxy.config import FsyncPolicy, ListenAddress, ServerConfig
 from proxy.errors import PgwardenError
 from proxy.grants.lifecycle import GrantService
-from proxy.grants.requests import AccessRequest, Action, IssuedCredential, RequestId, Transition
+from proxy.grants.pg_connection import connection_info
+from proxy.grants.requests import IssuedCredential, Transition
 from proxy.grants.store import Store, StoreTx
+from proxy.identity.signin import SignInService
 from proxy.policy.models import Policy
 from proxy.policy.reload import PolicyHolder, ReloadOutcome, ReloadResult
 from proxy.runtime.auditing import (
@@ -48,6 +51,7 @@ from proxy.runtime.auditing import (
     SessionAuditor,
     query_limits,
 )
+from proxy.runtime.duties import Duties, build_duties
 from proxy.runtime.housekeeping import (
     AuditHealthWatch,
     GrantSweep,
@@ -57,11 +61,13 @@ from proxy.runtime.housekeeping import (
     RequestCounts,
     StoreHealthWatch,
 )
+from proxy.runtime.identity_audit import sign_in_service
 from proxy.runtime.leftovers import end_leftover_backends
 from proxy.runtime.metrics import Metrics, policy_label
 from proxy.runtime.metrics_observer import MetricsObserver
 from proxy.runtime.proxy_context import Cancel, build_context, new_mock_secret
 from proxy.runtime.startup import (
+    audit_replica,
     check_startup,
     discard_new_state,
     earlier_life,
@@ -69,6 +75,7 @@ from proxy.runtime.startup import (
     open_audit,
     open_state_store,
     record_state_created,
+    state_dsn,
     state_file,
 )
 from proxy.session.context import ClientTls
@@ -125,7 +132,7 @@ class Runtime:
     enforcer: Enforcer = field(init=False)
     metrics_registry: CollectorRegistry = field(init=False)
     metrics: Metrics = field(init=False)
-    notifier: Notifier = field(init=False)
+    duties: Duties = field(init=False)  # notifications, and what only the leader does
     audit: AuditLog = field(init=False)
     redact: SecretsToRedact = field(init=False)
     api: ApiServer = field(init=False)
@@ -135,6 +142,9 @@ class Runtime:
     pool: UpstreamPool | None = field(init=False, default=None)  # upstream_pool, when enabled
     workers: WorkerSet | None = field(init=False, default=None)  # the primary's, when workers > 1
     link: PrimaryLink | None = field(init=False, default=None)  # a worker's channel to the primary
+    replica: ReplicaView | None = field(init=False, default=None)  # with a PostgreSQL store
+    cluster: Cluster | None = field(init=False, default=None)  # registry, sessions, cancels
+    sign_in: SignInService | None = field(init=False, default=None)  # identity.oidc (issue 18)
     _tasks: list[asyncio.Task[None]] = field(init=False, default_factory=list)
     _created_state: bool = field(init=False, default=False)  # this run created the state file
     _audit_opened: bool = field(init=False, default=False)
@@ -149,7 +159,7 @@ class Runtime:
         config = self.config
         # Checks first, creating nothing; then the state store; then the audit log (startup.py
         # says why in this order). A failure from here on closes what was opened.
-        audit_path = worker_audit_path(config.paths.audit_log, self.worker)
+        audit_path = worker_audit_path(config.paths.audit_log, self.worker, audit_replica(config))
         listen = self.welcome is None
         checked = check_startup(
             config, audit_path, self._policy_reloaded, listen=listen, new_state=self.new_state
@@ -159,9 +169,13 @@ class Runtime:
         state = config.paths.state  # None: a PostgreSQL store, which has no file (startup.py)
         self._created_state = listen and state is not None and not state.exists()
         expect = self.welcome.state_file if self.welcome is not None else None
+        self.replica = ReplicaView.made_for(config.state, self.clock)  # None with SQLite
+        if self.replica is not None:
+            self.clock = self.replica.clock  # the state database's time (proxy/cluster/feed.py)
         self.store = open_state_store(
             config, on_commit=self._committed, create=listen, expect=expect,
             before_commit=self._recording, on_abort=self._aborted,
+            on_changes=self.replica.cache.saw if self.replica is not None else None,
         )  # fmt: skip
         self.redact = SecretsToRedact()
         try:
@@ -188,6 +202,10 @@ class Runtime:
         self.metrics_registry = CollectorRegistry()
         ProcessCollector(registry=self.metrics_registry)
         self.metrics = Metrics(self.metrics_registry)
+        # Single sign-on: from here on `_current_policy` is the YAML's with signed-in people.
+        self.sign_in = sign_in_service(config, self.store, clock, lambda: self.policy.current,
+                                       registry=self.metrics_registry, audit=self.audit,
+                                       grants=lambda: self.grants)  # fmt: skip
         if config.upstream_pool.enabled:
             self.pool = UpstreamPool(config.upstream_pool, clock.monotonic)
         self.lifecycle_auditor = LifecycleAuditor(
@@ -195,18 +213,29 @@ class Runtime:
             wait_durable=config.audit.fsync is FsyncPolicy.ALWAYS,
         )  # fmt: skip
         self.grants = GrantService(
-            self.store, clock, self._current_policy, on_credential=self._credential_issued
-        )
+            self.store, clock, self._current_policy, on_credential=self._credential_issued,
+            cache=self.replica.cache if self.replica is not None else None,
+        )  # fmt: skip
         self.auditor = SessionAuditor(
             self.audit, Redactor(self.redact), query_limits(config.audit),
             config.audit.fsync, record_queries=config.audit.record_queries,
         )  # fmt: skip
-        failures = notification_failures(self.metrics_registry)
-        self.notifier = Notifier(self._current_policy, clock, failures=failures)
-        registry: SessionRegistry[Session] = SessionRegistry(self.worker, self.config.proxy.workers)
+        self.duties = build_duties(
+            config, self.store, self._current_policy, clock, self.metrics,
+            primary=self.welcome is None,
+        )  # fmt: skip
+        # With replicas: registered (or refused) first, for the slot in every cancel key.
+        self.cluster = join_cluster(config, self.worker, clock.monotonic)
+        slot = self.cluster.slot if self.cluster is not None else None
+        registry: SessionRegistry[Session] = SessionRegistry(
+            self.worker, config.proxy.workers, slot
+        )
         # Every process of one server gives an unknown user the same fake salt (row 14).
         mock_secret = self.welcome.mock_secret if self.welcome else new_mock_secret()
         cancel_elsewhere = self._other_processes(registry, mock_secret)
+        if self.cluster is not None:
+            assert self.replica is not None, "a cluster has a shared store: a replica view"
+            self.cluster.attach_sync(registry, self.workers, self.replica.listening)
         self.server = self._proxy_server(registry, mock_secret, cancel_elsewhere, client_tls)
         self.enforcer = Enforcer(
             registry, self.grants, self._current_policy, clock,
@@ -220,6 +249,8 @@ class Runtime:
         self.housekeeping = self._housekeeping()
 
     def _current_policy(self) -> Policy:
+        if self.sign_in is not None:
+            return self.sign_in.people()  # the effective policy (proxy/identity/people.py)
         return self.policy.current
 
     def _other_processes(self, registry: SessionRegistry[Session], mock_secret: bytes) -> Cancel:
@@ -238,7 +269,9 @@ class Runtime:
             welcome(self.redact.entries, mock_secret, state_file(self.store)),
             functools.partial(_cancel_here, registry),
             monotonic=self.clock.monotonic,
-            started=record_start(self.audit, self.config.paths.audit_log),
+            started=record_start(
+                self.audit, self.config.paths.audit_log, audit_replica(self.config)
+            ),
         )
         return self.workers.route_cancel
 
@@ -254,7 +287,9 @@ class Runtime:
             mock_secret=mock_secret, cancel_elsewhere=cancel_elsewhere, upstream_pool=self.pool,
             client_tls=client_tls,
             # The auditor first: when it refuses a session (fail closed), nothing else counts it.
-            observers=[self.auditor, MetricsObserver(self.metrics, self._current_policy)],
+            observers=[self.auditor, MetricsObserver(self.metrics, self._current_policy),
+                       *(self.cluster.observers if self.cluster is not None else ())],
+            other_replicas=self.cluster.peers if self.cluster is not None else None,
         )  # fmt: skip
         listen = self.config.proxy.listen
         many = self.config.proxy.workers > 1
@@ -262,14 +297,19 @@ class Runtime:
 
     def _api_server(self) -> ApiServer:
         checks: list[ReadinessCheck] = [self._audit_problem]
+        if self.replica is not None:
+            checks.append(self.replica.problem)
         metrics = self.metrics_registry
         if self.workers is not None:
             checks.append(self.workers.problems)
             metrics = merged_metrics(self.metrics_registry, self.workers)
         return api_server(
             self.config, grants=self.grants, store=self.store, policy=self._current_policy,
-            proxy=self.server, notifier=self.notifier, clock=self.clock, metrics=metrics,
+            proxy=self.server, notifier=self.duties.outbox, clock=self.clock, metrics=metrics,
             checks=checks, workers=self.workers,
+            replicas=self.cluster.sync if self.cluster is not None else None,
+            store_tolerated=self.replica.serving_from_memory if self.replica else None,
+            identity=self.sign_in,
         )  # fmt: skip
 
     def _housekeeping(self) -> Housekeeping:
@@ -277,14 +317,18 @@ class Runtime:
             self.policy.check_for_changes,
             AuditHealthWatch(self.audit, self.metrics),
         ]
+        if self.sign_in is not None:  # other replicas' sign-ins, seen by the change counter
+            jobs.append(self.sign_in.people.refresh)
         if self.pool is not None:
             jobs.append(PoolWatch(self.pool, self.metrics))
+        if self.replica is not None:
+            jobs.append(self.replica.publish)
         sweep = None
         if self.link is not None:  # a worker: the primary sweeps and counts
             jobs.append(MetricsReport(self.link, self.metrics_registry, self.audit))
         else:
             counts = RequestCounts(self.store, self._current_policy, self.metrics)
-            sweep = GrantSweep(self.grants, counts)
+            sweep = GrantSweep(self.grants, counts, leading=self.duties.leading)
         store_health = StoreHealthWatch(self.store, self.metrics)
         return Housekeeping(jobs, store_health, sweep, self._store_work, HOUSEKEEPING_INTERVAL)
 
@@ -316,19 +360,15 @@ class Runtime:
 
     def _committed(self, transitions: list[Transition]) -> None:
         self.lifecycle_auditor.committed(transitions)
-        for t in transitions:
-            if t.action is Action.EXPIRE:  # the API fires the others; expiry has no caller
-                self.notifier.grant_expired(self._request(t.request_id))
+        self.duties.committed(transitions)  # its notifications are there to send
 
     def _recording(self, tx: StoreTx, transitions: list[Transition]) -> None:
         """Before a write's COMMIT: its records, write-ahead (raises NotAudited to refuse it)."""
         self.lifecycle_auditor.before_commit(tx, transitions)
+        self.duties.before_commit(tx, transitions)  # the notifications, in the same transaction
 
     def _aborted(self, transitions: list[Transition], exc: BaseException) -> None:
         self.lifecycle_auditor.aborted(transitions, exc)
-
-    def _request(self, request_id: str) -> AccessRequest:
-        return self.grants.get(RequestId(request_id))
 
     def _long_session(self, session: Session) -> None:
         (target,) = policy_label(self.policy.current, session.info.target)
@@ -339,6 +379,12 @@ class Runtime:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        if self.replica is not None:  # listening before the first login (feed.py)
+            self.replica.start(
+                connection_info(state_dsn(self.config.state)), self.metrics_registry,
+                self.cluster.listeners() if self.cluster else None, self._state_changed,
+                getattr(self.store, "suspect", None),  # PostgresStore.suspect
+            )  # fmt: skip
         if self.link is not None:
             assert self.welcome is not None
             self.link.start(self.welcome)  # the primary's notices, from here on
@@ -346,16 +392,25 @@ class Runtime:
             self.link.notify("ready")
         else:
             # Before the first client: every mapped-role backend then found is a previous run's.
-            await end_leftover_backends(self.policy.current, self.metrics, self.audit)
+            scope = self.cluster.sweep_scope() if self.cluster is not None else None
+            await end_leftover_backends(self.policy.current, self.metrics, self.audit, scope)
             await _listen(self.server.start, "proxy.listen", self.config.proxy.listen)
-            self.notifier.bind(loop)
+            self.duties.start()  # leading (trying to), and delivering while it leads
             await _listen(self.api.start, "api.listen", self.config.api.listen)
             if self.workers is not None:
                 await self.workers.start()
+            if self.cluster is not None:  # where it listens, and its heartbeat from now on
+                await self.cluster.start(self.server.port, self.api.port)
         self._tasks = [
             loop.create_task(self.housekeeping.run()),
             loop.create_task(self.enforcer.run()),
         ]
+
+    def _state_changed(self) -> None:
+        """A change announced by another replica, heard by the feed (on its thread)."""
+        if self.sign_in is not None:
+            self.sign_in.people.refresh()  # who signed in, or left, before what they did
+        self.enforcer.wake()
 
     async def stop(self) -> None:
         await self.api.stop()  # first: no API call may start work on a closing store
@@ -371,11 +426,15 @@ class Runtime:
             await asyncio.gather(self.workers.stop(grace), self.server.shutdown(grace))
         else:
             await self.server.shutdown(grace)
+        if self.cluster is not None:  # its sessions have ended: the registry marks it stopped
+            await self.cluster.stop()
         if self.link is not None:
             self.link.close()
         if self.pool is not None:
             self.pool.clear()
-        await self.notifier.close()
+        await self.duties.stop()
+        if self.replica is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.replica.stop)
         self.store.close()
         self.auditor.flush()
         self.audit.close()
@@ -384,6 +443,8 @@ class Runtime:
         """After a start that failed: close the store, and remove its file if this run made it
         and the audit log never opened (no record speaks of it: startup.py). The audit log is
         the caller's to close."""
+        if self.cluster is not None:
+            self.cluster.abandon()  # its name free again at once, not after its heartbeat expires
         self.store.close()
         if self._created_state and not self._audit_opened and self.config.paths.state:
             discard_new_state(self.config.paths.state)
@@ -436,13 +497,3 @@ async def serve(
     await stop.wait()
     log.info("stopping: ending sessions (grace %s)", config.sessions.shutdown_grace)
     await runtime.stop()
-
-
-def run_event_loop(main: Coroutine[object, object, None]) -> None:
-    """Run `main` on uvloop when it is installed, else on asyncio's own loop."""
-    try:
-        import uvloop  # noqa: PLC0415 - optional speed-up, imported where it is used
-    except ImportError:
-        asyncio.run(main)
-        return
-    uvloop.run(main)

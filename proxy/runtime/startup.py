@@ -57,7 +57,9 @@ from proxy.config import (
     ConfigUnreadable,
     ListenAddress,
     ServerConfig,
+    StateBackend,
     StateSettings,
+    replica_name_problem,
 )
 from proxy.errors import PgwardenError
 from proxy.grants.pg_store import PostgresStore
@@ -115,7 +117,7 @@ def config_problem(exc: ConfigError, how_to_name: str = "--config") -> str:
 def load_startup_policy(config: ServerConfig) -> Policy:
     """The policy the config names, once (the commands that are not a server)."""
     try:
-        return load_policy(config.paths.policy)
+        return load_policy(config.paths.policy, people_from_identity=config.identity is not None)
     except PolicyError as exc:
         raise _policy_error(exc, config) from None
 
@@ -273,6 +275,7 @@ def open_state_store(
     expect: FileIdentity | None = None,
     before_commit: Callable[[StoreTx, list[Transition]], None] | None = None,
     on_abort: Callable[[list[Transition], BaseException], None] | None = None,
+    on_changes: Callable[[int], None] | None = None,
 ) -> Store:
     """The configured state store: the SQLite file (`open_store`; `create` and `expect` are
     about the file), or the PostgreSQL database every process and server connects to."""
@@ -284,7 +287,8 @@ def open_state_store(
     try:
         return PostgresStore(
             state_dsn(config.state), schema=config.state.schema, on_commit=on_commit,
-            before_commit=before_commit, on_abort=on_abort,
+            before_commit=before_commit, on_abort=on_abort, on_changes=on_changes,
+            login_grace=config.state.max_staleness,
         )  # fmt: skip
     except StoreError as exc:
         raise StartupError(f"state: {exc.message}") from None
@@ -314,6 +318,16 @@ def discard_new_state(path: Path) -> None:
     for name in (path.name, *(path.name + suffix for suffix in SQLITE_SIDE_FILES)):
         with contextlib.suppress(FileNotFoundError):
             path.with_name(name).unlink()
+
+
+def audit_replica(config: ServerConfig) -> str:
+    """The replica name this server's audit chains carry (`records.chain_path`): `state.replica`
+    with a PostgreSQL store, so that replicas' chains can share a directory; "" with SQLite
+    (the names of old). StartupError for a name that would take another chain's file."""
+    replica = config.state.replica if config.state.backend is StateBackend.POSTGRES else ""
+    if replica and (problem := replica_name_problem(replica)) is not None:
+        raise StartupError(f"state.replica: {problem} (it names this server's audit chains)")
+    return replica
 
 
 def open_audit(
@@ -359,7 +373,10 @@ def _checked(
 
 def _open_policy(config: ServerConfig, on_reload: ReloadHook) -> PolicyHolder:
     try:
-        return PolicyHolder.open(config.paths.policy, on_reload=on_reload)
+        return PolicyHolder.open(
+            config.paths.policy, on_reload=on_reload,
+            people_from_identity=config.identity is not None,  # single sign-on: policy_file.py
+        )  # fmt: skip
     except PolicyError as exc:
         raise _policy_error(exc, config) from None
 

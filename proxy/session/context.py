@@ -12,6 +12,7 @@ import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from proxy.auth import SaltedPasswordCache
 from proxy.auth.throttle import LoginThrottle
@@ -26,11 +27,18 @@ from proxy.session.registry import SessionRegistry
 from proxy.session.session import Session
 from proxy.upstream.liveness import UnsupportedSettings
 from proxy.upstream.pool import UpstreamPool
+from proxy.wire import CancelRequest
 from proxy.wire.limits import DEFAULT_MAX_MESSAGE_LENGTH
 
 # The mock SCRAM secret only has to be unguessable and stable for the life of the process (and
 # the same in every worker process: the primary hands its own down, see proxy/workers/shares.py).
 MOCK_SECRET_BYTES = 32
+
+
+class OtherReplicas(Protocol):
+    """Where a CancelRequest for another replica's key goes (proxy/cluster/peers.py)."""
+
+    async def forward_cancel(self, slot: int, request: CancelRequest) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +72,8 @@ class ProxyContext:
     # With several workers: hand a CancelRequest to the worker that issued its key (worker,
     # process id, secret); see registry.owner (the secret names the worker).
     cancel_elsewhere: Callable[[int, int, bytes], None] | None = None
+    # With several replicas: pass a CancelRequest for another replica's key on (its slot).
+    other_replicas: OtherReplicas | None = None
     # Prefix the upstream application_name with `pgwarden:<user>:<grant>` (opening.py).
     identity_in_application_name: bool = True
     login_notice: bool = True  # tell the client at login how long its access lasts

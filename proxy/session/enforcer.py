@@ -22,6 +22,7 @@ deadline is forwarded even between two ticks.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -74,15 +75,30 @@ class Enforcer:
         self._last_changes: int | None = None
         self._last_policy: Policy | None = None
         self._last_reconcile = -math.inf
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._woken: asyncio.Event | None = None
 
     async def run(self) -> None:
         """Check forever (until cancelled); a failed check is logged and retried."""
+        self._loop, self._woken = asyncio.get_running_loop(), asyncio.Event()
         while True:
             try:
                 await self.check()
             except Exception:
                 log.exception("enforcement check failed; retrying")
-            await asyncio.sleep(self._sleep_time())
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that comes
+            # as the event is set (a wake), and this task would never end (bpo-42130).
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._sleep_time()):
+                    await self._woken.wait()
+            self._woken.clear()
+
+    def wake(self) -> None:
+        """Check now, not at the next tick: another replica's change was announced (its NOTIFY
+        reached `proxy/cluster/feed.py`). Safe from any thread; before `run`, nothing."""
+        loop, woken = self._loop, self._woken
+        if loop is not None and woken is not None:
+            loop.call_soon_threadsafe(woken.set)
 
     async def check(self) -> None:
         """One round: deadlines, warnings, long sessions, then reconciliation when due."""

@@ -243,11 +243,13 @@ async def authenticate(conn: ClientConnection, startup: StartupMessage, ctx: Pro
     # No grant here, but one elsewhere: check the proof against it, so that a client that proves
     # its credential is told which database its grant is for (and one that cannot, nothing).
     checked = grants or _grants_elsewhere(user, target, ctx)
+    late = _LateGrants(user, target, checked, ctx)
     scram = ScramServer(
         user, [grant.verifier for grant in checked],
         mock_secret=ctx.mock_secret,
         channel_binding=ctx.client_tls.channel_binding if conn.tls and ctx.client_tls else None,
-        still_valid=lambda verifier: _grant_still_holds(user, _of(checked, verifier), ctx),
+        still_valid=lambda verifier: _grant_still_holds(user, _of(late.all, verifier), ctx),
+        late_verifiers=late.verifiers if ctx.grants.caching else None,
     )  # fmt: skip
     try:
         await _scram_exchange(conn, scram)
@@ -261,7 +263,7 @@ async def authenticate(conn: ClientConnection, startup: StartupMessage, ctx: Pro
             login_abandoned(conn, user, target, ctx)
         raise
     assert scram.matched is not None  # a mock exchange never succeeds
-    grant = checked[scram.matched]
+    grant = late.all[scram.matched]
     if not grants:
         assert refusal is not None
         login_misdirected(conn, user, target, ctx, refusal=refusal)
@@ -347,6 +349,33 @@ def _sharing_a_salt(grants: tuple[ActiveGrant, ...]) -> tuple[ActiveGrant, ...]:
         g for g in grants
         if (g.verifier.salt, g.verifier.iterations) == (first.salt, first.iterations)
     )  # fmt: skip
+
+
+class _LateGrants:
+    """The grants a login is checked against: those known at its start, then (a replica's
+    memory being a moment behind) those the store holds when the proof matched none."""
+
+    def __init__(
+        self, user: UserName, target: TargetName, known: tuple[ActiveGrant, ...], ctx: ProxyContext
+    ) -> None:
+        self._user, self._target, self._ctx = user, target, ctx
+        self.all = known
+
+    def verifiers(self) -> list[ScramVerifier]:
+        """The verifiers of grants not known at the start (read from the store, always: a mock
+        exchange reads too, so that a wrong password costs the same for every user)."""
+        now = self._ctx.clock.now()
+        decision = self._ctx.grants.login_decision(self._user, self._target, now, fresh=True)
+        if not self.all or not isinstance(decision, Allow):
+            return []  # a mock exchange: no salt sent that a credential could match
+        first = self.all[0].verifier
+        new = tuple(
+            grant for grant in decision.grants
+            if grant not in self.all
+            and (grant.verifier.salt, grant.verifier.iterations) == (first.salt, first.iterations)
+        )  # fmt: skip
+        self.all = self.all + new  # in the order ScramServer appends their verifiers
+        return [grant.verifier for grant in new]
 
 
 def _of(grants: tuple[ActiveGrant, ...], verifier: ScramVerifier) -> ActiveGrant | None:

@@ -280,7 +280,13 @@ async def forward_cancel(request: CancelRequest, ctx: ProxyContext) -> None:
     PostgreSQL closes it only once it has signalled the backend: a client that waits for the
     close before its next statement (libpq, asyncpg) must not have that statement cancelled.
     A key another worker issued goes to that worker, which checks it the same way (there the
-    close does not wait)."""
+    close does not wait). A key another replica issued (its slot) goes to that replica, over
+    the network, and the close waits for that replica's (proxy/cluster/peers.py)."""
+    slot = ctx.registry.replica_slot(request.secret_key)
+    if slot != ctx.registry.slot:
+        if slot is not None and ctx.other_replicas is not None:
+            await ctx.other_replicas.forward_cancel(slot, request)
+        return
     owner = ctx.registry.owner(request.secret_key)
     if owner != ctx.registry.worker:
         if ctx.cancel_elsewhere is not None:

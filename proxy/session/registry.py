@@ -14,6 +14,12 @@ the kernel may hand to any worker. The low bits of the secret's last byte name t
 issued it — as few bits as the number of workers needs (none for one process, 1 for two, at most
 `WORKER_BITS`), so the unguessable part stays long: at least 26 of the 32 bits, 31 with two
 workers — and the process that receives the request knows where to send it (`owner`).
+
+With several replicas (a PostgreSQL state store, proxy/cluster), the top `SLOT_BITS` of the
+secret name the replica's slot, wherever the worker bits are (replicas may run different numbers
+of workers): a CancelRequest that a load balancer hands to another replica is forwarded to the
+one that issued the key (`replica_slot`). The unguessable part is then 32 - 6 - worker bits: 26
+with one process, at least 20 with 64. A single server (SQLite) spends no bits on a slot.
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ from typing import Generic, Protocol, TypeVar
 # Postgres' BackendKeyData in protocol 3.0 carries a 4-byte secret; libpq rejects any other size.
 CANCEL_SECRET_BYTES = 4
 WORKER_BITS = 6  # up to 64 workers (config.MAX_WORKERS)
+SLOT_BITS = 6  # up to 64 replicas (proxy/cluster/replica_sql.py MAX_SLOTS)
+_SLOT_SHIFT = CANCEL_SECRET_BYTES * 8 - SLOT_BITS
 _NO_SECRET = bytes(CANCEL_SECRET_BYTES)  # compared against when a pid is unknown
 
 
@@ -46,14 +54,18 @@ S = TypeVar("S", bound=Registered)
 
 
 class SessionRegistry(Generic[S]):
-    """Live sessions by id and by cancel key; `worker` of `workers` processes."""
+    """Live sessions by id and by cancel key; `worker` of `workers` processes, of the replica
+    in `slot` (None: a single server)."""
 
-    def __init__(self, worker: int = 0, workers: int = 1) -> None:
+    def __init__(self, worker: int = 0, workers: int = 1, slot: int | None = None) -> None:
         if not 1 <= workers <= 1 << WORKER_BITS:
             raise ValueError(f"{workers} workers do not fit the cancel key")
         if not 0 <= worker < workers:
             raise ValueError(f"worker index {worker} out of range")
+        if slot is not None and not 0 <= slot < 1 << SLOT_BITS:
+            raise ValueError(f"replica slot {slot} out of range")
         self.worker = worker
+        self.slot = slot
         self._worker_bits = (workers - 1).bit_length()
         self._by_id: dict[str, S] = {}
         self._by_pid: dict[int, list[S]] = {}
@@ -62,9 +74,11 @@ class SessionRegistry(Generic[S]):
         """A fresh secret for a session on backend `process_id`, naming this worker, that no live
         session with that pid holds."""
         bits = self._worker_bits
+        slot_bits, named = (0, 0) if self.slot is None else (SLOT_BITS, self.slot << _SLOT_SHIFT)
         while True:
-            random = secrets.randbits(CANCEL_SECRET_BYTES * 8 - bits)
-            secret = (random << bits | self.worker).to_bytes(CANCEL_SECRET_BYTES, "big")
+            random = secrets.randbits(CANCEL_SECRET_BYTES * 8 - slot_bits - bits)
+            value = named | random << bits | self.worker
+            secret = value.to_bytes(CANCEL_SECRET_BYTES, "big")
             if all(s.cancel_secret != secret for s in self._by_pid.get(process_id, ())):
                 return secret
 
@@ -92,6 +106,13 @@ class SessionRegistry(Generic[S]):
     def owner(self, secret: bytes) -> int:
         """The worker that issued this cancel secret."""
         return (secret[-1] if secret else 0) & ((1 << self._worker_bits) - 1)
+
+    def replica_slot(self, secret: bytes) -> int | None:
+        """The replica slot this cancel secret names (ours for a key of a size we never issue,
+        which no replica holds); None for a single server."""
+        if self.slot is None or len(secret) != CANCEL_SECRET_BYTES:
+            return self.slot
+        return int.from_bytes(secret, "big") >> _SLOT_SHIFT
 
     def get(self, session_id: str) -> S | None:
         return self._by_id.get(session_id)

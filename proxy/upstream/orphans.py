@@ -19,9 +19,15 @@ The role is what pgwarden itself chooses, and by the README's rules only pgwarde
 role's password and pg_hba.conf lets it log in only from pgwarden's address; every such backend
 is pgwarden's. None is this run's, since the sweep runs before this run accepts a client. So an
 *installation* here is the set of roles its policy maps: two pgwarden installations must not map
-the same role on one database (each would end the other's sessions when it starts; the HA
-replicas to come need a per-replica mark, such as backend pids kept in their shared store).
+the same role on one database (each would end the other's sessions when it starts).
 Backends of roles a previous policy mapped, but the current one does not, are not found.
+
+**Replicas** share their roles, so there the roles are no mark: a replica restarting must not end
+the sessions the others hold. Each replica keeps its sessions' backend pids in the shared store
+(`proxy/cluster`), and its sweep (`SweepScope`) ends only the pids its earlier life recorded,
+of the mapped roles, minus any pid a live replica holds now (a pid reused since). A session that
+began in the last second before the crash may not be recorded yet: its backend ends when
+PostgreSQL finds its client gone (`liveness.py`), within a second or two.
 
 Bounded: each target gets `SWEEP_TIMEOUT` to log in and terminate, then `EXIT_WAIT` to see them
 gone, and all targets together `SWEEP_BUDGET` (an unreachable database delays the start by at
@@ -34,7 +40,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
@@ -72,9 +78,23 @@ _SWEEP_SQL: Final = (
     "AND NOT EXISTS (SELECT FROM pg_roles r WHERE r.oid = a.usesysid AND r.rolsuper) "
     "LIMIT $2"
 )
+# A replica's sweep: the same, of these backends only. $3: their pids (an int array).
+_SWEEP_PIDS_SQL: Final = _SWEEP_SQL.replace("LIMIT $2", "AND a.pid = ANY($3::int[]) LIMIT $2")
 _STILL_THERE_SQL: Final = "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1::int[])"
 
 SslContextFor = Callable[[Upstream], ssl.SSLContext | None]
+
+
+@dataclass(frozen=True, slots=True)
+class SweepScope:
+    """A replica's sweep: on each target, only the backends `left` there by its earlier life,
+    never one another replica `holds` now (by target name, then pid)."""
+
+    left: Mapping[str, frozenset[int]]
+    holds: Mapping[str, frozenset[int]]
+
+    def pids(self, target: str) -> frozenset[int]:
+        return self.left.get(target, frozenset()) - self.holds.get(target, frozenset())
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,18 +112,22 @@ def _ssl_context(upstream: Upstream) -> ssl.SSLContext | None:
 
 
 async def sweep_orphans(
-    policy: Policy, ssl_context_for: SslContextFor = _ssl_context
+    policy: Policy, ssl_context_for: SslContextFor = _ssl_context, scope: SweepScope | None = None
 ) -> list[Orphan]:
-    """Terminate, on every target with a control role, the backends of its mapped roles; the
-    ones terminated. Each is logged at WARNING; a target that cannot be swept is logged too."""
+    """Terminate, on every target with a control role, the backends of its mapped roles (those
+    of `scope` only, for a replica); the ones terminated. Each is logged at WARNING; a target
+    that cannot be swept is logged too."""
     targets = [t for t in policy.targets.values() if _sweepable(t)]
+    if scope is not None:
+        targets = [t for t in targets if scope.pids(t.name)]
     if not targets:
         return []
     limit = asyncio.Semaphore(MAX_PARALLEL_SWEEPS)
 
     async def one(target: Target) -> list[Orphan]:
         async with limit:
-            return await _sweep_target(target, ssl_context_for)
+            pids = None if scope is None else scope.pids(target.name)
+            return await _sweep_target(target, ssl_context_for, pids)
 
     tasks = {asyncio.create_task(one(t)): t for t in targets}
     done, late = await asyncio.wait(tasks, timeout=SWEEP_BUDGET)
@@ -132,12 +156,14 @@ def _sweepable(target: Target) -> bool:
     return bool(target.access_levels)
 
 
-async def _sweep_target(target: Target, ssl_context_for: SslContextFor) -> list[Orphan]:
+async def _sweep_target(
+    target: Target, ssl_context_for: SslContextFor, pids: frozenset[int] | None
+) -> list[Orphan]:
     try:
         async with asyncio.timeout(SWEEP_TIMEOUT):
             conn = await _control_login(target, ssl_context_for)
             try:
-                orphans = await _terminate_orphans(conn, target)
+                orphans = await _terminate_orphans(conn, target, pids)
             except BaseException:
                 conn.peer.abort()  # mid-exchange: nothing to say to the server
                 raise
@@ -171,11 +197,17 @@ async def _control_login(target: Target, ssl_context_for: SslContextFor) -> Upst
     return await connect_upstream(login, ssl_context=context, connect_timeout=SWEEP_TIMEOUT)
 
 
-async def _terminate_orphans(conn: UpstreamConnection, target: Target) -> list[Orphan]:
+async def _terminate_orphans(
+    conn: UpstreamConnection, target: Target, pids: frozenset[int] | None
+) -> list[Orphan]:
     roles = sorted({level.role for level in target.access_levels.values()})
     # The role names travel as a value, never as SQL text.
     params = (_text_array(roles), str(MAX_ORPHANS_PER_TARGET))
-    rows = await simple_query(conn, _SWEEP_SQL, params)
+    if pids is None:
+        rows = await simple_query(conn, _SWEEP_SQL, params)
+    else:
+        listed = "{" + ",".join(str(pid) for pid in sorted(pids)) + "}"  # ints: a safe literal
+        rows = await simple_query(conn, _SWEEP_PIDS_SQL, (*params, listed))
     return [
         Orphan(target.name, int(_text(pid)), _text(role), _text(name))
         for pid, role, name, killed in rows

@@ -65,11 +65,11 @@ def welcome(
     return message
 
 
-def record_start(audit: AuditLog, audit_log: Path) -> Callable[[int, int], None]:
+def record_start(audit: AuditLog, audit_log: Path, replica: str = "") -> Callable[[int, int], None]:
     """The primary's audit record of each worker it starts (`worker.started`)."""
 
     def started(worker: int, pid: int) -> None:
-        audit_file = worker_audit_path(audit_log, worker).name
+        audit_file = worker_audit_path(audit_log, worker, replica).name
         try:
             audit.append(WorkerStarted(worker, pid, audit_file))
         except AuditUnavailable as exc:  # the worker's own chain still records its sessions

@@ -1,5 +1,6 @@
 """The API inside a real pgwarden (`Runtime`) in front of real Postgres: health and metrics,
-revoking and killing live psycopg sessions through HTTP, and the webhooks those actions fire."""
+revoking and killing live psycopg sessions through HTTP, and the webhooks those actions fire; on
+each state store (`[sqlite]`, `[postgres]`)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -16,23 +16,23 @@ import pytest
 
 from proxy.api.auth import new_token
 from proxy.clock import SYSTEM_CLOCK
-from proxy.grants.store import SqliteStore
 from proxy.policy.models import UserName
 from tests.fixtures.api import Receiver
+from tests.fixtures.pg_state import PgState
 from tests.fixtures.pgwarden import PgwardenDeployment, RunningPgwarden, running_pgwarden
+from tests.fixtures.state_backends import BOTH_STORES
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, BOTH_STORES]
 
 
 @dataclass
 class Api:
     pgwarden: RunningPgwarden
-    state: Path
     receiver: Receiver
 
     def token(self, user: str) -> str:
         secret, record = new_token(UserName(user), SYSTEM_CLOCK.now())
-        with SqliteStore(self.state) as store, store.write() as tx:
+        with self.pgwarden.store.write() as tx:
             tx.insert_token(record)
         return secret
 
@@ -52,15 +52,19 @@ class Api:
 
 
 @pytest.fixture(scope="module")
-def api(deployment: PgwardenDeployment, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+def api(
+    deployment: PgwardenDeployment,
+    tmp_path_factory: pytest.TempPathFactory,
+    state_store: PgState | None,
+) -> Iterator[Api]:
     directory = tmp_path_factory.mktemp("api")
-    config = deployment.write_files(directory)
+    config = deployment.write_files(directory, state=state_store)
     receiver = Receiver()
     with (directory / "policy.yaml").open("a") as policy:
         policy.write(f"notifications:\n  webhooks:\n    - {{url: '{receiver.url}'}}\n")
     try:
         with running_pgwarden(config) as instance:
-            yield Api(instance, directory / "state.db", receiver)
+            yield Api(instance, receiver)
     finally:
         receiver.close()
 

@@ -2,16 +2,21 @@
 
 The demo runs in its own process group with a terminal on stdin (so it stays up, as it does for a
 person); the block it prints is pasted into a separate bash with the venv off PATH and no
-PGWARDEN_* variables, and Ctrl-C is the terminal's: SIGINT to the whole process group.
+PGWARDEN_* variables, and Ctrl-C is the terminal's: SIGINT to the whole process group. The
+single sign-on block is followed the same way: `pgwarden login` as alice with the password the
+demo printed, her part at the local OpenID provider played by the tests' browser stand-in.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import pty
 import queue
 import re
+import shutil
 import signal
+import socket
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -20,7 +25,9 @@ from pathlib import Path
 
 import pytest
 
-from proxy.demo.handover import BLOCK_START
+from proxy.demo.handover import BLOCK_START, SIGN_IN_START
+from proxy.demo.local_idp import NodeUnavailable, node_binary
+from tests.fixtures.idp_browser import IdpBrowser
 
 pytestmark = pytest.mark.integration
 
@@ -28,8 +35,12 @@ ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = ROOT / ".venv" / "bin"
 STARTUP_SECONDS = 180
 STOPPED = re.compile(
-    r"^Stopped pgwarden \(pid \d+\) and PostgreSQL on \S+; removed (\S+) .* and (\S+) "
+    r"^Stopped pgwarden \(pid \d+\)(?:, the OpenID provider at \S+)? and PostgreSQL on \S+; "
+    r"removed (\S+) .* and (\S+) "
 )
+PROVIDER = re.compile(r"^sign-in: a local OpenID provider at (http://127\.0\.0\.1:\d+) ")
+DEVICE_PROMPT = re.compile(r"^To sign in, open (\S+) and enter the code (\S+)$")
+LOGIN_SECONDS = 120  # the device flow polls every 5 s: a few polls, and the CLI's start-ups
 
 
 class RunningDemo:
@@ -91,9 +102,9 @@ def running_demo(**extra: str) -> Iterator[RunningDemo]:
         demo.close()
 
 
-def pasted_block(lines: list[str]) -> list[str]:
-    """The commands under the "Try it in another terminal" line, without their indentation."""
-    start = next(i for i, line in enumerate(lines) if BLOCK_START in line) + 1
+def pasted_block(lines: list[str], title: str = BLOCK_START) -> list[str]:
+    """The commands under the `title` line ("Try it in another terminal"), unindented."""
+    start = next(i for i, line in enumerate(lines) if title in line) + 1
     block: list[str] = []
     for line in lines[start:]:
         if not line.startswith("  "):
@@ -121,6 +132,74 @@ def run_pasted(block: list[str], env: dict[str, str]) -> list[tuple[str, int, st
     outputs = re.split(rf"^{marker} \d+\n", result.stdout, flags=re.MULTILINE)
     assert len(statuses) == len(block), result.stdout + result.stderr
     return [(line, int(s), out) for line, s, out in zip(block, statuses, outputs, strict=False)]
+
+
+class PastedShell:
+    """A block pasted into one bash whose output is read as it comes (a command may wait on
+    the person, as `pgwarden login` does); each line's status marked as in `run_pasted`."""
+
+    MARKER = "__pgwarden_test_status__"
+
+    def __init__(self, block: list[str], env: dict[str, str]) -> None:
+        self.block = block
+        self.process = subprocess.Popen(
+            ["bash", "--noprofile", "--norc"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, env=env, text=True, start_new_session=True,
+        )  # fmt: skip
+        assert self.process.stdin is not None
+        self.process.stdin.write("".join(f"{line}\necho {self.MARKER} $?\n" for line in block))
+        self.process.stdin.close()
+        self.lines: list[str] = []
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self._queue.put(line.rstrip("\n"))
+        self._queue.put(None)
+
+    def wait_for(self, pattern: re.Pattern[str], timeout: float = LOGIN_SECONDS) -> re.Match[str]:
+        while True:
+            line = self._queue.get(timeout=timeout)
+            assert line is not None, "the shell ended first:\n" + "\n".join(self.lines)
+            self.lines.append(line)
+            if match := pattern.match(line):
+                return match
+
+    def results(self, timeout: float = LOGIN_SECONDS) -> list[tuple[str, int, str]]:
+        """Each line, its status and its output, once the shell has run them all."""
+        while (line := self._queue.get(timeout=timeout)) is not None:
+            self.lines.append(line)
+        self.process.wait(timeout=timeout)
+        text = "".join(f"{line}\n" for line in self.lines)
+        statuses = re.findall(rf"^{self.MARKER} (\d+)$", text, flags=re.MULTILINE)
+        outputs = re.split(rf"^{self.MARKER} \d+\n", text, flags=re.MULTILINE)
+        assert len(statuses) == len(self.block), text
+        return [(line, int(s), out) for line, s, out in zip(self.block, statuses, outputs,
+                                                             strict=False)]  # fmt: skip
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=30)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+
+
+async def sign_in_at_the_provider(issuer: str, user: str, password: str, uri: str,
+                                  code: str) -> None:  # fmt: skip
+    """The person's part of the device flow, on the provider's real pages."""
+    async with IdpBrowser(issuer, {user: password}) as browser:
+        await browser.approve_device(uri, code, user=user)
+
+
+def node_is_here() -> bool:
+    try:
+        node_binary()
+    except NodeUnavailable:
+        return False
+    return shutil.which("npm") is not None
 
 
 def assert_cleaned_up(out: str, err: str) -> None:
@@ -171,3 +250,46 @@ def test_ctrl_c_during_the_walkthrough_says_what_it_stopped_and_removed(
     assert f"{said}: stopping the demo." in out
     assert "The demo ran to the end" not in out
     assert_cleaned_up(out, err)
+
+
+def test_the_printed_sign_in_makes_you_alice_with_her_printed_password(tmp_path: Path) -> None:
+    if not node_is_here():
+        if os.environ.get("PGWARDEN_TEST_REQUIRE_NODE") == "1":
+            pytest.fail("the demo's single sign-on needs Node.js 20.19+ and npm", pytrace=False)
+        pytest.skip("no Node.js 20.19+ and npm: the demo offers API tokens only")
+    env = a_fresh_shell_env(tmp_path)
+    env.pop("XDG_CONFIG_HOME", None)  # the session goes to this test's home, nowhere else
+    with running_demo() as demo:
+        demo.read_until("Press Ctrl-C")
+        said = demo.output()
+        provider = next((m for line in demo.lines if (m := PROVIDER.match(line))), None)
+        password = re.search(r"sign in as alice / (\S+) ", said)
+        assert provider, said
+        assert password, said
+        block = pasted_block(demo.lines, SIGN_IN_START)
+        assert block[0] == f'export PATH="{VENV_BIN}:$PATH"'
+        assert block[2:] == ["pgwarden login", "pgwarden requests"], block
+        shell = PastedShell(block, env)
+        try:
+            uri, code = shell.wait_for(DEVICE_PROMPT).groups()
+            assert uri.startswith(provider.group(1) + "/"), uri
+            asyncio.run(
+                sign_in_at_the_provider(provider.group(1), "alice", password.group(1), uri, code)
+            )
+            results = shell.results()
+        finally:
+            shell.close()
+        failed = [(line, status, out) for line, status, out in results if status != 0]
+        assert not failed, failed
+        login, requests = results[2][2], results[3][2]
+        assert "signed in as alice (groups: engineers)" in login, login
+        assert "pending" in requests, requests
+        assert "trying pgwarden" in requests, requests
+        session = tmp_path / ".config" / "pgwarden" / "session.json"
+        assert session.stat().st_mode & 0o777 == 0o600
+        out, err = demo.ctrl_c()
+    assert_cleaned_up(out, err)
+    assert re.search(r"^Stopped pgwarden \(pid \d+\), the OpenID provider at ", out, re.M), out
+    port = int(provider.group(1).rsplit(":", 1)[1])
+    with pytest.raises(ConnectionRefusedError):  # the provider is gone, not just said to be
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()

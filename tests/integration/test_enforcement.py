@@ -2,7 +2,9 @@
 
 pgwarden runs with a fake clock shared with the test: "the grant expires" is `clock.advance(...)`,
 never a sleep. Each test checks what the client saw (FATAL 57P01 and its message) and what the
-database saw (the backend gone from pg_stat_activity, nothing committed).
+database saw (the backend gone from pg_stat_activity, nothing committed). Every test runs on
+each state store (`[sqlite]`, `[postgres]`): the enforcer learns of a revocation through the
+store's change counter, which on PostgreSQL another server may have moved.
 """
 
 from __future__ import annotations
@@ -23,8 +25,9 @@ from proxy.policy.models import UserName
 from tests.fixtures.clock import FakeClock
 from tests.fixtures.pgwarden import RW_ROLE, RunningPgwarden
 from tests.fixtures.postgres import PostgresServer
+from tests.fixtures.state_backends import BOTH_STORES
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, BOTH_STORES]
 
 GRANT = timedelta(minutes=10)
 KILL_BOUND = 2.0  # seconds: the promise of SECURITY.md row 27

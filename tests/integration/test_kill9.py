@@ -14,7 +14,8 @@ backend from a superuser connection. Three ways:
 `make test` runs one trial of each; PGWARDEN_KILL9_TRIALS=10 (with `-s`) measures, printing
 crash -> backend gone per trial. The only timing asserted is the issue's bound (2 s) for the
 first two; `sweep` depends on how fast the process is restarted and is asserted by order: the
-backend is gone before the restarted pgwarden listens.
+backend is gone before the restarted pgwarden listens. Each mode runs on each state store
+(`[sqlite]`, `[postgres]`: a schema of the test's own, which the restarted process finds as it was).
 """
 
 from __future__ import annotations
@@ -36,10 +37,12 @@ import pytest
 from proxy.grants.requests import IssuedCredential
 from proxy.policy.models import AccessLevelName, TargetName, UserName
 from tests.fixtures.clients import PgwardenProcess, pgwarden_process, superuser_orders
+from tests.fixtures.pg_state import PgState
 from tests.fixtures.pgwarden import TARGET_DB, PgwardenDeployment
 from tests.fixtures.postgres import PostgresServer
+from tests.fixtures.state_backends import BOTH_STORES
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, BOTH_STORES]
 
 TRIALS = int(os.environ.get("PGWARDEN_KILL9_TRIALS", "1"))
 GRANT_SECONDS = 4.0
@@ -48,7 +51,6 @@ BOUND = 2.0  # seconds from the crash to the backend gone: the issue's bound
 POLL = 0.01  # seconds between looks at pg_stat_activity
 WAIT = 15.0  # any wait in a trial, at most
 MODES = ("no restart", "restart", "sweep")
-FIGURES: dict[str, list[float]] = {mode: [] for mode in MODES}
 
 
 @dataclass
@@ -146,17 +148,23 @@ def watch(trial: Trial, postgres: PostgresServer) -> None:
 
 @pytest.mark.parametrize("mode", MODES)
 def test_no_backend_outlives_its_grant_after_kill_9(
-    mode: str, deployment: PgwardenDeployment, postgres: PostgresServer, tmp_path: Path
+    mode: str,
+    deployment: PgwardenDeployment,
+    postgres: PostgresServer,
+    tmp_path: Path,
+    fresh_state_store: PgState | None,
 ) -> None:
-    config = deployment.write_files(tmp_path, control=True)
+    config = deployment.write_files(tmp_path, control=True, state=fresh_state_store)
+    figures: list[float] = []
     for _ in range(TRIALS):
         trial = one_trial(mode, config, postgres)
-        FIGURES[mode].append(trial.gone_after)
+        figures.append(trial.gone_after)
         if mode != "sweep":
             assert trial.gone_after <= BOUND
-    figures = FIGURES[mode]
     print(
-        f"\nkill -9, {mode}: crash -> backend gone over {len(figures)} trial(s): "
+        f"\nkill -9, {mode}, state in {'SQLite' if fresh_state_store is None else 'PostgreSQL'}: "
+        "crash -> backend gone over "
+        f"{len(figures)} trial(s): "
         f"min {min(figures):.3f} s, median {statistics.median(figures):.3f} s, "
         f"max {max(figures):.3f} s; each: {', '.join(f'{f:.3f}' for f in figures)}"
     )

@@ -1,4 +1,5 @@
-"""The metrics a running pgwarden exports, read from its registry after real sessions."""
+"""The metrics a running pgwarden exports, read from its registry after real sessions; on each
+state store (`[sqlite]`, `[postgres]`), since the request and grant gauges are read from it."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ from prometheus_client import generate_latest
 from proxy.grants.requests import IssuedCredential
 from tests.fixtures.clock import FakeClock
 from tests.fixtures.pgwarden import RunningPgwarden
+from tests.fixtures.state_backends import BOTH_STORES
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, BOTH_STORES]
 
 
 def fresh_grant(

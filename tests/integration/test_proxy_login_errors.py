@@ -9,7 +9,8 @@ once a new grant exists.
 
 Each test runs its own pgwarden on a `FakeClock`, shared with the test's GrantService, so that
 expiry is `clock.advance(...)`, never a sleep, and failed-login throttling (which runs on the same
-clock) cannot carry over from one test to the next.
+clock) cannot carry over from one test to the next. On each state store (`[sqlite]`, `[postgres]`),
+each test's state its own (a file, or a schema).
 """
 
 from __future__ import annotations
@@ -28,9 +29,11 @@ from proxy.grants.requests import IssuedCredential
 from proxy.policy.models import AccessLevelName, TargetName, UserName
 from tests.fixtures.clients import login_failure_text, raw_login
 from tests.fixtures.clock import FakeClock
+from tests.fixtures.pg_state import PgState
 from tests.fixtures.pgwarden import RO_ROLE, PgwardenDeployment, RunningPgwarden, running_pgwarden
+from tests.fixtures.state_backends import BOTH_STORES
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, BOTH_STORES]
 
 GRANT_DURATION = timedelta(hours=1)
 JUST_PAST = timedelta(seconds=1)
@@ -50,9 +53,13 @@ def clock() -> FakeClock:
 
 @pytest.fixture
 def warden(
-    deployment: PgwardenDeployment, tmp_path: Path, clock: FakeClock
+    deployment: PgwardenDeployment,
+    tmp_path: Path,
+    clock: FakeClock,
+    fresh_state_store: PgState | None,
 ) -> Iterator[RunningPgwarden]:
-    with running_pgwarden(deployment.write_files(tmp_path), clock=clock) as instance:
+    config = deployment.write_files(tmp_path, state=fresh_state_store)
+    with running_pgwarden(config, clock=clock) as instance:
         yield instance
 
 

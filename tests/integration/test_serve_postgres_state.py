@@ -74,13 +74,17 @@ def state_dsn(postgres: PostgresServer) -> Iterator[str]:
         conn.execute(f"DROP ROLE {STATE_ROLE}")
 
 
-def postgres_config(deployment: PgwardenDeployment, directory: Path, workers: int) -> Path:
-    """The test deployment's config, with its state in PostgreSQL instead of `paths.state`."""
+def postgres_config(
+    deployment: PgwardenDeployment, directory: Path, workers: int, replica: str
+) -> Path:
+    """The test deployment's config, with its state in PostgreSQL instead of `paths.state`,
+    as replica `replica` (two live replicas never share a name)."""
     config = deployment.write_files(directory, workers=workers)
     text = config.read_text()
     assert "  state: state.db\n" in text
     text = text.replace("  state: state.db\n", "")
-    config.write_text(text + f"state:\n  backend: postgres\n  dsn_env: {DSN_ENV}\n")
+    state = f"state:\n  backend: postgres\n  dsn_env: {DSN_ENV}\n  replica: {replica}\n"
+    config.write_text(text + state)
     return config
 
 
@@ -93,7 +97,7 @@ def servers(
     try:
         for name, workers in (("a", 1), ("b", 2)):
             directory = tmp_path_factory.mktemp(f"server-{name}")
-            config = postgres_config(deployment, directory, workers)
+            config = postgres_config(deployment, directory, workers, name)
             log = directory / "serve.log"
             with log.open("wb") as sink:
                 process = subprocess.Popen(
@@ -152,7 +156,7 @@ def test_two_servers_share_grants_and_a_revocation_on_one_ends_the_session_on_th
             session.close()
     with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
         psycopg.connect(dsn, password=credential["password"]).close()  # what any client is told
-    worker_log = b.config.parent / "audit.worker1.jsonl"
+    (worker_log,) = b.config.parent.glob("audit.*.worker1.jsonl")  # named by B's replica
     assert "session.started" in worker_log.read_text()  # B's worker served some, from the store
 
 

@@ -2,7 +2,8 @@
 
 A user with two active grants on one target (read-only and read-write) can use either password;
 the session is bound to the grant whose credential was proven: its upstream role, its end, its
-audit record. A credential re-issued for one grant ends only that grant's old password.
+audit record. A credential re-issued for one grant ends only that grant's old password. On each
+state store (`[sqlite]`, `[postgres]`).
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from proxy.grants.requests import IssuedCredential
 from tests.fixtures.adversary import on_loop
 from tests.fixtures.clients import login_failure_text, raw_login
 from tests.fixtures.pgwarden import RO_ROLE, RW_ROLE, RunningPgwarden
+from tests.fixtures.state_backends import BOTH_STORES
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, BOTH_STORES]
 
 
 def role_of(warden: RunningPgwarden, credential: IssuedCredential) -> str:

@@ -160,8 +160,8 @@ def test_every_problem_is_reported_at_once_with_its_path() -> None:
         "number has no unit: write 90s, 30m, 2h or 1d) (line 9)",
         "sessions.warn_before: lists the same time twice (line 10)",
         "sessions.shutdown_grace: must be longer than zero (line 10)",
-        "notifications: unknown key (expected one of: api, audit, limits, paths, proxy, "
-        "sessions, state, upstream_pool) (line 11)",
+        "notifications: unknown key (expected one of: api, audit, identity, limits, paths, "
+        "proxy, sessions, state, upstream_pool) (line 11)",
     ]
 
 
@@ -339,3 +339,9 @@ def test_a_dsn_file_and_a_schema_of_its_own(tmp_path: Path) -> None:
 def test_state_problems(text: str, expected: str) -> None:
     assert any(expected in problem for problem in problems_of(text)), problems_of(text)
     assert "pw@h" not in " ".join(problems_of(text))  # an inline DSN is never echoed
+
+
+def test_a_replica_name_that_would_name_another_audit_file_is_refused_in_the_config() -> None:
+    text = POSTGRES_STATE.replace("dsn_env: PGWARDEN_STATE_DSN", "dsn_env: X, replica: a.worker1")
+    with pytest.raises(ConfigError, match=r"state\.replica.*names another audit file"):
+        parse_config(text)

@@ -28,7 +28,7 @@ def test_metrics_carry_no_secrets_and_random_input_creates_no_series(
         before = api.call("GET", "/metrics")
         assert before.status == 200
         assert before.headers["content-type"].startswith("text/plain")
-        api.run(api.notifier.drain(5))
+        api.run(api.deliverer.drain(5))
         baseline = _series(api.call("GET", "/metrics").body)
         for _ in range(20):  # random users, tokens, targets, paths
             junk = secrets.token_hex(8)
@@ -36,7 +36,7 @@ def test_metrics_carry_no_secrets_and_random_input_creates_no_series(
             api.call("POST", "/api/v1/requests", {"target": junk, "access_level": junk,
                                                   "duration": "1h"}, user="alice")  # fmt: skip
             api.call("GET", f"/api/v1/requests/{junk}", user="mallory")
-        api.run(api.notifier.drain(5))
+        api.run(api.deliverer.drain(5))
         after = api.call("GET", "/metrics").body
         assert _series(after) == baseline
         for secret in (credential["password"], api.token("alice"), api.token("carol")):

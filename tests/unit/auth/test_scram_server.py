@@ -287,6 +287,48 @@ def test_no_match_is_reported_before_the_exchange_ends() -> None:
     assert srv.matched is None
 
 
+# --- a credential issued a moment ago, unknown when the exchange began (a replica's memory) ------
+
+
+def test_a_late_verifier_sharing_the_salt_is_checked_when_the_known_ones_fail() -> None:
+    known, issued_since = two_verifiers()
+    asked: list[str] = []
+    srv = server(known, late_verifiers=lambda: asked.append("asked") or [issued_since])
+    exchange(srv, client("read-write password"))
+    assert (srv.matched, asked) == (1, ["asked"])
+
+
+def test_late_verifiers_are_not_asked_for_when_a_known_one_holds() -> None:
+    srv = server(two_verifiers()[0], late_verifiers=lambda: pytest.fail("asked"))
+    exchange(srv, client("read-only password"))
+    assert srv.matched == 0
+
+
+def test_a_proof_no_late_verifier_holds_for_fails_like_any_wrong_password() -> None:
+    known, issued_since = two_verifiers()
+    srv = server(known, late_verifiers=lambda: [issued_since])
+    with pytest.raises(InvalidPasswordError) as caught:
+        exchange(srv, client("neither"))
+    assert caught.value.reason is CredentialRejection.WRONG_PROOF
+
+
+def test_a_mock_exchange_asks_for_late_verifiers_too_and_never_uses_them() -> None:
+    asked: list[str] = []
+    real = fast_verifier("right")
+    srv = server(None, late_verifiers=lambda: asked.append("asked") or [real])
+    with pytest.raises(InvalidPasswordError) as caught:
+        exchange(srv, client("right"))
+    assert caught.value.reason is CredentialRejection.NO_CREDENTIAL
+    assert asked == ["asked"]  # the same store read as for a known user: same cost
+
+
+def test_a_late_verifier_with_another_salt_is_a_caller_error() -> None:
+    other_salt = make_verifier("x", iterations=FAST_ITERATIONS, salt=b"fedcba9876543210")
+    srv = server(fast_verifier(), late_verifiers=lambda: [other_salt])
+    with pytest.raises(ValueError, match="share the salt"):
+        exchange(srv, client("wrong"))
+
+
 def mock_salt_line(username: str, secret: bytes = MOCK_SECRET) -> bytes:
     srv = ScramServer(username, None, mock_secret=secret, nonce_factory=lambda: SERVER_NONCE)
     return start(srv)

@@ -282,3 +282,33 @@ def test_a_policy_change_ends_sessions_even_while_the_store_cannot_be_read(
     world.check()
     assert session.ending is not None
     assert session.ending.reason is EndReason.REMOVED
+
+
+def test_a_wake_from_another_thread_checks_at_once_not_at_the_next_tick(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The change feed's thread wakes the enforcer when another replica's change is announced."""
+    monkeypatch.setattr("proxy.session.enforcer.TICK", 3600.0)  # no tick would come in time
+    grant = world.active_grant()
+    session = world.session_for(grant)
+
+    async def scenario() -> None:
+        task = asyncio.create_task(world.enforcer.run())
+        await asyncio.sleep(0.05)  # the first check ran; the loop now waits up to TICK
+        world.grants.revoke(grant.id, BOB, "leaving")
+        await asyncio.get_running_loop().run_in_executor(None, world.enforcer.wake)
+        await asyncio.wait_for(_ended(session), timeout=5)
+        task.cancel()
+
+    asyncio.run(scenario())
+    assert session.ending is not None
+    assert session.ending.reason is EndReason.REVOKED
+
+
+def test_a_wake_before_the_loop_runs_is_harmless(world: World) -> None:
+    world.enforcer.wake()
+
+
+async def _ended(session: StandInSession) -> None:
+    while session.ending is None:
+        await asyncio.sleep(0.005)

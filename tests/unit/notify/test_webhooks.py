@@ -1,41 +1,41 @@
-"""Webhooks: delivered from the API's actions to a local receiver, retried, counted when lost;
-and the policy's `notifications:` section, validated strictly."""
+"""Webhooks: delivered from the API's actions, through the outbox, to a local receiver; retried
+(Retry-After honoured), counted when given up; and the policy's `notifications:` section,
+validated strictly."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
 import threading
 from dataclasses import replace
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 from pathlib import Path
 
 import pytest
-from prometheus_client import CollectorRegistry
 
 from proxy.api.views import request_view
-from proxy.api.webhooks import Notifier, RetryPolicy, notification_failures, slack_escape
-from proxy.grants.requests import AccessRequest, RequestId, RequestState
-from proxy.policy.models import (
-    AccessLevelName,
-    EventKind,
-    SecretRef,
-    TargetName,
-    UserName,
-    WebhookFormat,
-)
+from proxy.grants.requests import RequestId
+from proxy.notify.events import slack_escape
+from proxy.notify.webhooks import MAX_RETRY_AFTER, RetryPolicy, retry_after
+from proxy.policy.models import EventKind, SecretRef, WebhookFormat
 from proxy.policy.policy_file import PolicyError, parse_policy
-from proxy.session.session import SessionInfo
 from tests.fixtures.api import (
     FAST_RETRY,
     ApiHarness,
     PolicyBox,
     Receiver,
-    make_policy,
+    api,
+    policy,
+    receiver,
     webhook,
     with_webhooks,
 )
 from tests.fixtures.clock import FakeClock
 from tests.fixtures.policy_samples import VALID
+
+__all__ = ["api", "policy", "receiver"]  # the API harness's fixtures, for this module's tests
 
 
 def _failures(api: ApiHarness, kind: EventKind) -> float:
@@ -69,7 +69,10 @@ def test_the_request_story_reaches_a_generic_webhook(
     headers = receiver.posts[0][0]
     assert headers["content-type"] == "application/json"
     assert headers["user-agent"].startswith("pgwarden/")
-    assert api.notifier.failures == 0
+    ids = [post["id"] for post in posts]
+    assert len(set(ids)) == 5  # one id per event, the key a receiver deduplicates on
+    assert [h["idempotency-key"] for h, _ in receiver.posts[:5]] == ids
+    assert api.deliverer.failures == 0
 
 
 def test_a_slack_webhook_gets_text_with_its_control_characters_escaped(
@@ -92,7 +95,7 @@ def test_only_subscribed_events_are_sent(
     api.act("carol", request_id, "deny", {"reason": "no"})
     (post,) = receiver.wait_for(1)
     assert post["event"] == "request_denied"
-    api.run(api.notifier.drain(2))
+    api.run(api.deliverer.drain(2))
     assert len(receiver.posts) == 1
 
 
@@ -116,8 +119,8 @@ def test_a_500_is_retried_until_it_is_delivered(api: ApiHarness, policy: PolicyB
         api.create()
         posts = flaky.wait_for(3)
         assert [p["event"] for p in posts] == ["request_created"] * 3
-        api.run(api.notifier.drain(2))
-        assert api.notifier.failures == 0
+        api.run(api.deliverer.drain(2))
+        assert api.deliverer.failures == 0
     finally:
         flaky.close()
 
@@ -130,9 +133,9 @@ def test_a_delivery_that_keeps_failing_is_given_up_and_counted(
         with_webhooks(policy, webhook(broken.url, WebhookFormat.GENERIC, EventKind.REQUEST_CREATED))
         api.create()
         broken.wait_for(FAST_RETRY.attempts)
-        api.run(api.notifier.drain(5))
+        api.run(api.deliverer.drain(5))
         assert len(broken.posts) == FAST_RETRY.attempts  # bounded
-        assert api.notifier.failures == 1
+        assert api.deliverer.failures == 1
         assert _failures(api, EventKind.REQUEST_CREATED) == 1
     finally:
         broken.close()
@@ -144,7 +147,7 @@ def test_a_client_error_is_not_retried(api: ApiHarness, policy: PolicyBox) -> No
         with_webhooks(policy, webhook(gone.url, WebhookFormat.GENERIC, EventKind.REQUEST_CREATED))
         api.create()
         gone.wait_for(1)
-        api.run(api.notifier.drain(5))
+        api.run(api.deliverer.drain(5))
         assert len(gone.posts) == 1
         assert _failures(api, EventKind.REQUEST_CREATED) == 1
     finally:
@@ -152,7 +155,7 @@ def test_a_client_error_is_not_retried(api: ApiHarness, policy: PolicyBox) -> No
 
 
 class HeldRetries:
-    """The notifier's `sleep`: records each retry delay and holds every retry until released."""
+    """The deliverer's `sleep`: records each retry delay and holds every retry until released."""
 
     def __init__(self) -> None:
         self.delays: list[float] = []
@@ -181,13 +184,55 @@ def test_an_unreachable_receiver_never_delays_the_api(
         reply = api.create()
         assert reply.status == 201  # answered though the delivery cannot go on until released
         assert held.waiting.wait(10)  # the first attempt failed; the retry waits
-        assert api.notifier.failures == 0
+        assert api.deliverer.failures == 0
         held.release()
-        api.run(api.notifier.drain(10), timeout=15)
-        assert api.notifier.failures == 1
+        api.run(api.deliverer.drain(10), timeout=15)
+        assert api.deliverer.failures == 1
         assert held.delays == [0.5, 0.5]  # attempts - 1 waits, as the policy says
     finally:
         api.close()
+
+
+def test_retry_after_is_honoured_when_longer_than_the_backoff(
+    tmp_path: Path, policy: PolicyBox, clock: FakeClock
+) -> None:
+    held = HeldRetries()
+    held.release()  # record the waits, hold nothing
+    api = ApiHarness(tmp_path, policy, clock, retry=RetryPolicy(), sleep=held.sleep)
+    busy = Receiver(statuses=(429, 503, 503), headers={"Retry-After": "7"})
+    try:
+        with_webhooks(policy, webhook(busy.url, WebhookFormat.GENERIC, EventKind.REQUEST_CREATED))
+        api.create()
+        posts = busy.wait_for(4)
+        assert len({post["id"] for post in posts}) == 1  # one event, tried four times
+        api.run(api.deliverer.drain(5))
+        # The backoff would be 1, 2 and 4 s; the receiver asked for 7 each time.
+        assert held.delays == [7.0, 7.0, 7.0]
+        assert api.deliverer.failures == 0
+        (row,) = _rows(api)
+        assert row[:2] == (4, None)  # attempts, last_error: delivered at the fourth
+    finally:
+        busy.close()
+        api.close()
+
+
+def test_a_retry_after_as_a_date_or_out_of_range_is_read_sensibly() -> None:
+    now = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
+    assert retry_after("120", now) == 120.0
+    assert retry_after(format_datetime(now + timedelta(seconds=30), usegmt=True), now) == 30.0
+    assert retry_after(format_datetime(now - timedelta(hours=1), usegmt=True), now) == 0.0
+    assert retry_after("86400", now) == MAX_RETRY_AFTER  # a day: capped
+    assert retry_after("soon", now) is None
+    assert retry_after(None, now) is None
+
+
+def _rows(api: ApiHarness) -> list[tuple[object, ...]]:
+    """(attempts, last_error, delivered, gave up) of every outbox row, oldest first."""
+    with contextlib.closing(sqlite3.connect(api.store.path)) as conn:
+        return conn.execute(
+            "SELECT attempts, last_error, delivered_us IS NOT NULL, gave_up_us IS NOT NULL "
+            "FROM notifications ORDER BY id"
+        ).fetchall()
 
 
 def test_a_url_from_the_environment_is_used_and_checked(
@@ -198,55 +243,35 @@ def test_a_url_from_the_environment_is_used_and_checked(
     monkeypatch.setenv("HOOK_URL", receiver.url)
     api.create()
     assert receiver.wait_for(1)[0]["event"] == "request_created"
-    monkeypatch.setenv("HOOK_URL", "ftp://example.com/x")
+    monkeypatch.setenv("HOOK_URL", "ftp://hooks.example.com/T0/secret-part")
     api.create()
-    api.run(api.notifier.drain(5))
+    api.run(api.deliverer.drain(5))
     assert _failures(api, EventKind.REQUEST_CREATED) == 1
+    stored = str(_rows(api)[-1][1])
+    assert stored.startswith("the URL in env HOOK_URL is not a usable http:// or https:// URL")
+    assert "secret-part" not in stored  # the state store never holds a webhook URL
 
 
-def test_events_may_be_emitted_from_any_thread(receiver: Receiver) -> None:
-    policy = PolicyBox(make_policy((webhook(receiver.url),)))
-    clock = FakeClock()
-    notifier = Notifier(
-        policy, clock, FAST_RETRY, failures=notification_failures(CollectorRegistry())
+def test_an_expiry_and_a_lapse_found_by_the_sweep_are_announced(
+    api: ApiHarness, policy: PolicyBox, receiver: Receiver, clock: FakeClock
+) -> None:
+    with_webhooks(policy, webhook(receiver.url))
+    active = api.active_request()
+    pending = api.create(user="bob").body["id"]
+    receiver.wait_for(3)
+    clock.advance(timedelta(hours=2))  # past the grant's 30 minutes and the 1 h pending timeout
+    api.grants.sweep()
+    posts = receiver.wait_for(5)[3:]
+    by_kind = {post["event"]: post for post in posts}
+    expired = api.grants.get(RequestId(active))
+    assert by_kind["grant_expired"]["request"] == request_view(expired)
+    assert by_kind["grant_expired"]["message"] == (
+        f"alice's read-only on orders for 30m expired at 09:30:00 UTC (request {active})"
     )
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    try:
-        notifier.bind(loop)
-        expired = AccessRequest(
-            RequestId("feed"), UserName("alice"), TargetName("orders"),
-            AccessLevelName("read-only"), timedelta(minutes=30), timedelta(minutes=30), "why",
-            RequestState.EXPIRED, clock.now(), clock.now(), clock.now() + timedelta(minutes=30),
-            clock.now() + timedelta(minutes=30), UserName("<pgwarden>"), "window ended",
-        )  # fmt: skip
-        notifier.grant_expired(expired)  # from this (non-loop) thread
-        (post,) = receiver.wait_for(1)
-        assert post["event"] == "grant_expired"
-        assert post["request"] == request_view(expired)
-        assert post["message"] == (
-            "alice's read-only on orders for 30m expired at 09:30:00 UTC (request feed)"
-        )
-    finally:
-        asyncio.run_coroutine_threadsafe(notifier.close(), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        loop.close()
-
-
-def test_without_a_loop_an_event_is_dropped_and_counted() -> None:
-    registry = CollectorRegistry()
-    policy = PolicyBox(make_policy((webhook("http://127.0.0.1:9/"),)))
-    notifier = Notifier(policy, FakeClock(), failures=notification_failures(registry))
-    notifier.session_killed(_info(), "carol", "")
-    assert notifier.failures == 1
-
-
-def _info() -> SessionInfo:
-    clock = FakeClock()
-    return SessionInfo("a1", "alice", "orders", "read-only", "feed", "r", "127.0.0.1", False,
-                       "psql", clock.now(), clock.now(), 1)  # fmt: skip
+    assert by_kind["request_lapsed"]["message"] == (
+        f"bob's request {pending} for read-only on orders for 30m lapsed: no decision within "
+        "1:00:00"
+    )
 
 
 def test_backoff_doubles_up_to_its_cap() -> None:

@@ -1,0 +1,1 @@
+"""Replicas across hosts sharing one PostgreSQL state store: change feed, registry, leader."""

@@ -1,0 +1,111 @@
+"""Duties done once across replicas, and the notification outbox: the runtime's wiring of both.
+
+`Duties` holds, for one process: the `Outbox` (every process writes its events, in the
+transaction of the change they announce), and in the primary process the leadership
+(`proxy/cluster/leader.py`: an advisory lock with a PostgreSQL store, always with SQLite) and
+the `Deliverer`, which sends only while this process leads. Housekeeping asks `leading()`
+before its sweep of lapses and expiries. A worker process writes events and leads nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from proxy.clock import Clock
+from proxy.cluster.leader import AdvisoryLeader, Leadership, SoleLeader
+from proxy.config import ServerConfig, StateBackend
+from proxy.grants.requests import Transition
+from proxy.grants.store import Store, StoreTx
+from proxy.notify.deliverer import Deliverer
+from proxy.notify.outbox import Outbox
+from proxy.policy.models import Policy
+from proxy.runtime.metrics import Metrics
+from proxy.runtime.startup import state_dsn
+
+NOTIFY_CLOSE_GRACE = 2.0  # seconds for sends in flight at shutdown
+
+
+@dataclass(eq=False)
+class Duties:
+    """The outbox of a process; the leadership and the deliverer of a primary (else None)."""
+
+    outbox: Outbox
+    leadership: Leadership | None
+    deliverer: Deliverer | None
+    _executor: ThreadPoolExecutor | None = None
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def leading(self) -> bool:
+        return self.leadership is not None and self.leadership.leading
+
+    def before_commit(self, tx: StoreTx, transitions: list[Transition]) -> None:
+        self.outbox.before_commit(tx, transitions)
+
+    def committed(self, transitions: list[Transition]) -> None:
+        self.outbox.committed(transitions)
+
+    def start(self) -> None:
+        """Start leading (trying to) and delivering, on the running loop."""
+        loop = asyncio.get_running_loop()
+        if self.leadership is not None:
+            self._tasks.append(loop.create_task(self.leadership.run()))
+        if self.deliverer is not None:
+            self._tasks.append(loop.create_task(self.deliverer.run()))
+
+    async def stop(self) -> None:
+        """Stop delivering (sends in flight get a grace), then leading (freeing the lock)."""
+        for task in reversed(self._tasks):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self.deliverer is not None:
+            await self.deliverer.close(NOTIFY_CLOSE_GRACE)
+        if self.leadership is not None:
+            await self.leadership.close()
+        if self._executor is not None:  # its store call ends before the store closes
+            shutdown = functools.partial(self._executor.shutdown, wait=True)
+            await asyncio.get_running_loop().run_in_executor(None, shutdown)
+
+
+def build_duties(
+    config: ServerConfig,
+    store: Store,
+    policy: Callable[[], Policy],
+    clock: Clock,
+    metrics: Metrics,
+    *,
+    primary: bool,
+) -> Duties:
+    """The outbox; with `primary`, the leadership this store calls for and the deliverer."""
+    if not primary:
+        outbox = Outbox(store, policy, clock, failures=metrics.notification_failures)
+        return Duties(outbox, None, None)
+
+    def published(leading: bool) -> None:
+        metrics.leader.set(1 if leading else 0)
+        if not leading:
+            metrics.notifications_undelivered.set(0)  # the leader publishes it
+
+    leadership: Leadership
+    if config.state.backend is StateBackend.POSTGRES:
+        leadership = AdvisoryLeader(
+            state_dsn(config.state), config.state.schema, clock.monotonic, on_change=published
+        )
+    else:
+        leadership = SoleLeader(published)
+    # One thread of its own: a delivery's store calls never queue behind housekeeping's.
+    executor = ThreadPoolExecutor(1, thread_name_prefix="pgw-notify")
+    deliverer = Deliverer(
+        store, policy, clock, lambda: leadership.leading, executor,
+        failures=metrics.notification_failures,
+        undelivered=metrics.notifications_undelivered,
+    )  # fmt: skip
+    outbox = Outbox(
+        store, policy, clock, wake=deliverer.wake, failures=metrics.notification_failures
+    )
+    return Duties(outbox, leadership, deliverer, executor)
