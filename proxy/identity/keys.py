@@ -6,8 +6,8 @@ per `MIN_REFETCH` seconds whatever arrives: a burst of tokens with made-up key i
 provider one request, not one each (no refresh storm, SECURITY.md row 46). Concurrent callers
 wait for the one fetch in progress instead of starting their own.
 
-Keys that PyJWT cannot use (an encryption key, an unknown type) are skipped, not fatal: a JWKS
-may hold keys for other purposes.
+Keys that PyJWT cannot use (an encryption key, an unknown type) and symmetric keys are skipped,
+not fatal: a JWKS may hold keys for other purposes.
 """
 
 from __future__ import annotations
@@ -25,6 +25,9 @@ log = logging.getLogger(__name__)
 
 MIN_REFETCH: Final = 60.0  # seconds between two fetches caused by unknown key ids
 RETRY_AFTER: Final = 5.0  # seconds after a failed fetch before the next try
+# Key types an ID token may be verified with: a symmetric (`oct`) key in a JWKS is public, so a
+# token "signed" with it proves nothing (RFC 7517 allows publishing one; pgwarden ignores it).
+ASYMMETRIC: Final = frozenset({"RSA", "EC", "OKP"})
 
 
 def parse_jwks(document: dict[str, Any]) -> dict[str, jwt.PyJWK]:
@@ -35,6 +38,9 @@ def parse_jwks(document: dict[str, Any]) -> dict[str, jwt.PyJWK]:
     found: dict[str, jwt.PyJWK] = {}
     for entry in keys:
         if not isinstance(entry, dict) or entry.get("use", "sig") != "sig":
+            continue
+        if entry.get("kty") not in ASYMMETRIC:  # a published secret can verify nothing
+            log.info("JWKS: key %r skipped: not an asymmetric key", entry.get("kid"))
             continue
         kid = entry.get("kid")
         try:

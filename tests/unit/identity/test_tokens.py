@@ -230,3 +230,15 @@ def test_a_provider_down_is_not_asked_at_every_call() -> None:
     assert jwks.reads == 1
     jwks.down, clock[0] = False, clock[0] + 5
     assert asyncio.run(cache.key("key-1")).key_id == "key-1"
+
+
+def test_a_symmetric_key_published_in_the_jwks_is_never_used() -> None:
+    """A JWKS is public: an `oct` key in it is a secret everybody knows, and verifies nothing."""
+    secret = {
+        "kty": "oct",
+        "kid": "shared",
+        "k": "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0",
+        "alg": "HS256",
+    }
+    keys = parse_jwks({"keys": [secret, public_jwk(RSA_KEY, "key-1")]})
+    assert sorted(keys) == ["key-1"]
