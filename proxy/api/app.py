@@ -39,6 +39,7 @@ def build_app(ctx: ApiContext) -> web.Application:
         middlewares=[headers_middleware, error_middleware, auth_middleware],
     )
     app[CONTEXT] = ctx
+    app[auth_routes.START_LIMIT] = auth_routes.StartLimit(ctx.clock.monotonic)
     app.add_routes(
         [
             web.get("/healthz", healthz),

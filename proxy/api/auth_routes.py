@@ -24,6 +24,7 @@ tokens) are free of the free-text rules of other endpoints but bounded (`MAX_SEC
 from __future__ import annotations
 
 import ipaddress
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 from urllib.parse import urlsplit
@@ -34,7 +35,7 @@ from proxy.api.auth import SIGN_IN_AGAIN, bearer_secret
 from proxy.api.context import CONTEXT
 from proxy.api.errors import ApiError, invalid_body, unauthenticated
 from proxy.api.schemas import JSON_TYPE, parse_json_object
-from proxy.identity.errors import IdpUnavailable, SignInRefused
+from proxy.identity.errors import IdpUnavailable, SignInBusy, SignInRefused
 from proxy.identity.sessions import SESSION_PREFIX, session_digest
 from proxy.identity.signin import SignedIn, SignInService
 
@@ -73,8 +74,47 @@ def guarded(handler: Handler) -> Callable[[web.Request], Awaitable[web.Response]
             raise ApiError(401, "sign_in_refused", exc.message) from None
         except IdpUnavailable as exc:
             raise ApiError(503, "idp_unavailable", f"{exc.message}; try again shortly") from None
+        except SignInBusy as exc:
+            raise ApiError(429, "too_many_sign_ins", exc.message) from None
 
     return run
+
+
+class StartLimit:
+    """Sign-ins a client address may begin: `BURST` at once, then one every `REFILL` seconds
+    (a person needs one; a script starting thousands is held back before the provider or the
+    store sees it). Token buckets, the least recently seen address forgotten past `MAX_KEYS`."""
+
+    BURST: Final = 20
+    REFILL: Final = 3.0
+    MAX_KEYS: Final = 10_000
+
+    def __init__(self, monotonic: Callable[[], float]) -> None:
+        self._monotonic = monotonic
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+
+    def take(self, source: str) -> None:
+        """One start from `source`, or 429 if it has none left."""
+        now = self._monotonic()
+        tokens, at = self._buckets.get(source, (float(self.BURST), now))
+        tokens = min(float(self.BURST), tokens + (now - at) / self.REFILL)
+        if tokens < 1.0:
+            raise ApiError(
+                429, "too_many_sign_ins",
+                f"too many sign-ins begun from {source}; try again in {self.REFILL:.0f} s",
+            )  # fmt: skip
+        self._buckets[source] = (tokens - 1.0, now)
+        self._buckets.move_to_end(source)
+        while len(self._buckets) > self.MAX_KEYS:
+            self._buckets.popitem(last=False)
+
+
+START_LIMIT: web.AppKey[StartLimit] = web.AppKey("sign_in_start_limit", StartLimit)
+
+
+def start_limit(request: web.Request) -> None:
+    """Count a flow start against the caller's address (the app holds one limiter: app.py)."""
+    request.app[START_LIMIT].take(request.remote or "unknown")
 
 
 async def describe(request: web.Request) -> web.Response:
@@ -85,6 +125,7 @@ async def describe(request: web.Request) -> web.Response:
 
 async def start_device(request: web.Request, service: SignInService) -> web.Response:
     await secrets_in(request, required=())
+    start_limit(request)
     return web.json_response(await service.start_device())
 
 
@@ -101,6 +142,7 @@ async def start_browser(request: web.Request, service: SignInService) -> web.Res
     redirect = body["redirect_uri"]
     if (problem := loopback_redirect_problem(redirect)) is not None:
         raise invalid_body(f"redirect_uri: {problem}")
+    start_limit(request)
     return web.json_response(await service.start_browser(redirect))
 
 

@@ -223,6 +223,14 @@ class IdentitySql:
         )  # fmt: skip
         return changed == 1
 
+    def pending_sign_in_flows(self, now: datetime) -> int:
+        """Flows begun and neither finished nor expired at `now` (their number is capped)."""
+        row = self._conn.execute(
+            "SELECT count(*) FROM sign_in_flows WHERE used_us IS NULL AND expires_us >= ?",
+            (to_us(now),),
+        ).fetchone()
+        return int(row[0]) if row is not None else 0
+
     def prune_sign_in_flows(self, before: datetime) -> int:
         return self._write(
             "DELETE FROM sign_in_flows WHERE expires_us < ?", (to_us(before),), counts=False

@@ -39,3 +39,9 @@ class IdpUnavailable(PgwardenError):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.reason = "idp_unavailable"
+
+
+class SignInBusy(PgwardenError):
+    """Too many sign-ins are in progress (a stranger starting flows by the thousand): 429."""
+
+    sqlstate = "53300"

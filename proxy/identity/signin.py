@@ -38,7 +38,7 @@ from prometheus_client import CollectorRegistry, Counter
 from proxy.clock import Clock
 from proxy.grants.store import Store, StoreTx
 from proxy.grants.store_identity import ApiSession, PersonRecord, SignInFlow
-from proxy.identity.errors import REASONS, IdpUnavailable, SignInRefused
+from proxy.identity.errors import REASONS, IdpUnavailable, SignInBusy, SignInRefused
 from proxy.identity.flows import PENDING, IdpClient, TokenAnswer, flow_digest
 from proxy.identity.people import EffectivePolicy
 from proxy.identity.record import (
@@ -61,6 +61,9 @@ T = TypeVar("T")
 
 AGAIN: Final = "sign in again with: pgwarden login"
 STORE_THREADS: Final = 2
+# Sign-ins begun and not finished, at most (every replica together): a flow row is written by an
+# unauthenticated call, so a stranger must not be able to fill the store with them.
+MAX_PENDING_FLOWS: Final = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -302,6 +305,11 @@ class SignInService:
     def _insert_flow(self, flow: SignInFlow) -> None:
         with self.store.write() as tx:
             tx.prune_sign_in_flows(flow.created_at)
+            if tx.pending_sign_in_flows(flow.created_at) >= MAX_PENDING_FLOWS:
+                raise SignInBusy(
+                    f"{MAX_PENDING_FLOWS} sign-ins are in progress already; try again in a "
+                    "few minutes"
+                )
             tx.insert_sign_in_flow(flow)
 
     def _read_flow(self, flow_id: str) -> SignInFlow | None:

@@ -31,6 +31,7 @@ from typing import Any
 
 import pytest
 
+from proxy.api.auth_routes import StartLimit
 from proxy.identity.keys import MIN_REFETCH
 from proxy.policy.models import UserName
 from tests.fixtures.api import Reply
@@ -159,6 +160,13 @@ def sso_server(
     clock = FakeClock(datetime.now(UTC))
     with running_pgwarden(config, clock) as warden:
         yield Sso(warden, idp, clock, state, directory)
+
+
+@pytest.fixture(autouse=True)
+def unlimited_starts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests begin sign-ins by the dozen from one address, on one server: the per-address
+    limit (test_sign_in_limits.py) is not what they are about."""
+    monkeypatch.setattr(StartLimit, "BURST", 1_000_000)
 
 
 @pytest.fixture(scope="module")
