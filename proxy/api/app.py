@@ -20,7 +20,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from proxy.api import auth_routes, caller_routes, requests_routes, sessions_routes
+from proxy.api import auth_routes, caller_routes, requests_routes, sessions_routes, slack_routes
 from proxy.api.auth import PersonUnknown, authenticate, bearer_secret
 from proxy.api.context import CONTEXT, USER, ApiContext, ReadinessCheck
 from proxy.api.errors import error_middleware
@@ -30,7 +30,9 @@ from proxy.policy.models import UserName
 log = logging.getLogger(__name__)
 
 # The sign-in routes are public: they are how a caller gets a bearer token (auth_routes.py).
+# Slack's callbacks too: Slack cannot send a token; its signature is checked (slack_routes.py).
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics"}) | auth_routes.PUBLIC
+PUBLIC_PATHS |= slack_routes.PUBLIC
 
 
 def build_app(ctx: ApiContext) -> web.Application:
@@ -40,6 +42,7 @@ def build_app(ctx: ApiContext) -> web.Application:
     )
     app[CONTEXT] = ctx
     app[auth_routes.START_LIMIT] = auth_routes.StartLimit(ctx.clock.monotonic)
+    app[slack_routes.REPLAYS] = slack_routes.Replays()
     app.add_routes(
         [
             web.get("/healthz", healthz),
@@ -49,6 +52,7 @@ def build_app(ctx: ApiContext) -> web.Application:
             *sessions_routes.routes(),
             *caller_routes.routes(),
             *auth_routes.routes(),
+            *slack_routes.routes(),
         ]
     )
     return app

@@ -21,7 +21,7 @@ import functools
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import ParamSpec, Protocol, TypeVar
+from typing import Any, ParamSpec, Protocol, TypeVar
 
 from aiohttp import web
 from prometheus_client import REGISTRY, CollectorRegistry
@@ -50,6 +50,14 @@ class Notifier(Protocol):
     blocking: call it through `blocking()`."""
 
     def session_killed(self, info: SessionInfo, actor: str, reason: str) -> None: ...
+
+
+class SlackHandler(Protocol):
+    """Works on Slack's verified callbacks (proxy/notify/slack_actions.py SlackActions)."""
+
+    def signing_secret(self) -> str | None: ...  # blocking: may read a file
+    def refused(self, reason: str) -> None: ...
+    def spawn(self, payload: dict[str, Any]) -> bool: ...
 
 
 class OtherWorkers(Protocol):
@@ -98,6 +106,7 @@ class ApiContext:
     workers: OtherWorkers | None = None  # the other worker processes' sessions (proxy.workers)
     replicas: OtherReplicas | None = None  # the other replicas' sessions (PostgreSQL store)
     identity: SignInService | None = None  # single sign-on, when `identity.oidc` is configured
+    slack: SlackHandler | None = None  # Slack's callbacks (api/slack_routes.py)
     # Shown by /readyz without failing it: a replica serving logins from memory while its state
     # database is away (proxy/cluster/replica.py) is still ready, and says so.
     readiness_notes: list[ReadinessCheck] = field(default_factory=list)

@@ -23,6 +23,7 @@ from proxy.api.context import (
     OtherWorkers,
     ProxyAddress,
     ReadinessCheck,
+    SlackHandler,
 )
 from proxy.clock import Clock
 from proxy.config import ServerConfig
@@ -88,6 +89,7 @@ def api_server(
     replicas: OtherReplicas | None = None,
     identity: SignInService | None = None,
     store_tolerated: Callable[[], bool] | None = None,
+    slack: SlackHandler | None = None,
 ) -> ApiServer:
     """The API of a pgwarden: its grants, store, policy, live sessions and notifier; `checks`
     add to the readiness of the store, policy and listener; `workers` are the other processes.
@@ -106,7 +108,7 @@ def api_server(
     ready = [state, policy_check(policy), listener_check(proxy), *checks]
     context = ApiContext(
         grants, store, policy, clock, proxy.ctx.registry, notifier, address, ready, metrics,
-        workers, replicas, identity=identity, readiness_notes=notes,
+        workers, replicas, identity=identity, readiness_notes=notes, slack=slack,
     )  # fmt: skip
     return ApiServer(context, config.api.listen.host, config.api.listen.port)
 

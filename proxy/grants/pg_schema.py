@@ -121,6 +121,14 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
     *REPLICA_MIGRATIONS,
     # 4: single sign-on: API sessions, people, sign-in flows (store_identity.py).
     IDENTITY_POSTGRES_MIGRATION,
+    # 5: the Slack message of each request (SQLite's migration 5).
+    (
+        """CREATE TABLE slack_messages (
+            request_id text COLLATE "C" PRIMARY KEY,
+            channel text COLLATE "C" NOT NULL,
+            ts text COLLATE "C" NOT NULL
+        )""",
+    ),
 )
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)

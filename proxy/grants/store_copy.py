@@ -77,6 +77,7 @@ TABLES: Final = (
     Table("people", PERSON_COLUMNS, "user_name"),  # single sign-on (store_identity.py)
     Table("api_sessions", SESSION_COLUMNS, "digest"),  # the live ones (`drop_ended`)
     Table("sign_in_flows", FLOW_COLUMNS, "digest"),  # none: short-lived (`drop_ended`)
+    Table("slack_messages", "request_id, channel, ts", "request_id"),  # proxy/notify (Slack)
     Table("change_counter", "id, value", "id"),  # one row, made with the schema: updated
 )
 _COPIED: Final = tuple(table for table in TABLES if table.name != "change_counter")

@@ -122,6 +122,16 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
     ),
     # 4: single sign-on: API sessions, people, sign-in flows (store_identity.py).
     IDENTITY_SQLITE_MIGRATION,
+    # 5: the Slack message that shows each request (proxy/notify/slack_sender.py), updated in
+    # place: its channel and `ts`, Slack's id of a message. No foreign key: a leftover row names
+    # a message, never a grant.
+    (
+        """CREATE TABLE slack_messages (
+            request_id TEXT PRIMARY KEY,
+            channel TEXT NOT NULL,
+            ts TEXT NOT NULL
+        ) STRICT""",
+    ),
 )
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)

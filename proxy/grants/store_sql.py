@@ -344,3 +344,16 @@ class SqliteTx(IdentitySql):
             "DELETE FROM notifications WHERE delivered_us < ? OR gave_up_us < ?",
             (to_us(before), to_us(before)), counts=False,
         )  # fmt: skip
+
+    def slack_message(self, request_id: RequestId) -> tuple[str, str] | None:
+        row = self._conn.execute(
+            "SELECT channel, ts FROM slack_messages WHERE request_id = ?", (request_id,)
+        ).fetchone()
+        return None if row is None else (str(row[0]), str(row[1]))
+
+    def put_slack_message(self, request_id: RequestId, channel: str, ts: str) -> None:
+        self._write(
+            "INSERT INTO slack_messages (request_id, channel, ts) VALUES (?, ?, ?) "
+            "ON CONFLICT (request_id) DO UPDATE SET channel = excluded.channel, ts = excluded.ts",
+            (request_id, channel, ts), counts=False,
+        )  # fmt: skip

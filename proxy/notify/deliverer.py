@@ -1,4 +1,4 @@
-"""The deliverer: sends the outbox's rows to their webhooks, on the leader only.
+"""The deliverer: sends the outbox's rows to their webhooks and Slack, on the leader only.
 
 Each round (woken when a local commit wrote rows, else once a second) it reads the rows that are
 due, oldest first, and gives each destination one task that sends that destination's rows one
@@ -35,6 +35,7 @@ from proxy.clock import Clock
 from proxy.grants.store import StateStoreUnavailable, Store
 from proxy.grants.store_schema import Notification
 from proxy.notify.events import render
+from proxy.notify.slack_sender import SlackSender, is_slack
 from proxy.notify.webhooks import Attempt, RetryPolicy, WebhookClient, find, resolve
 from proxy.policy.models import Policy
 
@@ -67,6 +68,7 @@ class Deliverer:
         undelivered: Gauge | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         poll_interval: float = POLL_INTERVAL,
+        slack: SlackSender | None = None,
     ) -> None:
         self._store, self._policy, self._clock = store, policy, clock
         self._leading, self._executor = leading, executor
@@ -74,6 +76,7 @@ class Deliverer:
         self._failures_metric, self._undelivered = failures, undelivered
         self._sleep, self._poll_interval = sleep, poll_interval
         self._client = WebhookClient(clock, retry.timeout)
+        self._slack = slack  # sends the `slack:*` rows (slack_sender.py)
         self._busy: dict[str, asyncio.Task[None]] = {}  # destination -> its sending task
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wakeup = asyncio.Event()
@@ -160,23 +163,27 @@ class Deliverer:
             self._wakeup.set()  # rows that came meanwhile
 
     async def _deliver(self, row: Notification) -> None:
-        found = find(self._policy(), row.destination)
-        if found is None:
-            await self._give_up(row, row.attempts, "its webhook is no longer in the policy", "")
-            return
-        index, hook = found
-        name = f"webhook #{index + 1} ({hook.describe()})"
-        try:
-            url = resolve(hook)
-        except ValueError as exc:
-            await self._give_up(row, row.attempts, str(exc), name)
-            return
-        body, attempts = render(row.body, hook.format), row.attempts
-        why = row.last_error or "no attempts left"
+        if self._slack is not None and is_slack(row.destination):
+            name = row.destination
+            send = partial(self._slack.send, row.destination, row.kind, row.body)
+        else:
+            found = find(self._policy(), row.destination)
+            if found is None:
+                await self._give_up(row, row.attempts, "its webhook is no longer in the policy", "")
+                return
+            index, hook = found
+            name = f"webhook #{index + 1} ({hook.describe()})"
+            try:
+                url = resolve(hook)
+            except ValueError as exc:
+                await self._give_up(row, row.attempts, str(exc), name)
+                return
+            send = partial(self._client.post, url, render(row.body, hook.format), row.event_id)
+        attempts, why = row.attempts, row.last_error or "no attempts left"
         while attempts < self.retry.attempts:
             if not self._leading():
                 return
-            attempt = await self._client.post(url, body, row.event_id)
+            attempt = await send()
             attempts, why = attempts + 1, attempt.why
             if attempt.delivered:
                 await self._blocking(self._marked, row, attempts)

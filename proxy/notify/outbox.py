@@ -23,6 +23,7 @@ from proxy.clock import Clock
 from proxy.grants.requests import Transition
 from proxy.grants.store import StateStoreUnavailable, Store, StoreError, StoreTx
 from proxy.notify.events import Event, session_killed, transition_events
+from proxy.notify.slack_sender import slack_destinations
 from proxy.notify.webhooks import destination
 from proxy.policy.models import Policy
 from proxy.session.session import SessionInfo
@@ -31,7 +32,8 @@ log = logging.getLogger(__name__)
 
 
 class Outbox:
-    """Writes events to the store for the policy's webhooks; `wake` tells the deliverer."""
+    """Writes events to the store for the policy's webhooks and Slack app; `wake` tells the
+    deliverer."""
 
     def __init__(
         self,
@@ -51,7 +53,7 @@ class Outbox:
     def before_commit(self, tx: StoreTx, transitions: list[Transition]) -> None:
         """In the write transaction: rows for the events its transitions announce."""
         policy = self._policy()
-        if not policy.notifications.webhooks:
+        if not policy.notifications.webhooks and policy.notifications.slack is None:
             return
         try:
             events = transition_events(tx, transitions, policy)
@@ -74,6 +76,9 @@ class Outbox:
             if event.kind in hook.events and name not in written:
                 tx.add_notification(event.id, name, event.kind.value, document, event.at)
                 written.add(name)
+        for name in slack_destinations(event, policy):  # the Slack app's rows (slack_sender.py)
+            tx.add_notification(event.id, name, event.kind.value, document, event.at)
+            written.add(name)
         return len(written)
 
     def session_killed(self, info: SessionInfo, actor: str, reason: str) -> None:

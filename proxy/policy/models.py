@@ -104,6 +104,13 @@ class AutoApproval:
     groups: frozenset[GroupName] = frozenset()
 
 
+class ChatApproval(StrEnum):
+    """Whether chat messages (Slack) may carry Approve / Deny buttons for a rule's requests."""
+
+    ALLOW = "allow"  # buttons: an approval from chat counts
+    LINK = "link"  # no buttons: a link to where approving needs a fresh sign-in
+
+
 @dataclass(frozen=True, slots=True)
 class ApprovalRule:
     """Who may approve, and how many distinct approvers it takes."""
@@ -113,6 +120,7 @@ class ApprovalRule:
     required_approvals: int = 1
     require_reason: bool = True
     auto_approve: tuple[AutoApproval, ...] = ()
+    chat: ChatApproval = ChatApproval.ALLOW
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,8 +190,31 @@ class Webhook:
 
 
 @dataclass(frozen=True, slots=True)
+class SlackSettings:
+    """A Slack app (proxy/notify/slack_*.py): its bot token and signing secret, the channel of
+    each target (`channel` for the others), and Slack user ids of pgwarden users (`users`; the
+    others are found by their verified email)."""
+
+    bot_token: SecretRef
+    signing_secret: SecretRef
+    channels: Mapping[TargetName, str] = field(default_factory=dict)
+    channel: str | None = None
+    users: Mapping[UserName, str] = field(default_factory=dict)
+    api_url: str = "https://slack.com/api/"
+    console_url: str | None = None  # where `link` levels' requests are approved (its base URL)
+
+    def channel_of(self, target: str) -> str | None:
+        return self.channels.get(TargetName(target), self.channel)
+
+    def user_of(self, slack_id: str) -> UserName | None:
+        """The pgwarden user mapped explicitly to `slack_id`, if any."""
+        return next((user for user, known in self.users.items() if known == slack_id), None)
+
+
+@dataclass(frozen=True, slots=True)
 class Notifications:
     webhooks: tuple[Webhook, ...] = ()
+    slack: SlackSettings | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,9 +27,9 @@ The shape (see `config/policy.example.yaml`):
         control: {role, password_env | password_file}
         approval: RULE
         access_levels: {NAME: {role, password_env | password_file, max_duration, approval: RULE}}
-    RULE: {approvers: {users, groups}, required_approvals, require_reason,
+    RULE: {approvers: {users, groups}, required_approvals, require_reason, chat: allow | link,
            auto_approve: [{users, groups, access_levels, max_duration}]}
-    notifications:
+    notifications:  # and slack: {...}, a Slack app with Approve / Deny buttons (slack_policy.py)
       webhooks: [{url: URL | url_env: VARIABLE, format: generic | slack, events: [EVENT, ...]}]
 
 A webhook's URL is http or https, without user:password (a Slack webhook URL is itself a secret:
@@ -41,7 +41,7 @@ rules apply to that level only, so they take no `access_levels`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -76,6 +76,7 @@ from proxy.policy.models import (
     Webhook,
     WebhookFormat,
 )
+from proxy.policy.slack_policy import chat_approval, slack_settings
 from proxy.policy.yaml_strict import DocumentError, Problems, build_document, read_source
 
 POLICY_VERSION = 1
@@ -188,7 +189,7 @@ def _policy(
     users = _users(root, required=not open_ended)
     directory = _Directory(users or {}, open_ended)
     targets = _targets(root, directory, base_dir)
-    notifications = _notifications(root.section_or_empty("notifications"))
+    notifications = _notifications(root.section_or_empty("notifications"), base_dir, targets or ())
     root.finish()
     if version is None or admin_groups is None or pending_timeout is None:
         return None
@@ -340,6 +341,7 @@ def _approval(f: Fields, directory: _Directory, scope: _Scope) -> ApprovalRule |
         approvers.finish()
     required = f.integer("required_approvals", default=1, low=1, high=MAX_REQUIRED_APPROVALS)
     require_reason = f.boolean("require_reason", default=True)
+    chat = chat_approval(f)  # Slack buttons, or a link
     autos = [_auto(a, directory, scope) for a in f.section_list("auto_approve")]
     f.finish()
     if approvers is None or users is None or groups is None or required is None:
@@ -350,6 +352,7 @@ def _approval(f: Fields, directory: _Directory, scope: _Scope) -> ApprovalRule |
         required_approvals=required,
         require_reason=bool(require_reason),
         auto_approve=tuple(a for a in autos if a is not None),
+        chat=chat,
     )
     _check_satisfiable(f, rule, directory)
     return rule if None not in autos and require_reason is not None else None
@@ -442,11 +445,12 @@ def _auto_levels(f: Fields, scope: _Scope) -> tuple[AccessLevelName, ...] | None
     return tuple(AccessLevelName(n) for n in names)
 
 
-def _notifications(f: Fields) -> Notifications | None:
+def _notifications(f: Fields, base: Path | None, targets: Iterable[str]) -> Notifications | None:
     hooks = [_webhook(hook) for hook in f.section_list("webhooks")]
-    f.finish()
+    slack = slack_settings(f.section("slack"), base, [*targets], check_webhook_url)
+    f.finish()  # an invalid slack section is None here, and its problems reject the policy
     valid = tuple(hook for hook in hooks if hook is not None)
-    return Notifications(valid) if len(valid) == len(hooks) else None
+    return Notifications(valid, slack) if len(valid) == len(hooks) else None
 
 
 def _webhook(f: Fields) -> Webhook | None:

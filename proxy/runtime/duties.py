@@ -19,10 +19,14 @@ from dataclasses import dataclass, field
 from proxy.clock import Clock
 from proxy.cluster.leader import AdvisoryLeader, Leadership, SoleLeader
 from proxy.config import ServerConfig, StateBackend
+from proxy.grants.lifecycle import GrantService
 from proxy.grants.requests import Transition
 from proxy.grants.store import Store, StoreTx
 from proxy.notify.deliverer import Deliverer
 from proxy.notify.outbox import Outbox
+from proxy.notify.slack_actions import SlackActions
+from proxy.notify.slack_api import SlackApi
+from proxy.notify.slack_sender import SlackSender
 from proxy.policy.models import Policy
 from proxy.runtime.metrics import Metrics
 from proxy.runtime.startup import state_dsn
@@ -38,6 +42,7 @@ class Duties:
     leadership: Leadership | None
     deliverer: Deliverer | None
     _executor: ThreadPoolExecutor | None = None
+    slack: SlackActions | None = None  # Slack's callbacks (the API's slack_routes.py)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     def leading(self) -> bool:
@@ -59,6 +64,8 @@ class Duties:
 
     async def stop(self) -> None:
         """Stop delivering (sends in flight get a grace), then leading (freeing the lock)."""
+        if self.slack is not None:
+            await self.slack.drain(NOTIFY_CLOSE_GRACE)
         for task in reversed(self._tasks):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -80,8 +87,10 @@ def build_duties(
     metrics: Metrics,
     *,
     primary: bool,
+    grants: GrantService | None = None,
 ) -> Duties:
-    """The outbox; with `primary`, the leadership this store calls for and the deliverer."""
+    """The outbox; with `primary`, the leadership this store calls for and the deliverer (and,
+    given `grants`, what Slack's callbacks do)."""
     if not primary:
         outbox = Outbox(store, policy, clock, failures=metrics.notification_failures)
         return Duties(outbox, None, None)
@@ -100,12 +109,19 @@ def build_duties(
         leadership = SoleLeader(published)
     # One thread of its own: a delivery's store calls never queue behind housekeeping's.
     executor = ThreadPoolExecutor(1, thread_name_prefix="pgw-notify")
+    slack_api = SlackApi(lambda: policy().notifications.slack, clock.now)
     deliverer = Deliverer(
         store, policy, clock, lambda: leadership.leading, executor,
         failures=metrics.notification_failures,
         undelivered=metrics.notifications_undelivered,
+        slack=SlackSender(slack_api, store, policy, executor),
     )  # fmt: skip
     outbox = Outbox(
         store, policy, clock, wake=deliverer.wake, failures=metrics.notification_failures
     )
-    return Duties(outbox, leadership, deliverer, executor)
+    slack = None
+    if grants is not None:  # a click's lifecycle work: the API's kind of work, in its own thread
+        clicks = ThreadPoolExecutor(1, thread_name_prefix="pgw-slack")
+        slack = SlackActions(slack_api, grants, store, policy, clicks,
+                             refusals=metrics.slack_refused)  # fmt: skip
+    return Duties(outbox, leadership, deliverer, executor, slack)

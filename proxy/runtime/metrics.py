@@ -131,6 +131,11 @@ class Metrics:
             "Outbox rows neither delivered nor given up (published by the leader)",
             registry=registry,
         )  # fmt: skip
+        self.slack_refused = Counter(
+            "pgwarden_slack_requests_refused_total",
+            "Slack callbacks refused before any work, by reason",
+            ["reason"], registry=registry,  # missing, old, bad, replay, too_large, busy
+        )  # fmt: skip
         self.leader = Gauge(
             "pgwarden_leader",
             "1 while this replica leads (sweeps grants and sends notifications), else 0",

@@ -222,7 +222,7 @@ class Runtime:
         )  # fmt: skip
         self.duties = build_duties(
             config, self.store, self._current_policy, clock, self.metrics,
-            primary=self.welcome is None,
+            primary=self.welcome is None, grants=self.grants,
         )  # fmt: skip
         # With replicas: registered (or refused) first, for the slot in every cancel key.
         self.cluster = join_cluster(config, self.worker, clock.monotonic)
@@ -309,7 +309,7 @@ class Runtime:
             checks=checks, workers=self.workers,
             replicas=self.cluster.sync if self.cluster is not None else None,
             store_tolerated=self.replica.serving_from_memory if self.replica else None,
-            identity=self.sign_in,
+            identity=self.sign_in, slack=self.duties.slack,
         )  # fmt: skip
 
     def _housekeeping(self) -> Housekeeping:

@@ -40,7 +40,7 @@ def test_a_version_1_file_is_migrated_forward_with_its_data(tmp_path: Path) -> N
         assert [r.id for r in tx.list_requests(RequestQuery(everything=True))] == ["r1"]
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
-        assert SCHEMA_VERSION == 4  # 3: the notification outbox; 4: single sign-on
+        assert SCHEMA_VERSION == 5  # 3: the notification outbox; 4: single sign-on; 5: Slack
 
 
 def test_tokens_round_trip_and_a_digest_is_unique(tmp_path: Path) -> None:
