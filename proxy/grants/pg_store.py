@@ -28,7 +28,8 @@ connection pool. What the lifecycle relies on, and how it holds here:
   (no login or API thread waits on a dead connection); `check()`, which housekeeping calls once
   a second off the event loop, tries it again and clears the problem when it answers.
 
-Needs PostgreSQL 13 or newer (`pg_xact_status`); TLS is whatever the DSN says (`sslmode=...`).
+Needs PostgreSQL 14 or newer (`MIN_SERVER_VERSION`: `pg_xact_status`, and the leader's
+`idle_session_timeout`, proxy/cluster/leader.py); TLS is whatever the DSN says (`sslmode=...`).
 """
 
 from __future__ import annotations
@@ -71,11 +72,21 @@ POOL_SIZE: Final = 8
 # included, takes milliseconds on a LAN, and the pool holds one per thread that uses it.
 POOL_TIMEOUT: Final = 3.0
 POOL_CLOSE_TIMEOUT: Final = 1.0  # seconds for a replaced pool's threads to end (else left to)
+MIN_SERVER_VERSION: Final = 140000  # 14: idle_session_timeout (the leader's lease)
 _COUNTER: Final = "SELECT value FROM change_counter WHERE id = 1"
 _BUMP: Final = "UPDATE change_counter SET value = value + 1 WHERE id = 1 RETURNING value"
 _ANNOUNCE: Final = (
     "SELECT pg_notify(%s, %s || ' ' || (extract(epoch FROM clock_timestamp()) * 1e6)::bigint)"
 )
+
+
+def check_server_version(version: int, where: str) -> None:
+    """StoreError unless the server (`server_version_num`) is new enough for the store."""
+    if version < MIN_SERVER_VERSION:
+        found = f"{version // 10000}.{version % 10000}" if version >= 100000 else str(version)
+        raise StoreError(
+            f"the state store {where} runs PostgreSQL {found}; pgwarden needs 14 or newer there"
+        )
 
 
 class PostgresStore:
@@ -108,6 +119,7 @@ class PostgresStore:
         self._closed = False
         try:
             with psycopg.connect(self._conninfo, autocommit=True) as conn:
+                check_server_version(conn.info.server_version, self.where)
                 self._configure(conn)
                 migrate(conn, schema, self.where)
         except psycopg.Error as exc:
