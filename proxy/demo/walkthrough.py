@@ -43,6 +43,7 @@ from proxy.demo.handover import (
 )
 from proxy.demo.sample import DemoSecrets, PsqlMissing, create_shop, psql_binary, write_files
 from proxy.demo.sign_in import SignIn, start_sign_in
+from proxy.demo.slack_preview import slack_preview
 
 START_TIMEOUT = 30.0
 COMMAND_TIMEOUT = 60.0
@@ -141,8 +142,10 @@ def walkthrough(demo: Demo) -> None:
     say(indent(asked))
     pending = json.loads(demo.pgwarden("alice", "requests", "--state", "pending", "--json"))
     request_id = pending["requests"][0]["id"]
+    say(indent(slack_preview(demo.directory, request_id)))
     say("\n2. carol, an approver, approves it (alice could not approve her own request):")
     say(indent(demo.pgwarden("carol", "approve", request_id, "--comment", "ok", show=True)))
+    say(indent(slack_preview(demo.directory, request_id)))
     say("\n3. alice gets a temporary credential (shown once; pgwarden keeps only a verifier):")
     creds = json.loads(demo.pgwarden("alice", "credentials", request_id, "--json", show=True))
     say(f"    DSN={creds['dsn'].replace(creds['password'], '********')}")

@@ -338,6 +338,19 @@ class SqliteTx(IdentitySql):
         ).fetchone()
         return 0 if row is None else int(row[0])
 
+    def notification_health(self, since: datetime) -> tuple[datetime | None, int]:
+        """When the oldest row still to send was written (None: none), and how many rows were
+        given up since `since`: what `/readyz` notes (proxy/runtime/duties.py)."""
+        oldest = self._conn.execute(
+            "SELECT min(created_us) FROM notifications "
+            "WHERE delivered_us IS NULL AND gave_up_us IS NULL"
+        ).fetchone()
+        gave_up = self._conn.execute(
+            "SELECT count(*) FROM notifications WHERE gave_up_us >= ?", (to_us(since),)
+        ).fetchone()
+        at = None if oldest is None or oldest[0] is None else from_us(int(oldest[0]))
+        return at, 0 if gave_up is None else int(gave_up[0])
+
     def prune_notifications(self, before: datetime) -> int:
         """Forget rows delivered or given up before `before`; how many."""
         return self._write(

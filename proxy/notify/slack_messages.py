@@ -69,6 +69,23 @@ def outcome(request: AccessRequest) -> str:
     return f"{state.value.capitalize()}{why}"
 
 
+def plain_text(blocks: list[Block]) -> str:
+    """`blocks` as lines of plain text, buttons as `[Label]`: what a message shows, for a
+    terminal (the demo prints it when Slack is not configured)."""
+    lines: list[str] = []
+    for block in blocks:
+        if "text" in block:
+            lines.extend(str(block["text"]["text"]).splitlines())
+        for field in block.get("fields", ()):
+            name, _, value = str(field["text"]).partition("\n")
+            lines.append(f"{name.strip('*')}: {value}")
+        if block["type"] == "context":
+            lines.extend(str(e["text"]) for e in block["elements"])
+        if block["type"] == "actions":
+            lines.append(" ".join(f"[{e['text']['text']}]" for e in block["elements"]))
+    return "\n".join(lines)
+
+
 def deny_modal(request_id: RequestId, channel: str, ts: str) -> Block:
     """The modal that asks an approver why they deny; it knows the request and its message."""
     metadata = json.dumps({"request": request_id, "channel": channel, "ts": ts})

@@ -27,6 +27,7 @@ from proxy.grants.store import Store
 from proxy.notify.events import Event, slack_escape
 from proxy.notify.slack_api import SlackApi, SlackFailure
 from proxy.notify.slack_messages import request_message
+from proxy.notify.slack_reminders import DM, REMINDER, reminder_text
 from proxy.notify.webhooks import Attempt
 from proxy.policy.models import EventKind, Policy, SlackSettings, UserName
 
@@ -34,7 +35,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 CHANNEL: Final = "slack:channel"
-DM: Final = "slack:dm"
 _REQUEST_EVENTS: Final = frozenset(EventKind) - {EventKind.SESSION_KILLED}
 _DECIDED: Final = frozenset({"active", "denied", "revoked", "expired"})
 
@@ -71,7 +71,7 @@ class SlackSender:
             if destination == CHANNEL:
                 await self._show(RequestId(document["request"]["id"]), settings)
             else:
-                await self._tell(kind, document["request"], settings)
+                await self._tell(kind, document, settings)
         except SlackFailure as exc:
             return Attempt(exc.why or "failed", exc.retryable, exc.retry_after)
         return Attempt()
@@ -94,9 +94,13 @@ class SlackSender:
         if ts:
             await self._blocking(self._remember, request.id, where, ts)
 
-    async def _tell(self, kind: str, request: dict[str, Any], settings: SlackSettings) -> None:
-        """The requester's DM, if they have a Slack user."""
-        text = _dm_text(kind, request)
+    async def _tell(self, kind: str, document: dict[str, Any], settings: SlackSettings) -> None:
+        """The requester's DM (a decision, an end, a reminder), if they have a Slack user."""
+        request = document["request"]
+        if kind == REMINDER:
+            text: str | None = reminder_text(request, float(document["ends_in"]))
+        else:
+            text = _dm_text(kind, request)
         user = await self.slack_user(UserName(str(request["requester"])), settings)
         if text is None or user is None:
             log.info("no Slack DM for %s's request %s: no Slack user known",

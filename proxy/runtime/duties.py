@@ -12,26 +12,96 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 from proxy.clock import Clock
 from proxy.cluster.leader import AdvisoryLeader, Leadership, SoleLeader
 from proxy.config import ServerConfig, StateBackend
 from proxy.grants.lifecycle import GrantService
 from proxy.grants.requests import Transition
-from proxy.grants.store import Store, StoreTx
+from proxy.grants.store import StateStoreUnavailable, Store, StoreError, StoreTx
 from proxy.notify.deliverer import Deliverer
 from proxy.notify.outbox import Outbox
 from proxy.notify.slack_actions import SlackActions
 from proxy.notify.slack_api import SlackApi
+from proxy.notify.slack_reminders import remind
 from proxy.notify.slack_sender import SlackSender
+from proxy.policy.durations import format_duration
 from proxy.policy.models import Policy
 from proxy.runtime.metrics import Metrics
 from proxy.runtime.startup import state_dsn
 
+log = logging.getLogger(__name__)
+
 NOTIFY_CLOSE_GRACE = 2.0  # seconds for sends in flight at shutdown
+DELIVERY_LATE = timedelta(minutes=5)  # an undelivered row this old: Slack or a webhook is failing
+GAVE_UP_WITHIN = timedelta(hours=1)  # rows given up this recently are noted in /readyz
+REMIND_EVERY = 1.0  # seconds between the leader's looks for reminders due (as housekeeping's)
+
+
+@dataclass(eq=False)
+class Reminders:
+    """The leader's sweep for reminders before grants end (`slack_reminders.py`), in the
+    deliverer's store thread; what it writes is sent by the deliverer, once."""
+
+    store: Store
+    policy: Callable[[], Policy]
+    clock: Clock
+    offsets: tuple[timedelta, ...]
+    leading: Callable[[], bool]
+    executor: ThreadPoolExecutor
+    wake: Callable[[], None]
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(REMIND_EVERY)
+            if not self.leading():
+                continue
+            try:
+                if await loop.run_in_executor(self.executor, self.sweep):
+                    self.wake()
+            except StateStoreUnavailable as exc:
+                log.debug("reminders wait for the state store: %s", exc)
+            except Exception:
+                log.exception("looking for reminders failed; retrying in %.0f s", REMIND_EVERY)
+
+    def sweep(self) -> int:
+        """Write the reminders due now; how many are due."""
+        with self.store.write() as tx:
+            return remind(tx, self.clock.now(), self.offsets, self.policy())
+
+
+@dataclass(frozen=True)
+class DeliveryNote:
+    """A `/readyz` note when notifications are not getting through: rows given up lately, or the
+    oldest row still to send late. A note, never a problem: a failing Slack or webhook must not
+    take the gateway out of service. Read from the shared store, so any replica tells it."""
+
+    store: Store
+    clock: Clock
+
+    def __call__(self) -> str | None:
+        now = self.clock.now()
+        try:
+            with self.store.read() as tx:
+                oldest, gave_up = tx.notification_health(now - GAVE_UP_WITHIN)
+        except (StateStoreUnavailable, StoreError):
+            return None  # the store's own check says so: no second voice for one fault
+        late = oldest is not None and now - oldest >= DELIVERY_LATE
+        if not gave_up and not late:
+            return None
+        parts = [f"{gave_up} given up in the last hour"] if gave_up else []
+        if late and oldest is not None:
+            parts.append(f"the oldest unsent was written {format_duration(now - oldest)} ago")
+        return (
+            f"notifications (Slack, webhooks) are failing: {'; '.join(parts)}; see the log "
+            "and pgwarden_notification_failures_total"
+        )
 
 
 @dataclass(eq=False)
@@ -43,6 +113,8 @@ class Duties:
     deliverer: Deliverer | None
     _executor: ThreadPoolExecutor | None = None
     slack: SlackActions | None = None  # Slack's callbacks (the API's slack_routes.py)
+    reminders: Reminders | None = None  # before grants end, by the leader
+    delivery_note: Callable[[], str | None] = lambda: None  # for /readyz (DeliveryNote)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     def leading(self) -> bool:
@@ -61,6 +133,8 @@ class Duties:
             self._tasks.append(loop.create_task(self.leadership.run()))
         if self.deliverer is not None:
             self._tasks.append(loop.create_task(self.deliverer.run()))
+        if self.reminders is not None:
+            self._tasks.append(loop.create_task(self.reminders.run()))
 
     async def stop(self) -> None:
         """Stop delivering (sends in flight get a grace), then leading (freeing the lock)."""
@@ -93,7 +167,7 @@ def build_duties(
     given `grants`, what Slack's callbacks do)."""
     if not primary:
         outbox = Outbox(store, policy, clock, failures=metrics.notification_failures)
-        return Duties(outbox, None, None)
+        return Duties(outbox, None, None, delivery_note=DeliveryNote(store, clock))
 
     def published(leading: bool) -> None:
         metrics.leader.set(1 if leading else 0)
@@ -124,4 +198,8 @@ def build_duties(
         clicks = ThreadPoolExecutor(1, thread_name_prefix="pgw-slack")
         slack = SlackActions(slack_api, grants, store, policy, clicks,
                              refusals=metrics.slack_refused)  # fmt: skip
-    return Duties(outbox, leadership, deliverer, executor, slack)
+    offsets = config.sessions.warn_before
+    reminders = Reminders(store, policy, clock, offsets, lambda: leadership.leading, executor,
+                          deliverer.wake)  # fmt: skip
+    note = DeliveryNote(store, clock)
+    return Duties(outbox, leadership, deliverer, executor, slack, reminders, delivery_note=note)

@@ -246,6 +246,7 @@ class Runtime:
             on_long_session=self._long_session, store_work=self._store_work,
         )  # fmt: skip
         self.api = self._api_server()
+        self.api.context.readiness_notes.append(self.duties.delivery_note)  # notes, in duties.py
         self.housekeeping = self._housekeeping()
 
     def _current_policy(self) -> Policy:

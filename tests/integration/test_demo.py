@@ -60,7 +60,25 @@ def assert_the_whole_story(out: str) -> None:
     assert "  $ pgwarden audit verify --config " in out  # runnable as printed: the key is a file
     assert "the head file audit.jsonl.head vouches for the records up to" in out  # explained
     assert "The demo ran to the end" in out
+    assert_the_slack_printout(out)
     assert out.rstrip().splitlines()[-1].endswith(f'export PATH="{ROOT}/.venv/bin:$PATH"')
+
+
+def assert_the_slack_printout(out: str) -> None:
+    """Slack is not configured: the request's message is shown where it would be posted, with
+    its buttons while pending and the outcome once approved (slack_messages.py builds both)."""
+    label = "Slack (not configured; this is what would be posted to #channel):"
+    asked, approved = (part for part in out.split(label)[1:3])
+    assert "*alice* asks for read-only on shop for 2m" in asked
+    assert ">investigate order 1042" in asked
+    assert "State: pending" in asked
+    assert "Approvals: 0 of 1" in asked
+    assert "[Approve] [Deny]" in asked.split("\n2. ")[0]
+    before_step_3 = approved.split("\n3. ")[0]
+    assert "State: active" in before_step_3
+    assert "Approvals: 1 of 1 (carol)" in before_step_3
+    assert ":white_check_mark: Approved; active until" in before_step_3
+    assert "[Approve]" not in before_step_3
 
 
 def sign_in_lines(out: str) -> list[str]:
