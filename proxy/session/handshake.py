@@ -383,10 +383,13 @@ def _of(grants: tuple[ActiveGrant, ...], verifier: ScramVerifier) -> ActiveGrant
 
 
 def _grant_still_holds(user: UserName, grant: ActiveGrant | None, ctx: ProxyContext) -> bool:
-    """Asked at SCRAM's last step: is the same grant, with the same credential, still in force?"""
+    """Asked at SCRAM's last step: is the same grant, with the same credential, still in force?
+    Asked of the store itself (`fresh`), not of a replica's memory: a revocation or a new
+    credential committed elsewhere a moment ago must not let the old one in (when the store
+    cannot be read, its last known state answers, within `state.max_staleness`)."""
     if grant is None:
         return False
-    decision = ctx.grants.login_decision(user, grant.target, ctx.clock.now())
+    decision = ctx.grants.login_decision(user, grant.target, ctx.clock.now(), fresh=True)
     return isinstance(decision, Allow) and any(
         held.request_id == grant.request_id and held.verifier == grant.verifier
         for held in decision.grants
