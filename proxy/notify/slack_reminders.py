@@ -33,23 +33,40 @@ DM: Final = "slack:dm"  # the requester's DMs (slack_sender.py sends them)
 MAX_ACTIVE: Final = 1000  # active grants looked at per sweep: people's grants, not queries
 
 
-def remind(tx: StoreTx, now: datetime, offsets: Sequence[timedelta], policy: Policy) -> int:
-    """Write the reminders due at `now` (in the write transaction `tx`); how many are due (those
-    written before stay as they were)."""
-    if policy.notifications.slack is None or not offsets:
-        return 0
+def due_reminders(
+    tx: StoreTx, now: datetime, offsets: Sequence[timedelta]
+) -> list[tuple[str, AccessRequest, timedelta]]:
+    """(event id, request, offset) of every reminder due at `now` (read only)."""
     active = tx.list_requests(
         RequestQuery(state=RequestState.ACTIVE, everything=True, limit=MAX_ACTIVE)
     )
-    due = 0
+    due = []
     for request in active:
         offset = due_offset(request, now, offsets)
         if offset is not None:
-            event_id = f"{request.id}:ends-in:{int(offset.total_seconds())}s"
-            body = _document(event_id, request, offset, now)
-            tx.add_notification(event_id, DM, REMINDER, body, now)
-            due += 1
+            due.append((f"{request.id}:ends-in:{int(offset.total_seconds())}s", request, offset))
     return due
+
+
+def remind(
+    tx: StoreTx,
+    now: datetime,
+    offsets: Sequence[timedelta],
+    policy: Policy,
+    skip: frozenset[str] = frozenset(),
+) -> list[str]:
+    """Write the reminders due at `now`, but those in `skip`, in the write transaction `tx`; their
+    event ids (a row written before, by another leader, stays as it was: ids are unique)."""
+    if policy.notifications.slack is None or not offsets:
+        return []
+    written = []
+    for event_id, request, offset in due_reminders(tx, now, offsets):
+        if event_id not in skip:
+            tx.add_notification(
+                event_id, DM, REMINDER, _document(event_id, request, offset, now), now
+            )
+            written.append(event_id)
+    return written
 
 
 def due_offset(

@@ -28,7 +28,7 @@ from proxy.notify.deliverer import Deliverer
 from proxy.notify.outbox import Outbox
 from proxy.notify.slack_actions import SlackActions
 from proxy.notify.slack_api import SlackApi
-from proxy.notify.slack_reminders import remind
+from proxy.notify.slack_reminders import due_reminders, remind
 from proxy.notify.slack_sender import SlackSender
 from proxy.policy.durations import format_duration
 from proxy.policy.models import Policy
@@ -41,6 +41,7 @@ NOTIFY_CLOSE_GRACE = 2.0  # seconds for sends in flight at shutdown
 DELIVERY_LATE = timedelta(minutes=5)  # an undelivered row this old: Slack or a webhook is failing
 GAVE_UP_WITHIN = timedelta(hours=1)  # rows given up this recently are noted in /readyz
 REMIND_EVERY = 1.0  # seconds between the leader's looks for reminders due (as housekeeping's)
+MAX_REMEMBERED = 10_000  # reminder ids a leader keeps, to take no write lock for them again
 
 
 @dataclass(eq=False)
@@ -55,6 +56,7 @@ class Reminders:
     leading: Callable[[], bool]
     executor: ThreadPoolExecutor
     wake: Callable[[], None]
+    _written: set[str] = field(default_factory=set)  # reminders this leader wrote
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -71,9 +73,22 @@ class Reminders:
                 log.exception("looking for reminders failed; retrying in %.0f s", REMIND_EVERY)
 
     def sweep(self) -> int:
-        """Write the reminders due now; how many are due."""
+        """Write the reminders due now that this leader has not written yet; how many. A read
+        first: the write lock is taken only when there is something to write (every second
+        otherwise, on every replica's leader)."""
+        policy, now = self.policy(), self.clock.now()
+        if policy.notifications.slack is None or not self.offsets:
+            return 0
+        with self.store.read() as tx:
+            due = {event_id for event_id, _, _ in due_reminders(tx, now, self.offsets)}
+        if not due - self._written:
+            return 0
         with self.store.write() as tx:
-            return remind(tx, self.clock.now(), self.offsets, self.policy())
+            written = remind(tx, now, self.offsets, policy, frozenset(self._written))
+        self._written.update(written)
+        if len(self._written) > MAX_REMEMBERED:  # ids are unique in the store anyway
+            self._written.clear()
+        return len(written)
 
 
 @dataclass(frozen=True)
