@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.fixtures.examples import load_profile
+from tests.fixtures.pgwarden import PgwardenDeployment
 from tests.fixtures.postgres import (
     PostgresServer,
     PostgresUnavailable,
@@ -30,6 +31,15 @@ def postgres(request: pytest.FixtureRequest) -> Iterator[PostgresServer]:
     request.config.stash[_SERVER_KEY] = server
     yield server
     release_postgres(server)
+
+
+@pytest.fixture(scope="session")
+def deployment(postgres: PostgresServer) -> PgwardenDeployment:
+    """The target database `orders` with its read-only and read-write roles (integration and
+    browser tests)."""
+    prepared = PgwardenDeployment(postgres)
+    prepared.prepare()
+    return prepared
 
 
 @pytest.hookimpl(wrapper=True)

@@ -4,7 +4,8 @@ Middlewares, outermost first: `headers` (every answer `Cache-Control: no-store` 
 must never be cached — and `nosniff`), `errors.error_middleware` (everything becomes the JSON
 error shape), `authenticate` (every path but the three public ones needs a bearer token — an
 allow-list, so no spelling of a path can slip past it; see `auth.py`; the sign-in routes of
-`auth_routes.py` are on it).
+`auth_routes.py` are on it; and the routes of the web console, which the router matched to a
+resource named `console:...`, check their own cookie: proxy/web/page.py).
 
 `/healthz`, `/readyz` and `/metrics` take no token, so that load balancers, orchestrators and
 Prometheus can reach them; they reveal nothing about requests or people (the metrics carry no
@@ -15,6 +16,7 @@ user names or secrets, and bounded labels only: SECURITY.md row 45). Bodies are 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -33,9 +35,13 @@ log = logging.getLogger(__name__)
 # Slack's callbacks too: Slack cannot send a token; its signature is checked (slack_routes.py).
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics"}) | auth_routes.PUBLIC
 PUBLIC_PATHS |= slack_routes.PUBLIC
+# Routes whose resource is named so authenticate themselves: the web console's (proxy/web/app.py).
+SELF_AUTHENTICATED = "console:"
+
+Pages = Callable[[web.Application], None]  # adds more routes (the web console) to the app
 
 
-def build_app(ctx: ApiContext) -> web.Application:
+def build_app(ctx: ApiContext, pages: Pages | None = None) -> web.Application:
     app = web.Application(
         client_max_size=MAX_BODY_BYTES,
         middlewares=[headers_middleware, error_middleware, auth_middleware],
@@ -55,6 +61,8 @@ def build_app(ctx: ApiContext) -> web.Application:
             *slack_routes.routes(),
         ]
     )
+    if pages is not None:
+        pages(app)
     return app
 
 
@@ -68,11 +76,19 @@ async def headers_middleware(request: web.Request, handler: Handler) -> web.Stre
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.path not in PUBLIC_PATHS:
+    if request.path not in PUBLIC_PATHS and not _self_authenticated(request):
         ctx = request.app[CONTEXT]
         secret = bearer_secret(request.headers.get("Authorization"))  # malformed: 401 at once
         request[USER] = await ctx.blocking(_authenticate, ctx, secret)
     return await handler(request)
+
+
+def _self_authenticated(request: web.Request) -> bool:
+    """Whether the router matched a route that checks its own caller (by the resource's name:
+    the match, not the path's spelling, decides)."""
+    route = request.match_info.route
+    name = route.resource.name if route.resource is not None else None
+    return name is not None and name.startswith(SELF_AUTHENTICATED)
 
 
 def _authenticate(ctx: ApiContext, secret: str) -> UserName:

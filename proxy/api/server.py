@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 from aiohttp import web
 from prometheus_client import REGISTRY, CollectorRegistry
 
-from proxy.api.app import build_app
+from proxy.api.app import Pages, build_app
 from proxy.api.context import (
     ApiContext,
     Notifier,
@@ -42,13 +42,17 @@ LISTEN_BACKLOG = 128
 class ApiServer:
     """The HTTP API on `host:port` (port 0: any free port)."""
 
-    def __init__(self, context: ApiContext, host: str, port: int) -> None:
-        self.context = context
+    def __init__(
+        self, context: ApiContext, host: str, port: int, pages: Pages | None = None
+    ) -> None:
+        self.context, self._pages = context, pages
         self._host, self._port = host, port
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> None:
-        runner = web.AppRunner(build_app(self.context), shutdown_timeout=SHUTDOWN_GRACE)
+        runner = web.AppRunner(
+            build_app(self.context, self._pages), shutdown_timeout=SHUTDOWN_GRACE
+        )
         await runner.setup()
         site = web.TCPSite(runner, self._host, self._port, backlog=LISTEN_BACKLOG)
         try:
@@ -90,11 +94,13 @@ def api_server(
     identity: SignInService | None = None,
     store_tolerated: Callable[[], bool] | None = None,
     slack: SlackHandler | None = None,
+    pages: Pages | None = None,
 ) -> ApiServer:
     """The API of a pgwarden: its grants, store, policy, live sessions and notifier; `checks`
     add to the readiness of the store, policy and listener; `workers` are the other processes.
     `store_tolerated`: whether a state store problem leaves the server ready (a replica serving
-    logins from memory, within `state.max_staleness`): then it is a note, not a problem."""
+    logins from memory, within `state.max_staleness`): then it is a note, not a problem.
+    `pages`: more routes on the same server (the web console, proxy/web)."""
     address = ProxyAddress(
         listen=config.proxy.listen,
         public=config.api.public_proxy_address,
@@ -110,7 +116,7 @@ def api_server(
         grants, store, policy, clock, proxy.ctx.registry, notifier, address, ready, metrics,
         workers, replicas, identity=identity, readiness_notes=notes, slack=slack,
     )  # fmt: skip
-    return ApiServer(context, config.api.listen.host, config.api.listen.port)
+    return ApiServer(context, config.api.listen.host, config.api.listen.port, pages)
 
 
 def _unless(tolerated: Callable[[], bool], check: ReadinessCheck) -> ReadinessCheck:

@@ -55,27 +55,45 @@ def routes() -> list[web.RouteDef]:
 async def list_sessions(request: web.Request) -> web.Response:
     ctx, user = request.app[CONTEXT], request[USER]
     read_query(request, frozenset())
+    live, incomplete = await visible_sessions(ctx, user)
+    answer: JsonObject = {} if incomplete is None else {"incomplete": incomplete}
+    answer["sessions"] = [session_view(info, replica) for replica, info in live]
+    return web.json_response(answer)
+
+
+async def visible_sessions(
+    ctx: ApiContext, user: UserName
+) -> tuple[list[tuple[str | None, SessionInfo]], str | None]:
+    """The live sessions `user` may see, oldest first, each with its replica (None with one);
+    and, when the other replicas' could not be read, why the list is incomplete."""
     policy = ctx.policy()
     here = ctx.replicas.replica_id if ctx.replicas is not None else None
     everywhere = [(here, s.info) for s in ctx.registry if s.ending is None]
     if ctx.workers is not None:
         everywhere += [(here, info) for info in await ctx.workers.sessions()]
-    answer: JsonObject = {}
+    incomplete = None
     if ctx.replicas is not None:
         try:
             everywhere += await ctx.blocking(ctx.replicas.sessions)
         except PgwardenError as exc:
-            answer["incomplete"] = f"only this replica's sessions are listed: {exc.message}"
+            incomplete = f"only this replica's sessions are listed: {exc.message}"
     live = [(r, info) for r, info in everywhere if may_see_session(policy, info, user)]
     live.sort(key=lambda pair: (pair[1].started_at, pair[1].session_id))
-    answer["sessions"] = [session_view(info, replica) for replica, info in live]
-    return web.json_response(answer)
+    return live, incomplete
 
 
 async def kill_session(request: web.Request) -> web.Response:
     ctx, user = request.app[CONTEXT], request[USER]
-    session_id = request.match_info["id"]
     reason = (await read_body(request, KILL)).get("reason", "")
+    answer, status = await end_session(ctx, user, request.match_info["id"], reason)
+    return web.json_response(answer, status=status)
+
+
+async def end_session(
+    ctx: ApiContext, user: UserName, session_id: str, reason: str
+) -> tuple[JsonObject, int]:
+    """End a live session `user` may end, wherever it is: the answer and its status (200 ended,
+    202 ordered); ApiError 404 (unknown, or ended already), 403, 410 (its replica is gone)."""
     policy = ctx.policy()
     found = await _find(ctx, session_id) if SESSION_ID.fullmatch(session_id) else None
     if found is None or not may_see_session(policy, found[1], user):
@@ -104,7 +122,7 @@ async def kill_session(request: web.Request) -> web.Response:
         ended = await ctx.workers.end(where, session_id, ending)
     await ctx.blocking(ctx.notifier.session_killed, info, user, reason)
     replica = ctx.replicas.replica_id if ctx.replicas is not None else None
-    return web.json_response({"session": session_view(info, replica), "ended": ended})
+    return {"session": session_view(info, replica), "ended": ended}, 200
 
 
 async def _find(ctx: ApiContext, session_id: str) -> Found | None:
@@ -126,7 +144,7 @@ async def _find(ctx: ApiContext, session_id: str) -> Found | None:
 
 async def _kill_elsewhere(
     ctx: ApiContext, holder: str, info: SessionInfo, user: UserName, *, reason: str, message: str
-) -> web.Response:
+) -> tuple[JsonObject, int]:
     """Order replica `holder` to end the session, and wait a little for it to be done."""
     replicas = ctx.replicas
     assert replicas is not None
@@ -144,13 +162,11 @@ async def _kill_elsewhere(
     await ctx.blocking(ctx.notifier.session_killed, info, user, reason)
     view = session_view(info, holder)
     if ended is None:
-        return web.json_response(
-            {"session": view, "ended": False, "pending": True,
-             "message": f"replica {holder} has the order to end session {info.session_id}; it "
-                        "carries it out within seconds (list the sessions to see it gone)"},
-            status=202,
-        )  # fmt: skip
-    return web.json_response({"session": view, "ended": ended})
+        return {"session": view, "ended": False, "pending": True,
+                "message": f"replica {holder} has the order to end session {info.session_id}; "
+                           "it carries it out within seconds (list the sessions to see it gone)"
+                }, 202  # fmt: skip
+    return {"session": view, "ended": ended}, 200
 
 
 async def _wait_done(ctx: ApiContext, replicas: OtherReplicas, order: int) -> bool | None:

@@ -286,21 +286,7 @@ class SignInService:
     # --- the store (blocking) ------------------------------------------------------------
 
     def _changed(self, change: Callable[[StoreTx], Fact | None]) -> Fact | None:
-        """Run `change` in one write transaction; the fact it returns is recorded ahead of the
-        COMMIT (record.py), and whether it took effect after."""
-        seq: int | None = None
-        try:
-            with self.store.write() as tx:
-                fact = change(tx)
-                if fact is not None and self.audit is not None:
-                    seq = self.audit.ahead(fact)  # last: a refusal here rolls it all back
-        except BaseException as exc:
-            if seq is not None and self.audit is not None:
-                self.audit.settled(seq, committed=False, error=str(exc) or type(exc).__name__)
-            raise
-        if seq is not None and self.audit is not None:
-            self.audit.settled(seq, committed=True, error="")
-        return fact
+        return audited_change(self.store, self.audit, change)
 
     def _insert_flow(self, flow: SignInFlow) -> None:
         with self.store.write() as tx:
@@ -392,6 +378,26 @@ def _check_name(tx: StoreTx, person: Person) -> None:
             f"this account signed in before as {same.user!r}; a renamed account needs an admin",
             user=person.user,
         )
+
+
+def audited_change(
+    store: Store, audit: SignInAudit | None, change: Callable[[StoreTx], Fact | None]
+) -> Fact | None:
+    """Run `change` in one write transaction; the fact it returns is recorded ahead of the
+    COMMIT (record.py), and whether it took effect after."""
+    seq: int | None = None
+    try:
+        with store.write() as tx:
+            fact = change(tx)
+            if fact is not None and audit is not None:
+                seq = audit.ahead(fact)  # last: a refusal here rolls it all back
+    except BaseException as exc:
+        if seq is not None and audit is not None:
+            audit.settled(seq, committed=False, error=str(exc) or type(exc).__name__)
+        raise
+    if seq is not None and audit is not None:
+        audit.settled(seq, committed=True, error="")
+    return fact
 
 
 def digest_of(refresh_token: str) -> bytes:

@@ -45,12 +45,8 @@ from proxy.grants.store import Store, StoreTx
 from proxy.identity.signin import SignInService
 from proxy.policy.models import Policy
 from proxy.policy.reload import PolicyHolder, ReloadOutcome, ReloadResult
-from proxy.runtime.auditing import (
-    LifecycleAuditor,
-    SecretsToRedact,
-    SessionAuditor,
-    query_limits,
-)
+from proxy.runtime.auditing import LifecycleAuditor, SecretsToRedact, SessionAuditor, query_limits
+from proxy.runtime.console import console_pages
 from proxy.runtime.duties import Duties, build_duties
 from proxy.runtime.housekeeping import (
     AuditHealthWatch,
@@ -311,6 +307,7 @@ class Runtime:
             replicas=self.cluster.sync if self.cluster is not None else None,
             store_tolerated=self.replica.serving_from_memory if self.replica else None,
             identity=self.sign_in, slack=self.duties.slack,
+            pages=console_pages(self.config, self.audit),
         )  # fmt: skip
 
     def _housekeeping(self) -> Housekeeping:

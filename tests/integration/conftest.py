@@ -12,19 +12,10 @@ import pytest
 from tests.fixtures.clock import FakeClock
 from tests.fixtures.pg_state import PgState, state_database
 from tests.fixtures.pgwarden import PgwardenDeployment, RunningPgwarden, running_pgwarden
-from tests.fixtures.postgres import PostgresServer
 from tests.fixtures.served import mounted_tiny_disk
 from tests.fixtures.state_backends import fresh_state_store, state_backend, state_store
 
 __all__ = ["fresh_state_store", "state_backend", "state_database", "state_store"]
-
-
-@pytest.fixture(scope="session")
-def deployment(postgres: PostgresServer) -> PgwardenDeployment:
-    """The target database `orders` with its read-only and read-write roles."""
-    prepared = PgwardenDeployment(postgres)
-    prepared.prepare()
-    return prepared
 
 
 @pytest.fixture(scope="module")
