@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-dev
 # Branch coverage the sans-I/O core must keep (the issue tracker's bar for wire and auth).
 CORE_COVERAGE_MIN ?= 90
 
-.PHONY: test lint typecheck unit coverage clean bench compat deps demo ha-trials
+.PHONY: test lint typecheck unit coverage clean bench compat deps test-deps demo ha-trials
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -18,9 +18,13 @@ $(STAMP): pyproject.toml
 	@echo "Installed: $(BIN)/pgwarden (to type \`pgwarden\`: export PATH=\"$(abspath $(BIN)):\$$PATH\")"
 	@touch $@
 
-# PostgreSQL's server and clients, installed with apt-get only when missing.
+# PostgreSQL's server and clients, installed with apt-get only when missing (`make test` also
+# Debian's Chromium and ChromeDriver, for the web console's browser tests).
 deps:
 	bash scripts/ensure-deps.sh
+
+test-deps:
+	bash scripts/ensure-deps.sh --browser
 
 lint: $(STAMP)
 	$(BIN)/ruff check proxy tests bench compat
@@ -29,14 +33,16 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-# The pure tier runs on every core (its tests share nothing); the integration tier serially (its
-# servers share the harness PostgreSQL). Coverage is measured where the gate is: wire and auth.
+# Both tiers run on two cores. The pure tier's tests share nothing; the integration and browser
+# tiers go file by file (`--dist loadfile`: a module's servers are shared by its tests), each
+# worker with a PostgreSQL of its own. Coverage is measured where the gate is: wire and auth.
 CORE_COVERAGE := --cov=proxy.wire --cov=proxy.auth --cov-branch --cov-report=
 
-test: deps lint typecheck
+test: test-deps lint typecheck
 	rm -f .coverage
 	PGWARDEN_HYPOTHESIS_PROFILE=default $(BIN)/pytest -n 2 $(CORE_COVERAGE) tests/unit tests/test_architecture.py
-	PGWARDEN_HYPOTHESIS_PROFILE=default $(BIN)/pytest $(CORE_COVERAGE) --cov-append tests/integration
+	PGWARDEN_HYPOTHESIS_PROFILE=default $(BIN)/pytest -n 2 --dist loadfile $(CORE_COVERAGE) --cov-append \
+		tests/integration tests/browser
 	$(BIN)/coverage report --include='proxy/wire/*,proxy/auth/*' --fail-under=$(CORE_COVERAGE_MIN)
 
 # The quick loop while editing, not a replacement for `make test`. It runs on every core

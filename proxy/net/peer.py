@@ -23,6 +23,9 @@ from typing import cast
 # The handshake inbox: a peer that sends more than this before we read it is paused (TCP pushes back
 # on it). Pre-auth messages are capped at 64 KiB by the codec; this only bounds what waits unread.
 MAX_INBOX_BYTES = 256 * 1024
+# After our last message (a FATAL), how long a peer may keep its side open while we drop what it
+# still sends: long enough for it to read the message, bounded so it cannot hold the socket.
+CLOSE_LINGER = 2.0
 
 
 class PeerClosed(ConnectionError):
@@ -42,6 +45,7 @@ class Peer(asyncio.Protocol):
         self._closed = asyncio.get_running_loop().create_future()
         self._reading_paused = False
         self._on_data: Callable[[bytes], None] | None = None
+        self._lingering = False
         self.on_pause_writing: Callable[[], None] = _nothing
         self.on_resume_writing: Callable[[], None] = _nothing
         self.on_connection_lost: Callable[[Peer], None] = _nothing_with_peer
@@ -164,12 +168,35 @@ class Peer(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
+    def close_after_reading(self, linger: float = CLOSE_LINGER) -> None:
+        """Close so that the peer reads what we wrote last: send our FIN, then read and drop
+        what it still sends until it closes too, or `linger` seconds pass. A socket closed with
+        unread input answers with a reset, and a client that receives a reset may discard the
+        FATAL still waiting in its buffer (it sent a query just as its session ended: it would
+        see only "server closed the connection unexpectedly"). TLS has no half-close: closed at
+        once."""
+        transport = self.transport
+        if transport is None or transport.is_closing() or self._lingering:
+            return
+        if not transport.can_write_eof():
+            transport.close()
+            return
+        self._lingering = True
+        self._on_data = _drop
+        self.resume_reading()
+        transport.write_eof()
+        asyncio.get_running_loop().call_later(linger, transport.close)
+
     def replace_transport(self, transport: asyncio.Transport) -> None:
         """After `loop.start_tls`, reads and writes go through the TLS transport."""
         self.transport = transport
 
 
 def _nothing() -> None:
+    return None
+
+
+def _drop(_data: bytes) -> None:
     return None
 
 

@@ -213,7 +213,7 @@ class Session:
             kept = await self._end_upstream(ending)
         finally:
             self.relay.stop()
-            self.client.close()
+            self.client.close_after_reading()
             if not kept:
                 self.upstream.abort()
             self._announce(ending)
@@ -229,7 +229,7 @@ class Session:
                 self.client.write(ErrorResponse.fatal(ending.sqlstate, ending.message).encode())
             # Mid-message, an ErrorResponse would corrupt the stream: the close says enough.
         self.relay.stop()
-        self.client.close()
+        self.client.close_after_reading()
 
     async def _end_upstream(self, ending: Ending) -> bool:
         """End the backend, or give it to the pool: True if the pool kept it."""
