@@ -12,7 +12,9 @@ the record is whole.
 - `verify.py` (+ `verify_plan.py`, `lifecycle_trail.py`, `query_trail.py`): `pgwarden audit
   verify`;
 - `archive.py` (the signed anchor) and `archiving.py`: `pgwarden audit archive`, which moves old
-  rotated files away so that the rest still verifies on its own.
+  rotated files away so that the rest still verifies on its own;
+- `transcript.py` (+ `transcript_entries.py`, `line_scan.py`): a session's statements and
+  outcomes read back, and a grant's sessions, for the web console.
 
 This package does no networking and imports no asyncio: the sink is thread-based, and its
 durability futures are `concurrent.futures.Future`s that async code awaits with

@@ -8,6 +8,9 @@ log. The demo's last line repeats the PATH line, for the README's commands.
 With the local OpenID provider running (`sign_in.py`), a second block signs in as a person
 instead: `pgwarden login` shows an address and a code, the person signs in there as alice or
 carol with the password printed beside it, and the commands that follow use that session.
+
+Last, the web console's address and how to sign in to it as alice or carol: single sign-on at
+the provider with those passwords, or without one, their API tokens to paste.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from pathlib import Path
 
 BLOCK_START = "Try it in another terminal"
 SIGN_IN_START = "Or sign in as a person, with single sign-on through the local OpenID provider"
+CONSOLE_START = "Open the web console in a browser:"
 QUERY = "SELECT count(*) FROM orders"
 AUDIT_SUMMARY = re.compile(r"ok: (\d+) records in (\d+) files?, head seq (\d+)")
 
@@ -107,4 +111,29 @@ def sign_in_explanation(issuer: str, alice: str, carol: str) -> str:
         f"from the provider). To approve, sign in as carol / {carol} (group leads): pgwarden\n"
         "logout, then pgwarden login. With a browser on this machine, pgwarden login --browser\n"
         "skips the code. These passwords are made up for this demo, and end with it."
+    )
+
+
+def console_url(api_port: int) -> str:
+    return f"http://127.0.0.1:{api_port}/console/"
+
+
+def console_with_sso(*, api_port: int, alice: str, carol: str) -> str:
+    """The console's address, and signing in to it at the provider with the demo's passwords."""
+    return (
+        f"{CONSOLE_START} {console_url(api_port)}\n"
+        f'Choose "Sign in with single sign-on", then at the provider sign in as carol / {carol}\n'
+        f"(her inbox lists the requests she may approve) or as alice / {alice}; for both at\n"
+        "once, one in a private window."
+    )
+
+
+def console_with_tokens(*, api_port: int, alice: str, carol: str) -> str:
+    """The console's address, and the tokens to paste into its sign-in page."""
+    return (
+        f"{CONSOLE_START} {console_url(api_port)}\n"
+        "Sign in by pasting a token: carol's (her inbox lists the requests she may approve) or\n"
+        "alice's; for both at once, one in a private window.\n"
+        f"  carol  {carol}\n"
+        f"  alice  {alice}"
     )

@@ -3,9 +3,10 @@
 With Node.js 20.19+ and npm (or the provider already installed), the demo runs the bundled
 provider (`local_idp.py`) on a free loopback port with two people, alice (engineers) and carol
 (leads), whose passwords it makes up and prints for this demo only, and registers pgwarden with
-it as a confidential client: the server's config gets `identity.oidc`, the client secret in a
-file of mode 0600. Without Node.js, or when the install fails (offline, say, after a bounded
-wait), the demo goes on with API tokens alone and says why, in its one `sign-in:` line.
+it as a confidential client, returning to the CLI or to the web console: the server's config gets
+`identity.oidc`, the client secret in a file of mode 0600. Without Node.js, or when the install
+fails (offline, say, after a bounded wait), the demo goes on with API tokens alone and says why,
+in its one `sign-in:` line.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from proxy.demo.local_idp import (
+    REDIRECT_URIS,
     Client,
     LocalProvider,
     NodeUnavailable,
@@ -38,6 +40,11 @@ NPM_TIMEOUT = 60.0
 # The demo's people and their groups at the provider (the policy's approval rule names `leads`).
 PEOPLE = {"alice": ("engineers",), "carol": ("leads",)}
 SECRET_FILE = "oidc-client.secret"  # noqa: S105 - the file's name, not its content
+# The web console's return address (proxy/web/signin_pages.py), beside `pgwarden login
+# --browser`'s. The client is native (RFC 8252 section 7.3): the provider matches a loopback
+# redirect on any port, so this covers the API's port, picked after the provider starts; the
+# path must match exactly.
+CONSOLE_CALLBACK = "http://127.0.0.1/console/signin/callback"
 
 IDENTITY = """\
 identity:
@@ -108,7 +115,8 @@ def start_sign_in(directory: Path, say: Callable[[str], None]) -> SignIn:
 
 
 def _client() -> Client:
-    return register_client(CLIENT_ID, "client_secret_basic", "pgwarden demo")
+    redirects = (*REDIRECT_URIS, CONSOLE_CALLBACK)
+    return register_client(CLIENT_ID, "client_secret_basic", "pgwarden demo", redirects)
 
 
 def _people() -> list[Person]:

@@ -5,9 +5,10 @@ and psql as a person would type them: alice asks for read-only access, carol app
 queries, a write is refused, carol revokes while alice's query runs and the session ends with its
 message; then the audit log is verified. pgwarden stays up for the user to try things until
 Ctrl-C (not with PGWARDEN_DEMO_NONINTERACTIVE=1), with commands to paste into a second terminal
-(`handover.py`); everything is stopped and removed at the end, Ctrl-C at any point included, and
-the demo says what it stopped and removed. With Node.js, a local OpenID provider runs beside it
-and the hand-over offers `pgwarden login` as alice or carol (`sign_in.py`); the story itself runs
+and the web console's address with how to sign in there (`handover.py`); everything is stopped
+and removed at the end, Ctrl-C at any point included, and the demo says what it stopped and
+removed. With Node.js, a local OpenID provider runs beside it and the hand-over offers `pgwarden
+login`, and the console's single sign-on, as alice or carol (`sign_in.py`); the story itself runs
 on API tokens, as automation would, and one `sign-in:` line near the top says which is offered.
 """
 
@@ -35,6 +36,9 @@ from proxy.demo.handover import (
     BLOCK_START,
     EXPLANATION,
     SIGN_IN_START,
+    console_url,
+    console_with_sso,
+    console_with_tokens,
     explain_audit_summary,
     path_line,
     second_terminal_block,
@@ -145,6 +149,8 @@ def walkthrough(demo: Demo) -> None:
     say(indent(slack_preview(demo.directory, request_id)))
     say("\n2. carol, an approver, approves it (alice could not approve her own request):")
     say(indent(demo.pgwarden("carol", "approve", request_id, "--comment", "ok", show=True)))
+    say(f"    (or in the web console, on the request's page: {console_url(demo.api_port)}"
+        f"requests/{request_id})")  # fmt: skip
     say(indent(slack_preview(demo.directory, request_id)))
     say("\n3. alice gets a temporary credential (shown once; pgwarden keeps only a verifier):")
     creds = json.loads(demo.pgwarden("alice", "credentials", request_id, "--json", show=True))
@@ -220,6 +226,7 @@ def try_it_yourself(demo: Demo) -> None:
     say(EXPLANATION)
     if demo.sign_in.provider is not None:
         offer_sign_in(demo)
+    say(f"\n{offer_console(demo)}")
     say(f"Config, state, audit log and pgwarden.log are in {demo.directory}.")
     provider = ", the OpenID provider" if demo.sign_in.provider is not None else ""
     say(f"Press Ctrl-C here to stop pgwarden{provider} and PostgreSQL and remove their files.")
@@ -240,6 +247,16 @@ def offer_sign_in(demo: Demo) -> None:
         say(f"  {line}")
     sign_in = demo.sign_in
     say(sign_in_explanation(sign_in.issuer, sign_in.password("alice"), sign_in.password("carol")))
+
+
+def offer_console(demo: Demo) -> str:
+    """The web console's address and how to sign in there as alice or carol."""
+    sign_in = demo.sign_in
+    if sign_in.provider is not None:
+        alice, carol = sign_in.password("alice"), sign_in.password("carol")
+        return console_with_sso(api_port=demo.api_port, alice=alice, carol=carol)
+    alice, carol = demo.tokens["alice"], demo.tokens["carol"]
+    return console_with_tokens(api_port=demo.api_port, alice=alice, carol=carol)
 
 
 @contextmanager

@@ -80,7 +80,7 @@ class SlackSender:
         """Post the request's message, or update the one posted before."""
         request, approvals, posted = await self._blocking(self._read, request_id)
         policy = self._policy()
-        link = f"{(settings.console_url or '').rstrip('/')}/api/v1/requests/{request.id}"
+        link = f"{(settings.console_url or '').rstrip('/')}/console/requests/{request.id}"
         text, blocks = request_message(request, approvals, policy, link)
         if posted is not None:
             channel, ts = posted

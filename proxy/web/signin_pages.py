@@ -27,7 +27,7 @@ from proxy.grants.store import StoreTx
 from proxy.identity.errors import IdpUnavailable, SignInBusy, SignInRefused
 from proxy.identity.record import Fact, RefusedFact, SignedInFact, SignedOutFact
 from proxy.identity.sessions import new_session, session_digest
-from proxy.identity.signin import audited_change
+from proxy.identity.signin import AGAIN, audited_change
 from proxy.identity.tokens import Person
 from proxy.policy.models import UserName
 from proxy.web import guard
@@ -51,8 +51,12 @@ def routes() -> list[web.RouteDef]:
 
 
 def safe_next(text: str | None) -> str:
-    """Where to go after signing in: a console path only (no other site, no `//host`)."""
-    if text and text.startswith("/console/") and "\\" not in text and not text.startswith("//"):
+    """Where to go after signing in: a console path only (no other site, no `//host`, and no
+    control character, which the Location header cannot carry)."""
+    if (
+        text and text.startswith("/console/") and "\\" not in text and not text.startswith("//")
+        and text.isascii() and text.isprintable()
+    ):  # fmt: skip
         return text[:500]
     return "/console/"
 
@@ -74,6 +78,9 @@ async def sign_in_page(request: web.Request, *, why: str = "", status: int = 200
         csrf=guard.csrf_token(signin_secret),
     )  # fmt: skip
     response = html(body, status)
+    if ctx.identity is not None:  # the single sign-on form's answer redirects to the provider
+        issuer = guard.origin(ctx.identity.settings.issuer)
+        response.headers["Content-Security-Policy"] = guard.csp([issuer])
     guard.set_cookie(request, response, guard.SIGNIN_COOKIE, signin_secret, SIGNIN_COOKIE_AGE)
     return response
 
@@ -88,6 +95,7 @@ async def with_token(request: web.Request) -> web.Response:
     ctx, deps = request.app[CONTEXT], request.app[DEPS]
     try:
         form = await _signin_form(request)
+        start_limit(request)  # bounds the refusals a stranger can make us audit
         token = form.get("token", "").strip()
         secret, max_age = await ctx.blocking(_token_session, ctx, deps, token)
     except ApiError as exc:
@@ -161,7 +169,8 @@ async def sso_callback(request: web.Request) -> web.Response:
             flow_id, query.get("code", ""), query.get("state", ""), query.get("iss")
         )
     except (SignInRefused, IdpUnavailable) as exc:
-        return await sign_in_page(request, why=exc.message, status=_status(exc))
+        why = exc.message.replace(AGAIN, "sign in again")  # here, not with the CLI's command
+        return await sign_in_page(request, why=why, status=_status(exc))
     max_age = int((signed.session.expires_at - ctx.clock.now()).total_seconds())
     response = _signed_in(request, signed.token, max_age, _unb64(encoded_next))
     guard.clear_cookie(request, response, guard.FLOW_COOKIE)
@@ -175,7 +184,7 @@ async def sign_out(view: View) -> web.StreamResponse:
     else:
         await view.ctx.identity.logout(digest, None)
     response = redirect("/console/signin?why=" + quote("you signed out"))
-    guard.clear_cookie(view.request, response, guard.COOKIE)
+    guard.set_cookie(view.request, response, guard.COOKIE, guard.SIGNED_OUT, SIGNIN_COOKIE_AGE)
     return response
 
 

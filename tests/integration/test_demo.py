@@ -32,6 +32,11 @@ PROVIDER_LINE = re.compile(
 TOKENS_LINE = (
     "sign-in: API tokens (Node.js 20.19+ and npm not found: install them for single sign-on)"
 )
+REQUEST_PAGE = re.compile(
+    r"^    \(or in the web console, on the request's page: "
+    r"http://127\.0\.0\.1:\d+/console/requests/([0-9a-f]+)\)$",
+    re.MULTILINE,
+)
 NODE_TOOLS = frozenset({"node", "nodejs", "npm", "npx", "corepack"})
 
 
@@ -61,6 +66,10 @@ def assert_the_whole_story(out: str) -> None:
     assert "the head file audit.jsonl.head vouches for the records up to" in out  # explained
     assert "The demo ran to the end" in out
     assert_the_slack_printout(out)
+    page = REQUEST_PAGE.search(out)
+    assert page, out
+    step_2 = out[: page.start()].rsplit("\n2. ", 1)[1]  # the page of the request approved
+    assert f"carol$ pgwarden approve {page.group(1)} --comment ok" in step_2, step_2
     assert out.rstrip().splitlines()[-1].endswith(f'export PATH="{ROOT}/.venv/bin:$PATH"')
 
 

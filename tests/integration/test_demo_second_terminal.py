@@ -5,6 +5,9 @@ person); the block it prints is pasted into a separate bash with the venv off PA
 PGWARDEN_* variables, and Ctrl-C is the terminal's: SIGINT to the whole process group. The
 single sign-on block is followed the same way: `pgwarden login` as alice with the password the
 demo printed, her part at the local OpenID provider played by the tests' browser stand-in.
+The web console's printed address answers, and carol signs in there as printed (single sign-on
+at the provider with her password, or without Node.js her token) and finds alice's request in
+her inbox; a browser without JavaScript (aiohttp with a cookie jar) plays her.
 """
 
 from __future__ import annotations
@@ -23,11 +26,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import aiohttp
 import pytest
 
-from proxy.demo.handover import BLOCK_START, SIGN_IN_START
+from proxy.demo.handover import BLOCK_START, CONSOLE_START, SIGN_IN_START
 from proxy.demo.local_idp import NodeUnavailable, node_binary
 from tests.fixtures.idp_browser import IdpBrowser
+from tests.integration.test_demo import a_path_without_node
 
 pytestmark = pytest.mark.integration
 
@@ -41,6 +46,10 @@ STOPPED = re.compile(
 PROVIDER = re.compile(r"^sign-in: a local OpenID provider at (http://127\.0\.0\.1:\d+) ")
 DEVICE_PROMPT = re.compile(r"^To sign in, open (\S+) and enter the code (\S+)$")
 LOGIN_SECONDS = 120  # the device flow polls every 5 s: a few polls, and the CLI's start-ups
+CONSOLE = re.compile(rf"^{re.escape(CONSOLE_START)} (http://127\.0\.0\.1:\d+/console/)$")
+CONSOLE_TOKEN = re.compile(r"^  (alice|carol)  (pgw_\S+)$")
+CONSOLE_PASSWORD = re.compile(r"at the provider sign in as carol / (\S+)$", re.MULTILINE)
+CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 
 
 class RunningDemo:
@@ -194,6 +203,102 @@ async def sign_in_at_the_provider(issuer: str, user: str, password: str, uri: st
         await browser.approve_device(uri, code, user=user)
 
 
+class Console:
+    """A person's browser on the demo's web console, without JavaScript: cookies kept, forms
+    sent with the page's CSRF token and the `Origin` a browser adds, redirects shown, not
+    followed (except by `open`)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.origin = url.removesuffix("/console/")
+        self.csrf = ""
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> Console:
+        # unsafe=True: keep the cookies of a host named by IP address (127.0.0.1)
+        self._session = aiohttp.ClientSession(
+            cookie_jar=aiohttp.CookieJar(unsafe=True), timeout=aiohttp.ClientTimeout(total=30)
+        )
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        assert self._session is not None
+        await self._session.close()
+
+    async def open(self, url: str) -> tuple[str, int, str]:
+        """GET `url`, following redirects: the final URL, status and page; keeps its CSRF token."""
+        assert self._session is not None
+        async with self._session.get(url) as got:
+            text = await got.text()
+        if match := CSRF.search(text):
+            self.csrf = match.group(1)
+        return str(got.url), got.status, text
+
+    async def post(self, path: str, **fields: str) -> tuple[int, str]:
+        """Submit a form of the last page opened: the status and where it redirects."""
+        assert self._session is not None
+        form = {"csrf_token": self.csrf, "next": "/console/", **fields}
+        async with self._session.post(self.origin + path, data=form, allow_redirects=False,
+                                      headers={"Origin": self.origin}) as got:  # fmt: skip
+            return got.status, got.headers.get("Location", "")
+
+    async def back_from_provider(self, url: str) -> tuple[int, str]:
+        assert self._session is not None
+        async with self._session.get(url, allow_redirects=False) as got:
+            return got.status, got.headers.get("Location", "")
+
+    async def sign_in_page(self, *, sso: bool) -> None:
+        """The printed address leads a newcomer to the sign-in page, SSO offered or not."""
+        final, status, page = await self.open(self.url)
+        assert (status, final.split("?")[0]) == (200, self.origin + "/console/signin"), page
+        assert "Sign in with a token" in page
+        assert ("Sign in with single sign-on" in page) is sso, page
+        assert self.csrf, page
+
+    async def inbox(self) -> str:
+        final, status, page = await self.open(self.url)
+        assert (status, final) == (200, self.url), page
+        assert "Waiting for you" in page, page
+        return page
+
+
+async def the_sign_in_page(url: str, *, sso: bool) -> None:
+    async with Console(url) as console:
+        await console.sign_in_page(sso=sso)
+
+
+async def carol_with_her_token(url: str, token: str) -> str:
+    """carol's inbox, signed in with the token the demo printed for her."""
+    async with Console(url) as console:
+        await console.sign_in_page(sso=False)
+        assert await console.post("/console/signin/token", token=token) == (303, "/console/")
+        return await console.inbox()
+
+
+async def carol_with_single_sign_on(url: str, issuer: str, password: str) -> str:
+    """carol's inbox, signed in at the provider with the password the demo printed for her."""
+    async with Console(url) as console, IdpBrowser(issuer, {"carol": password}) as browser:
+        await console.sign_in_page(sso=True)
+        status, to_provider = await console.post("/console/signin/sso")
+        assert status == 303, to_provider
+        assert to_provider.startswith(issuer + "/"), to_provider
+        back = await browser.authorize(to_provider, user="carol")
+        assert back.startswith(url + "signin/callback?"), back
+        assert await console.back_from_provider(back) == (303, "/console/")
+        return await console.inbox()
+
+
+def printed_console(lines: list[str]) -> str:
+    found = [m.group(1) for line in lines if (m := CONSOLE.match(line))]
+    assert len(found) == 1, "\n".join(lines)
+    return found[0]
+
+
+def pending_request(block: list[str]) -> str:
+    """The id of alice's request the demo left pending, from `pgwarden approve ID` in `block`."""
+    return next(line.split()[3] for line in block if " pgwarden approve " in line)
+
+
 def node_is_here() -> bool:
     try:
         node_binary()
@@ -219,6 +324,8 @@ def test_the_printed_commands_work_in_a_second_terminal_and_ctrl_c_cleans_up(
         demo.read_until("Press Ctrl-C")
         block = pasted_block(demo.lines)
         assert block[0] == f'export PATH="{VENV_BIN}:$PATH"'
+        sso = any(PROVIDER.match(line) for line in demo.lines)
+        asyncio.run(the_sign_in_page(printed_console(demo.lines), sso=sso))
         assert any(line.startswith("pgwarden requests") for line in block)
         assert any(line.startswith("pgwarden audit verify") for line in block)
         results = run_pasted(block, env)
@@ -287,9 +394,25 @@ def test_the_printed_sign_in_makes_you_alice_with_her_printed_password(tmp_path:
         assert "trying pgwarden" in requests, requests
         session = tmp_path / ".config" / "pgwarden" / "session.json"
         assert session.stat().st_mode & 0o777 == 0o600
+        console, carols = printed_console(demo.lines), CONSOLE_PASSWORD.search(said)
+        assert carols, said
+        inbox = asyncio.run(carol_with_single_sign_on(console, provider.group(1), carols[1]))
+        assert pending_request(pasted_block(demo.lines)) in inbox, inbox
         out, err = demo.ctrl_c()
     assert_cleaned_up(out, err)
     assert re.search(r"^Stopped pgwarden \(pid \d+\), the OpenID provider at ", out, re.M), out
     port = int(provider.group(1).rsplit(":", 1)[1])
     with pytest.raises(ConnectionRefusedError):  # the provider is gone, not just said to be
         socket.create_connection(("127.0.0.1", port), timeout=5).close()
+
+
+def test_without_node_the_console_takes_the_tokens_printed(tmp_path: Path) -> None:
+    with running_demo(PATH=a_path_without_node(tmp_path / "bin")) as demo:
+        demo.read_until("Press Ctrl-C")
+        assert not any(PROVIDER.match(line) for line in demo.lines), demo.output()
+        tokens = dict(m.groups() for line in demo.lines if (m := CONSOLE_TOKEN.match(line)))
+        assert sorted(tokens) == ["alice", "carol"], demo.output()
+        inbox = asyncio.run(carol_with_her_token(printed_console(demo.lines), tokens["carol"]))
+        assert pending_request(pasted_block(demo.lines)) in inbox, inbox
+        out, err = demo.ctrl_c()
+    assert_cleaned_up(out, err)

@@ -243,7 +243,7 @@ def test_a_link_level_shows_no_buttons(world: World) -> None:
     assert _actions(posted) == []
     text = json.dumps(posted.params["blocks"])
     assert "web console" in text
-    assert f"http://127.0.0.1:8080/api/v1/requests/{request_id}" in text
+    assert f"http://127.0.0.1:8080/console/requests/{request_id}" in text
 
 
 def test_slack_down_for_a_while_then_every_message_is_delivered_once(world: World) -> None:
