@@ -13,6 +13,7 @@ from aiohttp import web
 
 from proxy.web import live, request_pages, requester_pages, session_pages, signin_pages
 from proxy.web.deps import DEPS, ConsoleDeps
+from proxy.web.guard import security_headers
 from proxy.web.page import redirect
 
 STATIC: Final = Path(__file__).resolve().parent / "static"
@@ -32,6 +33,14 @@ def install(app: web.Application, deps: ConsoleDeps) -> None:
             web.static("/console/static", STATIC, name="console:static"),
         ]
     )
+    app.on_response_prepare.append(console_headers)
+
+
+async def console_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """The security headers on every answer under /console, also those no page builds: its
+    static files, and the API's answer to a path no route matches."""
+    if request.path.startswith("/console"):
+        security_headers(response)
 
 
 async def to_console(request: web.Request) -> web.Response:

@@ -23,6 +23,7 @@ import base64
 import hashlib
 import hmac
 import secrets
+from collections.abc import Iterable
 from typing import Final
 from urllib.parse import urlsplit
 
@@ -119,8 +120,20 @@ def check_csrf(request: web.Request, form: dict[str, str], secret: str | None) -
         )  # fmt: skip
 
 
+def csp(form_targets: Iterable[str] = ()) -> str:
+    """CSP, letting forms lead to the `form_targets` origins too: form-action also governs where
+    a form's answer redirects, and the single sign-on form's answer goes to the provider."""
+    return CSP.replace("form-action 'self'", " ".join(("form-action 'self'", *form_targets)))
+
+
+def origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
 def security_headers(response: web.StreamResponse) -> None:
-    response.headers["Content-Security-Policy"] = CSP
+    # setdefault: a page that set a policy of its own (the sign-in page's) keeps it.
+    response.headers.setdefault("Content-Security-Policy", CSP)
     response.headers["X-Frame-Options"] = "DENY"
     response.headers["Referrer-Policy"] = "same-origin"
 

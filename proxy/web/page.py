@@ -126,16 +126,17 @@ def to_sign_in(request: web.Request, why: str) -> web.Response:
         query.append("why=" + quote(why[:200], safe=""))
     if request.method == "GET" and request.path != "/console/":
         query.append("next=" + quote(request.path_qs[:500], safe=""))
-    response = web.HTTPSeeOther(target + ("?" + "&".join(query) if query else ""))
-    guard.security_headers(response)
-    return response  # returned, not raised: the API's error middleware would make it JSON
+    return redirect(target + ("?" + "&".join(query) if query else ""))
 
 
 async def read_form(request: web.Request) -> dict[str, str]:
     """A urlencoded form's fields, each a bounded string (the first of repeated ones)."""
     if request.content_type != "application/x-www-form-urlencoded":
         raise ApiError(415, "unsupported_media_type", "send the form as a web page does")
-    posted = await request.post()
+    try:
+        posted = await request.post()
+    except web.HTTPRequestEntityTooLarge:
+        raise ApiError(413, "body_too_large", "this form is too large; shorten it") from None
     form: dict[str, str] = {}
     for key, value in posted.items():
         if not isinstance(value, str) or len(value) > MAX_FIELD_CHARS:
@@ -157,6 +158,8 @@ def error_page(view: View, exc: Exception) -> web.Response:
 
 
 def redirect(location: str) -> web.Response:
-    response = web.HTTPSeeOther(location)
+    """A 303 as a plain response: not raised (the API's error middleware would make an
+    HTTPException JSON) nor an HTTPException returned (aiohttp deprecates that, and warns)."""
+    response = web.Response(status=303, headers={"Location": location})
     guard.security_headers(response)
     return response

@@ -64,5 +64,5 @@ async def transcript(view: View) -> web.StreamResponse:
     found = await view.ctx.blocking(session_transcript, files(), session_id)
     if found is None or not may_see_session(view.policy, found.info, view.user):
         raise not_found(f"session {session_id} in this server's audit log")
-    values: dict[str, Any] = {"t": found}
+    values: dict[str, Any] = {"t": found.transcript}
     return view.render("transcript.html", **values)

@@ -184,7 +184,7 @@ async def sign_out(view: View) -> web.StreamResponse:
     else:
         await view.ctx.identity.logout(digest, None)
     response = redirect("/console/signin?why=" + quote("you signed out"))
-    guard.set_cookie(view.request, response, guard.COOKIE, guard.SIGNED_OUT, SIGNIN_COOKIE_AGE)
+    guard.clear_cookie(view.request, response, guard.COOKIE)
     return response
 
 
