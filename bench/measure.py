@@ -31,11 +31,13 @@ MB = 1_000_000
 
 @dataclass(frozen=True)
 class Case:
-    """A pgbench case (`args`) or, with `copy_mb`, a bulk COPY of about that many MB."""
+    """A pgbench case (`args`) or, with `copy_mb`, a bulk COPY of about that many MB; a `tls`
+    case runs through the TLS paths only, the others through the plain paths only."""
 
     name: str
     args: tuple[str, ...] = ()
     copy_mb: int = 0
+    tls: bool = False
 
     @property
     def unit(self) -> str:

@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from bench.measure import Case, Measurement
+from bench.tls import TLS_SUFFIX
 from tests.fixtures.postgres import PostgresServer
 
-DIRECT, PGBOUNCER = "direct", "pgbouncer"
+DIRECT, PGBOUNCER = "direct", "pgbouncer"  # the baselines; a TLS case's have TLS_SUFFIX
 
 
 @dataclass(frozen=True)
@@ -57,10 +58,12 @@ def _row(case: Case, path: str, mine: list[Measurement], rates: dict[str, float 
     runs = [m for m in mine if m.path == path]
     good = [m for m in runs if m.ok]
     rate = rates[path]
+    suffix = TLS_SUFFIX if case.tls else ""  # TLS paths compare with TLS baselines
+    direct, pgbouncer = rates.get(DIRECT + suffix), rates.get(PGBOUNCER + suffix)
     return Row(
         case=case.name, path=path, rate_unit="MB/s" if case.copy_mb else "TPS", rate=rate,
         latency_ms=_median(m.latency_ms for m in good),
-        vs_direct=_ratio(rate, rates.get(DIRECT)), vs_pgbouncer=_ratio(rate, rates.get(PGBOUNCER)),
+        vs_direct=_ratio(rate, direct), vs_pgbouncer=_ratio(rate, pgbouncer),
         proxy_cpu_us=_median(m.proxy_cpu_us_per_unit for m in good), cpu_unit=case.unit,
         runs=len(runs), failed=len(runs) - len(good),
     )  # fmt: skip

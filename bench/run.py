@@ -59,8 +59,18 @@ def cases(plan: Plan) -> tuple[Case, ...]:
         Case("-S -M prepared -c8", ("-S", "-M", "prepared", "-c", "8", "-j", "2")),
         Case("-S -C -c8", ("-S", "-C", "-c", "8", "-j", "2")),
         Case(f"COPY {plan.copy_mb} MB", copy_mb=plan.copy_mb),
+        # TLS on every hop (bench/tls.py), through the `-tls` paths.
+        Case("-S -c8 tls", ("-S", "-c", "8", "-j", "2"), tls=True),
+        Case("-S -M prepared -c8 tls", ("-S", "-M", "prepared", "-c", "8", "-j", "2"), tls=True),
+        Case("-S -C -c8 tls", ("-S", "-C", "-c", "8", "-j", "2"), tls=True),
     )
     return tuple(c for c in every if not plan.only or any(part in c.name for part in plan.only))
+
+
+def runs_through(case: Case, endpoint: Endpoint) -> bool:
+    """TLS cases through the TLS paths, the others through the plain ones; some paths run only
+    some cases."""
+    return case.tls == endpoint.tls and (not endpoint.cases or case.name in endpoint.cases)
 
 
 def run_cases(plan: Plan, endpoints: Sequence[Endpoint], problems: list[str]) -> list[Measurement]:
@@ -69,7 +79,7 @@ def run_cases(plan: Plan, endpoints: Sequence[Endpoint], problems: list[str]) ->
     results: list[Measurement] = []
     for case in cases(plan):
         for rep in range(plan.reps):
-            for endpoint in [e for e in live if not e.cases or case.name in e.cases]:
+            for endpoint in [e for e in live if runs_through(case, e)]:
                 result = measure(case, endpoint, rep, plan.duration)
                 results.append(result)
                 print(progress(result), flush=True)
@@ -82,7 +92,7 @@ def run_cases(plan: Plan, endpoints: Sequence[Endpoint], problems: list[str]) ->
 def warm_up(plan: Plan, endpoints: Sequence[Endpoint], problems: list[str]) -> None:
     """Fill caches and let each path settle; results are discarded unless they failed."""
     warmup = Case("warm-up", ("-S", "-c", "8", "-j", "2"))
-    for endpoint in endpoints:
+    for endpoint in [e for e in endpoints if any(runs_through(c, e) for c in cases(plan))]:
         result = measure(warmup, endpoint, 0, plan.warmup)
         if not result.ok:
             problems.append(f"warm-up through {endpoint.name}: {result.problem}")
@@ -91,7 +101,7 @@ def warm_up(plan: Plan, endpoints: Sequence[Endpoint], problems: list[str]) -> N
 def progress(m: Measurement) -> str:
     rate = "failed" if m.rate is None else f"{m.rate:,.0f}"
     flag = "" if m.ok else f"  PROBLEM: {m.problem}"
-    return f"  {m.case:<20} {m.path:<16} rep {m.rep + 1}: {rate}{flag}"
+    return f"  {m.case:<24} {m.path:<20} rep {m.rep + 1}: {rate}{flag}"
 
 
 _LOG_PROBLEM = re.compile(r" (WARNING|ERROR|CRITICAL) |Traceback|Error:")
@@ -157,7 +167,9 @@ class Collected:
 def collect(plan: Plan, workdir: Path) -> Collected:
     """Bring the stack up, warm up, run every case interleaved, read the logs; tear it down."""
     problems: list[str] = []
-    with bench_stack(workdir, plan.scale) as stack:
+    selected = cases(plan)
+    plain, tls = any(not c.tls for c in selected), any(c.tls for c in selected)
+    with bench_stack(workdir, plan.scale, plain=plain, tls=tls) as stack:
         paths = [e.name for e in stack.endpoints]
         print(f"bench: {plan}; paths: {', '.join(paths)}", flush=True)
         machine = machine_info(stack.postgres)
@@ -189,7 +201,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     audit = (
         "pgwarden-noaudit = no per-query records; "
         "pgwarden-pool = upstream_pool on (new-connection case only); "
-        "-w2 = two worker processes (proxy.workers: 2; CPU counts both)"
+        "-w2 = two worker processes (proxy.workers: 2; CPU counts both); "
+        "-tls = TLS client->proxy and proxy->PostgreSQL, sslmode=require (tls cases only)"
     )
     record: dict[str, Any] = {
         "plan": plan.__dict__, "machine": got.machine, "other_cpu_load": busy, "audit": audit,

@@ -11,7 +11,9 @@
    SQLite state file, as the HTTP API will;
 3. pgbouncer in session mode on a free loopback port, authenticating the read-write role with its
    SCRAM verifier copied from `pg_authid` (so, like pgwarden, it never needs the clear password
-   to check a client, and logs in upstream with the client's SCRAM keys).
+   to check a client, and logs in upstream with the client's SCRAM keys);
+4. for the TLS cases (bench/tls.py): `ssl=on` in that Postgres, and a second pgbouncer and
+   pgwarden with TLS on both sides; the `-tls` paths connect with `sslmode=require`.
 
 Every path logs in as the same read-write role with SCRAM, so they differ only by the proxy.
 Child processes run in their own process group and are stopped by group: SIGTERM, then SIGKILL.
@@ -37,6 +39,17 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
+from bench.tls import (
+    SSLMODE,
+    TLS_SUFFIX,
+    KeyPair,
+    TlsSetupError,
+    enable_postgres_tls,
+    make_key_pair,
+    owned_copy,
+    pgbouncer_tls_lines,
+    pgwarden_tls_line,
+)
 from proxy.clock import SYSTEM_CLOCK
 from proxy.grants.lifecycle import GrantService
 from proxy.grants.requests import IssuedCredential
@@ -58,6 +71,7 @@ PGWARDEN_CONFIG = """\
 proxy:
   listen: {host}:{port}
   workers: {workers}
+{tls_line}
 api:
   listen: {host}:0
 paths:
@@ -86,6 +100,7 @@ class Variant:
     sections: str = ""
     cases: tuple[str, ...] = ()
     workers: int = 1
+    tls: bool = False  # TLS from clients (proxy.tls) and to Postgres (the target's upstream.tls)
 
 
 # "pgwarden" runs with the default settings (every query recorded, no upstream pool);
@@ -107,6 +122,12 @@ VARIANTS = {
         audit_extra="  record_queries: false", workers=2, cases=SCALING_CASES
     ),
 }
+# The TLS cases' pgwarden: TLS on both sides, with the default audit and without query records
+# (so that the cost of TLS and of the audit can be told apart).
+TLS_VARIANTS = {
+    "pgwarden" + TLS_SUFFIX: Variant(tls=True),
+    AUDIT_OFF_PATH + TLS_SUFFIX: Variant(audit_extra="  record_queries: false", tls=True),
+}
 
 PGBOUNCER_INI = """\
 [databases]
@@ -121,7 +142,7 @@ auth_file = {auth_file}
 pool_mode = session
 max_client_conn = 500
 default_pool_size = 100
-"""
+{tls_lines}"""
 
 
 class BenchError(RuntimeError):
@@ -141,6 +162,11 @@ class Endpoint:
     host: str = HOST
     dbname: str = TARGET_DB
     cases: tuple[str, ...] = ()  # the only cases to run through this path (empty: all)
+    sslmode: str = "disable"  # the TLS paths: "require", and they run the TLS cases only
+
+    @property
+    def tls(self) -> bool:
+        return self.sslmode != "disable"
 
     def env(self) -> dict[str, str]:
         """libpq environment for pgbench and psql; the password never appears in an argv."""
@@ -151,7 +177,7 @@ class Endpoint:
             "PGUSER": self.user,
             "PGPASSWORD": self.password,
             "PGDATABASE": self.dbname,
-            "PGSSLMODE": "disable",
+            "PGSSLMODE": self.sslmode,
             "PGCONNECT_TIMEOUT": "10",
         }
 
@@ -163,21 +189,46 @@ class Stack:
 
 
 @contextlib.contextmanager
-def bench_stack(workdir: Path, scale: int) -> Iterator[Stack]:
-    """Postgres, pgbouncer and pgwarden (one per config variant), ready for pgbench."""
+def bench_stack(workdir: Path, scale: int, *, plain: bool, tls: bool) -> Iterator[Stack]:
+    """Postgres, pgbouncer and pgwarden (one per config variant), ready for pgbench: the `plain`
+    paths, the `tls` paths, or both."""
     with postgres_server() as pg, contextlib.ExitStack() as stack:
         deployment = PgwardenDeployment(pg)
         deployment.prepare()
         init_pgbench(pg, scale)
-        password = deployment.rw_password
-        endpoints = [Endpoint("direct", pg.port, RW_ROLE, password, None)]
-        endpoints.append(
-            stack.enter_context(running_pgbouncer(pg, password, workdir / "pgbouncer"))
-        )
-        for name, variant in VARIANTS.items():
-            proxy = running_pgwarden(deployment, workdir / name, name, variant)
-            endpoints.append(stack.enter_context(proxy))
+        endpoints: list[Endpoint] = []
+        if plain:
+            endpoints.extend(plain_paths(stack, deployment, workdir))
+        if tls:
+            endpoints.extend(tls_paths(stack, deployment, workdir))
         yield Stack(pg, tuple(endpoints))
+
+
+def plain_paths(
+    stack: contextlib.ExitStack, deployment: PgwardenDeployment, workdir: Path
+) -> Iterator[Endpoint]:
+    pg, password = deployment.postgres, deployment.rw_password
+    yield Endpoint("direct", pg.port, RW_ROLE, password, None)
+    yield stack.enter_context(running_pgbouncer(pg, password, workdir / "pgbouncer"))
+    for name, variant in VARIANTS.items():
+        yield stack.enter_context(running_pgwarden(deployment, workdir / name, name, variant))
+
+
+def tls_paths(
+    stack: contextlib.ExitStack, deployment: PgwardenDeployment, workdir: Path
+) -> Iterator[Endpoint]:
+    """The same paths with TLS on every hop (bench/tls.py)."""
+    pg, password = deployment.postgres, deployment.rw_password
+    try:
+        pair = make_key_pair(workdir / "certs")
+        enable_postgres_tls(pg, pair, os_user_ids(PGBOUNCER_OS_USER))
+    except TlsSetupError as exc:
+        raise BenchError(str(exc)) from exc
+    yield Endpoint("direct" + TLS_SUFFIX, pg.port, RW_ROLE, password, None, sslmode=SSLMODE)
+    bouncer = running_pgbouncer(pg, password, workdir / ("pgbouncer" + TLS_SUFFIX), pair)
+    yield stack.enter_context(bouncer)
+    for name, variant in TLS_VARIANTS.items():
+        yield stack.enter_context(running_pgwarden(deployment, workdir / name, name, variant, pair))
 
 
 def init_pgbench(pg: PostgresServer, scale: int) -> None:
@@ -203,16 +254,22 @@ def init_pgbench(pg: PostgresServer, scale: int) -> None:
 
 @contextlib.contextmanager
 def running_pgwarden(
-    deployment: PgwardenDeployment, directory: Path, name: str, variant: Variant
-) -> Iterator[Endpoint]:
-    """`python -m proxy serve` in its own directory, with a credential for an active grant."""
+    deployment: PgwardenDeployment, directory: Path, name: str, variant: Variant,
+    pair: KeyPair | None = None,
+) -> Iterator[Endpoint]:  # fmt: skip
+    """`python -m proxy serve` in its own directory, with a credential for an active grant;
+    a TLS variant serves `pair` to clients and requires TLS to Postgres."""
     directory.mkdir(mode=0o700, parents=True)
-    config = deployment.write_files(directory)  # policy.yaml, and the env vars it names
+    if variant.tls and pair is None:
+        raise BenchError(f"{name} needs a certificate")
+    # policy.yaml, and the env vars it names
+    config = deployment.write_files(directory, upstream_tls=SSLMODE if variant.tls else "disable")
     port = free_loopback_port()
     config.write_text(
         PGWARDEN_CONFIG.format(
             host=HOST,
             port=port,
+            tls_line=pgwarden_tls_line(pair) if variant.tls and pair else "",
             audit_extra=variant.audit_extra,
             sections=variant.sections,
             workers=variant.workers,
@@ -225,7 +282,7 @@ def running_pgwarden(
         credential = issue_credential(directory / "state.db", directory / "policy.yaml")
         yield Endpoint(
             name, port, credential.username, credential.password, proc.pid, log,
-            cases=variant.cases,
+            cases=variant.cases, sslmode=SSLMODE if variant.tls else "disable",
         )  # fmt: skip
 
 
@@ -252,13 +309,17 @@ def issue_credential(
 
 
 @contextlib.contextmanager
-def running_pgbouncer(pg: PostgresServer, password: str, directory: Path) -> Iterator[Endpoint]:
-    """pgbouncer in session mode in front of the target database, as the read-write role."""
+def running_pgbouncer(
+    pg: PostgresServer, password: str, directory: Path, pair: KeyPair | None = None
+) -> Iterator[Endpoint]:
+    """pgbouncer in session mode in front of the target database, as the read-write role; with
+    `pair`, TLS required from clients and to Postgres (the `-tls` path)."""
     binary = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
     if not Path(binary).is_file():
         raise BenchError("pgbouncer is not installed: `apt-get install -y pgbouncer`")
     directory.mkdir(mode=0o700, parents=True)
     ids = os_user_ids(PGBOUNCER_OS_USER)
+    tls = None if pair is None else owned_copy(pair, directory / "tls", ids)
     port = free_loopback_port()
     auth_file, ini = directory / "userlist.txt", directory / "pgbouncer.ini"
     log = directory / "pgbouncer.log"  # pgbouncer in the foreground logs to stderr
@@ -266,7 +327,7 @@ def running_pgbouncer(pg: PostgresServer, password: str, directory: Path) -> Ite
     ini.write_text(
         PGBOUNCER_INI.format(
             dbname=TARGET_DB, pg_host=pg.host, pg_port=pg.port, host=HOST, port=port,
-            auth_file=auth_file,
+            auth_file=auth_file, tls_lines="" if tls is None else pgbouncer_tls_lines(tls),
         )
     )  # fmt: skip
     auth_file.chmod(0o600)
@@ -275,7 +336,9 @@ def running_pgbouncer(pg: PostgresServer, password: str, directory: Path) -> Ite
             os.chown(path, *ids)
     with child_process([binary, str(ini)], log, ids) as proc:
         wait_until_listening(port, proc, log)
-        yield Endpoint("pgbouncer", port, RW_ROLE, password, proc.pid, log)
+        name = "pgbouncer" if tls is None else "pgbouncer" + TLS_SUFFIX
+        sslmode = "disable" if tls is None else SSLMODE
+        yield Endpoint(name, port, RW_ROLE, password, proc.pid, log, sslmode=sslmode)
 
 
 def scram_verifier(pg: PostgresServer, role: str) -> str:
