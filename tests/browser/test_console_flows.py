@@ -11,7 +11,6 @@ test_console_sso.py).
 
 from __future__ import annotations
 
-import re
 import subprocess
 from collections.abc import Iterator
 from typing import Any
@@ -22,14 +21,19 @@ from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 
-from tests.fixtures.browser import DESKTOP, PHONE, Browser, BrowserFactory, Viewport
+from tests.fixtures.browser import PHONE, Browser, BrowserFactory
+from tests.fixtures.console import (
+    HOSTILE,
+    HOSTILE_SHOWN,
+    psql,
+    request_id_of,
+    served_console,
+    signed_in,
+)
 from tests.fixtures.pgwarden import PgwardenDeployment
-from tests.fixtures.served import Served, serving
+from tests.fixtures.served import Served
 
 pytestmark = pytest.mark.integration
-REQUEST_LINK = re.compile(r"/console/requests/([0-9a-f]+)")
-HOSTILE = "<script>alert(1)</script> \u202eevil\u202c"
-HOSTILE_SHOWN = "<script>alert(1)</script> <U+202E>evil<U+202C>"
 MAX_TABS = 60  # Tab presses to reach a field: more than the page has focusable elements
 MAX_RELOADS = 50  # of a page waiting for the audit log to have a session's end
 # Submits a form made on the spot: what another page, or a person with the developer tools,
@@ -55,30 +59,8 @@ form.submit();
 def served(
     deployment: PgwardenDeployment, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Served]:
-    directory = tmp_path_factory.mktemp("console-flows")
-    config = deployment.write_files(directory)
-    with serving(config, directory / "state.db") as running:
+    with served_console(deployment, tmp_path_factory, "console-flows") as running:
         yield running
-
-
-def signed_in(
-    browsers: BrowserFactory, served: Served, user: str, viewport: Viewport = DESKTOP,
-    *, javascript: bool = True,
-) -> Browser:  # fmt: skip
-    """A browser of `user`'s, signed in to the console with their API token."""
-    browser = browsers(viewport, label=user, javascript=javascript)
-    browser.open(f"{served.url}/console/")
-    assert "/console/signin" in browser.current_url
-    browser.fill("token", served.token(user))
-    browser.press("Sign in with a token")
-    browser.wait_for_text("Waiting for you")
-    return browser
-
-
-def request_id_of(browser: Browser) -> str:
-    match = REQUEST_LINK.search(browser.current_url)
-    assert match is not None, browser.current_url
-    return match.group(1)
 
 
 def ask(browser: Browser, reason: str, scope: str = "orders/read-only") -> str:
@@ -116,14 +98,6 @@ def csrf_of(browser: Browser) -> str:
 
 def post_from_page(browser: Browser, path: str, fields: dict[str, str]) -> None:
     browser.driver.execute_script(POST_FORM, path, fields)
-
-
-def psql(dsn: str, *statements: str) -> subprocess.CompletedProcess[str]:
-    commands = [arg for sql in statements for arg in ("-c", sql)]
-    return subprocess.run(
-        ["psql", dsn, "-X", "-v", "ON_ERROR_STOP=1", "-At", *commands],
-        capture_output=True, text=True, timeout=30, check=False,
-    )  # fmt: skip
 
 
 def test_a_denied_request_shows_why_and_request_again_opens_the_form_as_it_was(

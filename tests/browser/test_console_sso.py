@@ -19,7 +19,6 @@ import http.client
 import re
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from urllib.parse import urlencode, urlsplit
 
 import pytest
@@ -27,8 +26,8 @@ from selenium.webdriver.common.by import By
 
 from proxy.demo.local_idp import REDIRECT_URIS
 from tests.fixtures.browser import Browser, BrowserFactory
-from tests.fixtures.idp import Idp, default_clients, running_idp
-from tests.fixtures.pgwarden import RO_ROLE, TARGET_DB, PgwardenDeployment
+from tests.fixtures.idp import Idp, default_clients, running_idp, sso_config
+from tests.fixtures.pgwarden import PgwardenDeployment
 from tests.fixtures.served import Served, serving
 
 pytestmark = pytest.mark.integration
@@ -38,34 +37,6 @@ REQUEST_LINK = re.compile(r"/console/requests/([0-9a-f]+)")
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 PROVIDER_STEP_TIMEOUT = 10.0  # one page of the provider's, and its redirects, on loopback
 POLL_INTERVAL = 0.05
-
-POLICY = """\
-version: 1
-admin_groups: [platform]
-pending_timeout: 1h
-users:
-  # alice and carol exist at the provider only; the approvers are its group `leads`.
-  robot: {{groups: [automation]}}
-targets:
-  orders:
-    description: test orders database
-    upstream: {{host: {host}, port: {port}, database: {database}, tls: disable}}
-    max_duration: 4h
-    approval:
-      approvers: {{groups: [leads]}}
-      required_approvals: 1
-      require_reason: true
-    access_levels:
-      read-only: {{role: {ro_role}, password_env: PGWARDEN_TEST_RO_PASSWORD}}
-"""
-
-IDENTITY = """
-identity:
-  oidc:
-    issuer: {issuer}
-    client_id: {client_id}
-    client_secret_file: {secret_file}
-"""
 
 
 @pytest.fixture(scope="module")
@@ -82,20 +53,6 @@ def served(
     directory = tmp_path_factory.mktemp("console-sso")
     with serving(sso_config(deployment, directory, provider), directory / "state.db") as running:
         yield running
-
-
-def sso_config(deployment: PgwardenDeployment, directory: Path, idp: Idp) -> Path:
-    config = deployment.write_files(directory)
-    postgres = deployment.postgres
-    (directory / "policy.yaml").write_text(
-        POLICY.format(host=postgres.host, port=postgres.port, database=TARGET_DB, ro_role=RO_ROLE)
-    )
-    secret_file = directory / "client_secret"
-    secret_file.write_text(idp.client_secret + "\n")
-    secret_file.chmod(0o600)
-    identity = IDENTITY.format(issuer=idp.issuer, client_id=idp.client_id, secret_file=secret_file)
-    config.write_text(config.read_text() + identity)
-    return config
 
 
 def provider_page(browser: Browser) -> str:

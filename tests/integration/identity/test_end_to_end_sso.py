@@ -30,8 +30,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.fixtures.idp import Idp
-from tests.fixtures.pgwarden import RO_ROLE, TARGET_DB, PgwardenDeployment
+from tests.fixtures.idp import Idp, sso_config
+from tests.fixtures.pgwarden import PgwardenDeployment
 from tests.fixtures.served import Served, serving
 
 pytestmark = pytest.mark.integration
@@ -40,53 +40,6 @@ CLI_TIMEOUT = 90.0  # seconds: a device login polls every 5 s (the provider's in
 DEVICE_PROMPT = re.compile(r"^To sign in, open (\S+) and enter the code (\S+)$")
 SIGNED_IN = re.compile(r"^signed in as (\S+) \(groups: ([^)]*)\) until \d\d:\d\d UTC$")
 MAX_PROMPT_LINES = 10  # lines the browser login prints before the address
-
-POLICY = """\
-version: 1
-admin_groups: [platform]
-pending_timeout: 1h
-users:
-  # Only a service account: alice and carol exist through the provider alone, and so does
-  # every lead (the server reads this policy with single sign-on: no YAML user need be one).
-  robot: {{groups: [automation]}}
-targets:
-  orders:
-    description: test orders database
-    upstream: {{host: {host}, port: {port}, database: {database}, tls: disable}}
-    max_duration: 4h
-    approval:
-      approvers: {{groups: [leads]}}
-      required_approvals: 1
-      require_reason: true
-    access_levels:
-      read-only: {{role: {ro_role}, password_env: PGWARDEN_TEST_RO_PASSWORD}}
-"""
-
-IDENTITY = """
-identity:
-  oidc:
-    issuer: {issuer}
-    client_id: {client_id}
-    client_secret_file: {secret_file}
-    session_ttl: 1m
-"""
-
-
-def sso_config(deployment: PgwardenDeployment, directory: Path, idp: Idp) -> Path:
-    """The test deployment's config with single sign-on against `idp`, and the policy above."""
-    config = deployment.write_files(directory)
-    postgres = deployment.postgres
-    (directory / "policy.yaml").write_text(
-        POLICY.format(host=postgres.host, port=postgres.port, database=TARGET_DB, ro_role=RO_ROLE)
-    )
-    secret_file = directory / "client_secret"
-    secret_file.write_text(idp.client_secret + "\n")
-    secret_file.chmod(0o600)
-    config.write_text(
-        config.read_text()
-        + IDENTITY.format(issuer=idp.issuer, client_id=idp.client_id, secret_file=secret_file)
-    )
-    return config
 
 
 @dataclass
@@ -177,7 +130,7 @@ def ask(alice: Person, reason: str) -> str:
 def test_device_and_browser_sign_in_grant_access_and_a_group_removed_at_the_provider_ends_approving(
     deployment: PgwardenDeployment, private_idp: Idp, tmp_path: Path
 ) -> None:
-    config = sso_config(deployment, tmp_path, private_idp)
+    config = sso_config(deployment, tmp_path, private_idp, session_ttl="1m")
     with serving(config, tmp_path / "state.db") as served:
         alice = Person("alice", served, tmp_path / "alice")
         carol = Person("carol", served, tmp_path / "carol")
@@ -225,7 +178,9 @@ def served(
     deployment: PgwardenDeployment, idp: Idp, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Served]:
     directory = tmp_path_factory.mktemp("sso")
-    with serving(sso_config(deployment, directory, idp), directory / "state.db") as running:
+    with serving(
+        sso_config(deployment, directory, idp, session_ttl="1m"), directory / "state.db"
+    ) as running:
         yield running
 
 

@@ -45,6 +45,7 @@ from tests.fixtures.hostile_idp import (
     hostile_idp,
     new_rsa_key,
 )
+from tests.fixtures.idp import client_secret_file, oidc_section
 from tests.fixtures.pg_state import PgState
 from tests.fixtures.pgwarden import PgwardenDeployment, RunningPgwarden, running_pgwarden
 from tests.fixtures.state_backends import BOTH_STORES
@@ -54,14 +55,6 @@ pytestmark = [pytest.mark.integration, BOTH_STORES]
 CALLBACK = "http://127.0.0.1:48123/callback"
 EVIL_ISSUER = "http://127.0.0.1:9/realms/evil"
 BURST = 20  # sign-ins with made-up key ids, all at once
-IDENTITY = """
-identity:
-  oidc:
-    issuer: {issuer}
-    client_id: {client_id}
-    client_secret_file: {secret_file}
-    allowed_domains: [corp.test]
-"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,11 +145,9 @@ def sso_server(
     """The test deployment's pgwarden with `identity.oidc` against `idp`, on a fake clock at
     real now (the provider's tokens are stamped with real time)."""
     config = deployment.write_files(directory, state=state)
-    secret_file = directory / "client_secret"
-    secret_file.write_text(idp.client_secret + "\n")
-    secret_file.chmod(0o600)
-    config.write_text(config.read_text() + IDENTITY.format(
-        issuer=idp.issuer, client_id=CLIENT_ID, secret_file=secret_file))  # fmt: skip
+    secret_file = client_secret_file(directory, idp.client_secret)
+    section = oidc_section(idp.issuer, CLIENT_ID, secret_file, allowed_domains="[corp.test]")
+    config.write_text(config.read_text() + section)
     clock = FakeClock(datetime.now(UTC))
     with running_pgwarden(config, clock) as warden:
         yield Sso(warden, idp, clock, state, directory)

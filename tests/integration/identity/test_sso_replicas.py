@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.idp import Idp
+from tests.fixtures.idp import Idp, client_secret_file, oidc_section, sso_policy
 from tests.fixtures.pg_state import new_schema_name
-from tests.fixtures.pgwarden import RO_ROLE, TARGET_DB, PgwardenDeployment
+from tests.fixtures.pgwarden import PgwardenDeployment
 from tests.fixtures.postgres import PostgresUnavailable
 from tests.fixtures.replicas import Replica, Replicas, running_replicas, stop, until
 from tests.fixtures.state_cluster import StateCluster
@@ -25,28 +25,6 @@ from tests.fixtures.state_cluster import state_cluster as start_state_cluster
 pytestmark = pytest.mark.integration
 
 FOLLOWS_WITHIN = 5.0  # seconds: housekeeping runs once a second on every replica
-
-POLICY = """\
-version: 1
-admin_groups: [platform]
-targets:
-  orders:
-    upstream: {{host: {host}, port: {port}, database: {database}, tls: disable}}
-    max_duration: 4h
-    approval:
-      approvers: {{groups: [leads]}}
-      require_reason: true
-    access_levels:
-      read-only: {{role: {ro}, password_env: PGWARDEN_TEST_RO_PASSWORD}}
-"""
-
-IDENTITY = """
-identity:
-  oidc:
-    issuer: {issuer}
-    client_id: {client_id}
-    client_secret_file: {secret_file}
-"""
 
 
 @pytest.fixture(scope="module")
@@ -60,13 +38,9 @@ def state_cluster() -> Iterator[StateCluster]:
 
 def with_sso(replicas: Replicas, deployment: PgwardenDeployment, idp: Idp, shared: Path) -> None:
     """Restart every replica with the SSO policy and `identity.oidc` in its config."""
-    upstream = deployment.postgres
-    (shared / "policy.yaml").write_text(POLICY.format(
-        host=upstream.host, port=upstream.port, database=TARGET_DB, ro=RO_ROLE))  # fmt: skip
-    secret = shared / "client_secret"
-    secret.write_text(idp.client_secret + "\n")
-    secret.chmod(0o600)
-    section = IDENTITY.format(issuer=idp.issuer, client_id=idp.client_id, secret_file=secret)
+    (shared / "policy.yaml").write_text(sso_policy(deployment))
+    secret = client_secret_file(shared, idp.client_secret)
+    section = oidc_section(idp.issuer, idp.client_id, secret)
     for replica in replicas:
         stop(replica)
         replica.config.write_text(replica.config.read_text() + section)
