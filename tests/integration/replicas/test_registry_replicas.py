@@ -20,7 +20,8 @@ from tests.fixtures.postgres import free_loopback_port
 from tests.fixtures.replicas import Replica, Replicas, until, write_config
 from tests.integration.replicas.registry_view import listed, registry_rows
 
-LISTED_WITHIN = 5.0  # seconds: a replica writes its session rows within a heartbeat (1 s)
+LISTED_WITHIN = 15.0  # seconds: a replica writes its session rows within a heartbeat (1 s); a
+# loaded machine (the suite runs on both cores) can delay a beat by seconds
 
 
 def test_each_replica_registers_with_a_slot_of_its_own_and_its_addresses(

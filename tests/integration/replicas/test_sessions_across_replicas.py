@@ -18,7 +18,8 @@ import pytest
 from tests.fixtures.replicas import Replicas, until
 from tests.integration.replicas.registry_view import listed
 
-LISTED_WITHIN = 5.0  # seconds: a replica writes its session rows within a heartbeat (1 s)
+LISTED_WITHIN = 15.0  # seconds: a replica writes its session rows within a heartbeat (1 s); a
+# loaded machine (the suite runs on both cores) can delay a beat by seconds
 ENDED_WITHIN = 10.0  # seconds: a carries the order out at its next heartbeat (1 s)
 GONE_WITHIN = 5.0  # seconds for the killed session's backend to leave pg_stat_activity
 
