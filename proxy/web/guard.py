@@ -63,6 +63,20 @@ def secure(request: web.Request) -> bool:
     return request.secure or forwarded == "https"
 
 
+def public_host(request: web.Request) -> str:
+    """The host the person's browser reached: a TLS proxy in front may have rewritten `Host`
+    and said the original in `X-Forwarded-Host`."""
+    forwarded = request.headers.get("X-Forwarded-Host", "").split(",")[0].strip()
+    return forwarded or request.host
+
+
+def own_hosts(request: web.Request) -> tuple[str, ...]:
+    """This console's host names as a browser may give them in `Origin`. A cross-site form
+    cannot set `X-Forwarded-Host` (a browser sends no custom header without the site's CORS
+    consent), so believing it widens nothing for an attacker."""
+    return (request.host, public_host(request))
+
+
 def cookie_name(request: web.Request, base: str) -> str:
     """`__Host-` names over HTTPS: such a cookie is Secure, host-only and cannot be planted by
     a sibling domain or over plain HTTP."""
@@ -109,7 +123,11 @@ def check_csrf(request: web.Request, form: dict[str, str], secret: str | None) -
     """403 unless the form's token is the one derived from `secret` and the POST comes from
     this site (when the browser says where it comes from)."""
     origin = request.headers.get("Origin")
-    if origin is not None and origin != "null" and urlsplit(origin).netloc != request.host:
+    if (
+        origin is not None
+        and origin != "null"
+        and urlsplit(origin).netloc not in own_hosts(request)
+    ):
         raise ApiError(403, "csrf", "this form was sent from another site; nothing was done")
     sent = form.get(CSRF_FIELD, "")
     if secret is None or not hmac.compare_digest(sent.encode(), csrf_token(secret).encode()):
@@ -149,8 +167,8 @@ def signed_in(ctx: ApiContext, secret: str | None) -> ApiSession:
     with ctx.store.read() as tx:
         session = tx.api_session(session_digest(secret))
         tokens = tx.tokens() if session and session.issuer == TOKEN_SESSION_ISSUER else ()
-    assert session is not None  # authenticate_session found it
-    assert session.user == user
+    if session is None or session.user != user:  # ended in between (a sign-out elsewhere)
+        raise SignInNeeded("your pgwarden session has ended")
     if session.issuer == TOKEN_SESSION_ISSUER:
         token = next((t for t in tokens if t.id == session.subject), None)
         if token is None or token.revoked_at is not None:

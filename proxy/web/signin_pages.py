@@ -143,7 +143,7 @@ async def with_sso(request: web.Request) -> web.Response:
     try:
         form = await _signin_form(request)
         start_limit(request)
-        origin = f"{'https' if guard.secure(request) else 'http'}://{request.host}"
+        origin = f"{'https' if guard.secure(request) else 'http'}://{guard.public_host(request)}"
         started = await ctx.identity.start_browser(origin + CALLBACK)
     except (ApiError, SignInRefused, IdpUnavailable, SignInBusy) as exc:
         return await sign_in_page(request, why=exc.message, status=_status(exc))

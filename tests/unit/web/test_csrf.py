@@ -126,3 +126,22 @@ def test_a_sign_in_without_the_sign_in_cookie_is_refused(console: ConsoleHarness
                            csrf=token)  # fmt: skip
     assert answer.status == 403
     assert "pgwarden_console" not in attacker.cookies
+
+
+@pytest.mark.parametrize(
+    ("origin", "works"),
+    [("https://console.example", True), ("http://evil.example", False)],
+)
+def test_behind_a_proxy_that_rewrites_host_the_forwarded_host_is_this_site(
+    console: ConsoleHarness, origin: str, works: bool
+) -> None:
+    """A TLS proxy that sends `Host: 127.0.0.1:PORT` and the browser's host in
+    `X-Forwarded-Host`: forms from that host work, forms from another site still do not."""
+    rid = console.pending()
+    browser = console.client("carol", {"X-Forwarded-Host": "console.example"})
+    browser.get(f"/console/requests/{rid}")
+    answer = browser.post(
+        f"/console/requests/{rid}/approve", {"comment": "ok"}, headers={"Origin": origin}
+    )
+    assert (answer.status == 303) is works, answer.body[:300]
+    assert (console.state(rid) == "active") is works
