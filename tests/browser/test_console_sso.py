@@ -22,10 +22,11 @@ from collections.abc import Iterator
 from urllib.parse import urlencode, urlsplit
 
 import pytest
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 
 from proxy.demo.local_idp import REDIRECT_URIS
-from tests.fixtures.browser import Browser, BrowserFactory
+from tests.fixtures.browser import STALE_RETRIES, Browser, BrowserFactory
 from tests.fixtures.idp import Idp, default_clients, running_idp, sso_config
 from tests.fixtures.pgwarden import PgwardenDeployment
 from tests.fixtures.served import Served, serving
@@ -57,8 +58,13 @@ def served(
 
 def provider_page(browser: Browser) -> str:
     """Which of the provider's pages the browser shows (its `main` element's id), or ''."""
-    found = browser.driver.find_elements(By.CSS_SELECTOR, "main[id]")
-    return str(found[0].get_attribute("id")) if found else ""
+    for _ in range(STALE_RETRIES):
+        try:
+            found = browser.driver.find_elements(By.CSS_SELECTOR, "main[id]")
+            return str(found[0].get_attribute("id")) if found else ""
+        except StaleElementReferenceException:
+            continue  # the page was replaced between finding its `main` and reading it
+    return ""
 
 
 def begin_sign_in(browser: Browser, served: Served, idp: Idp) -> None:
