@@ -3,13 +3,29 @@ a screenshot of each browser it had open, with the page's text and console error
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
 
 import pytest
 
 from tests.fixtures.browser import browser, browser_factory, failure_evidence
+from tests.fixtures.console import served_console
+from tests.fixtures.pgwarden import PgwardenDeployment
+from tests.fixtures.served import Served
 
 __all__ = ["browser", "browser_factory"]
+
+
+@pytest.fixture(scope="module")
+def served(
+    deployment: PgwardenDeployment,
+    tmp_path_factory: pytest.TempPathFactory,
+    request: pytest.FixtureRequest,
+) -> Iterator[Served]:
+    """A `pgwarden serve` of the test deployment for one module's console tests (a module with
+    other needs, single sign-on say, defines its own)."""
+    name = request.module.__name__.rsplit(".", 1)[-1]
+    with served_console(deployment, tmp_path_factory, name) as running:
+        yield running
 
 
 @pytest.hookimpl(wrapper=True)

@@ -12,7 +12,6 @@ test_console_sso.py).
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -27,10 +26,8 @@ from tests.fixtures.console import (
     HOSTILE_SHOWN,
     psql,
     request_id_of,
-    served_console,
     signed_in,
 )
-from tests.fixtures.pgwarden import PgwardenDeployment
 from tests.fixtures.served import Served
 
 pytestmark = pytest.mark.integration
@@ -53,14 +50,6 @@ for (const [name, value] of Object.entries(fields)) {
 document.body.appendChild(form);
 form.submit();
 """
-
-
-@pytest.fixture(scope="module")
-def served(
-    deployment: PgwardenDeployment, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Served]:
-    with served_console(deployment, tmp_path_factory, "console-flows") as running:
-        yield running
 
 
 def ask(browser: Browser, reason: str, scope: str = "orders/read-only") -> str:

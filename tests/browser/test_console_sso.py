@@ -56,6 +56,12 @@ def served(
         yield running
 
 
+def at_issuer(browser: Browser, idp: Idp) -> bool:
+    """Whether the browser is on the provider's site (by origin: a prefix of the address would
+    take the console at 127.0.0.1:43157 for a provider at 127.0.0.1:4315)."""
+    return urlsplit(browser.current_url).netloc == urlsplit(idp.issuer).netloc
+
+
 def provider_page(browser: Browser) -> str:
     """Which of the provider's pages the browser shows (its `main` element's id), or ''."""
     for _ in range(STALE_RETRIES):
@@ -73,7 +79,7 @@ def begin_sign_in(browser: Browser, served: Served, idp: Idp) -> None:
     assert "/console/signin" in browser.current_url
     browser.press("Sign in with single sign-on")
     browser.wait_for_text("to continue to pgwarden")
-    assert browser.current_url.startswith(idp.issuer), browser.current_url
+    assert at_issuer(browser, idp), browser.current_url
     assert provider_page(browser) == "login"
 
 
@@ -87,17 +93,25 @@ def at_provider(browser: Browser, idp: Idp, user: str, *, allow: bool = True) ->
         next_page(browser, idp, "consent")
 
 
+def where(browser: Browser, idp: Idp) -> str:
+    """`console` once back on pgwarden's pages; the provider's page (its `main` id); or '' in
+    between (a page still loading, or one that changed while it was read)."""
+    if not at_issuer(browser, idp):
+        return "console" if "/console/" in browser.current_url else ""
+    kind = provider_page(browser)
+    return kind if at_issuer(browser, idp) else ""  # the page may have gone meanwhile
+
+
 def next_page(browser: Browser, idp: Idp, leaving: str) -> str:
-    """Wait until the browser has left the provider's `leaving` page; the provider page it is
-    on now, or '' once back on the console."""
+    """Wait until the browser has left the provider's `leaving` page and stands on the next one:
+    `consent` or `console`."""
     deadline = time.monotonic() + PROVIDER_STEP_TIMEOUT
     for _ in range(int(PROVIDER_STEP_TIMEOUT / POLL_INTERVAL) + 1):
-        kind = provider_page(browser) if browser.current_url.startswith(idp.issuer) else ""
-        if kind != leaving or time.monotonic() >= deadline:
+        kind = where(browser, idp)
+        if kind not in ("", leaving) or time.monotonic() >= deadline:
             break
         time.sleep(POLL_INTERVAL)
-    assert kind != leaving, f"still on the provider's {leaving} page: {browser.text()}"
-    assert kind in ("", "consent"), f"the provider shows {kind!r}: {browser.text()}"
+    assert kind in ("console", "consent"), f"left {leaving!r} for {kind!r}: {browser.text()}"
     return kind
 
 

@@ -9,7 +9,6 @@ session ends. The inbox and request pages are saved as screenshots (test-artifac
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator
 
 import pytest
 
@@ -19,22 +18,12 @@ from tests.fixtures.console import (
     HOSTILE_SHOWN,
     psql,
     request_id_of,
-    served_console,
     signed_in,
 )
-from tests.fixtures.pgwarden import PgwardenDeployment
 from tests.fixtures.served import Served
 
 pytestmark = pytest.mark.integration
 REASON = "incident 7 " + HOSTILE
-
-
-@pytest.fixture(scope="module")
-def served(
-    deployment: PgwardenDeployment, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Served]:
-    with served_console(deployment, tmp_path_factory, "console") as running:
-        yield running
 
 
 def test_request_approve_connect_revoke(browser_factory: BrowserFactory, served: Served) -> None:
