@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Final, Protocol, TypeVar
@@ -91,6 +92,10 @@ class ReplicaSync:
         self._kills_channel = kills_channel
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="pgw-replica")
         self._written: set[str] | None = None  # session ids whose rows are in; None: unknown
+        # Rows written ahead since the last beat (`_write_row`, its own threads): the beat
+        # deletes them too once their sessions are gone, even a session no beat saw alive.
+        self._ahead_written: set[str] = set()
+        self._ahead_lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._woken: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
@@ -194,7 +199,11 @@ class ReplicaSync:
             )
             self.lost = True
             return None
+        with self._ahead_lock:
+            ahead, self._ahead_written = self._ahead_written, set()
         ids, written = set(live), self._written
+        if written is not None:
+            written |= ahead
         gone = None if written is None else sorted(written - ids)
         new = [info for i, info in live.items() if written is None or i not in written]
         if gone is None or gone or new:
@@ -241,6 +250,9 @@ class ReplicaSync:
             self._member.db.run(sql.write_session_ahead, self._me, info)
         except Exception as exc:
             log.debug("session %s: row not written ahead: %s", info.session_id, exc)
+            return
+        with self._ahead_lock:
+            self._ahead_written.add(info.session_id)
 
     async def _blocking(self, fn: Callable[..., T], *args: object, **kwargs: object) -> T:
         loop = asyncio.get_running_loop()

@@ -42,6 +42,22 @@ def test_sessions_on_other_replicas_are_listed_with_their_replica(replicas: Repl
     assert replicas.backend_alive(pids["a"])
 
 
+SHORT_SESSIONS = 8  # sessions that begin and end between two of c's heartbeats, most of them
+
+
+def test_rows_of_sessions_no_heartbeat_saw_alive_are_deleted_when_they_end(
+    replicas: Replicas,
+) -> None:
+    """A session's row is written ahead of its first query; one that ends before a heartbeat
+    saw it alive must not leave its row behind (it did: listed on every replica until c
+    stopped)."""
+    credential = replicas.grant()
+    for _ in range(SHORT_SESSIONS):
+        with replicas["c"].connect(credential) as conn:
+            conn.execute("SELECT 1")
+    assert until(lambda: listed(replicas, "b", credential.request_id) == [], LISTED_WITHIN)
+
+
 def test_a_kill_on_one_replica_ends_the_session_on_another(replicas: Replicas) -> None:
     credential = replicas.grant()
     on_a = replicas.session("a", credential)
