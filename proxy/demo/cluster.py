@@ -92,11 +92,36 @@ def _version_key(path: str) -> int:
         return 0
 
 
+# Ports picked now and bound later (a server started with the port in its config) come from
+# below the kernel's ephemeral range: the local port of an outgoing connection, which the kernel
+# takes from that range, can then not take them in between.
+PORT_FLOOR = 20000
+PORT_TRIES = 50
+EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
+
 def free_loopback_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    """A TCP port on 127.0.0.1 that nothing listens on right now (see PORT_FLOOR)."""
+    low = _ephemeral_low()
+    for _ in range(PORT_TRIES if low > PORT_FLOOR + PORT_TRIES else 0):
+        port = PORT_FLOOR + secrets.randbelow(low - PORT_FLOOR)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # in use: another
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def _ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range (0 where it cannot be read)."""
+    try:
+        return int(EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def _demote_to(user: str) -> tuple[int, int] | None:
