@@ -6,14 +6,14 @@ STAMP := $(VENV)/.installed-dev
 # Branch coverage the sans-I/O core must keep (the issue tracker's bar for wire and auth).
 CORE_COVERAGE_MIN ?= 90
 
-.PHONY: test lint typecheck unit coverage clean bench compat deps test-deps demo ha-trials
+.PHONY: test lint typecheck unit coverage clean bench compat deps test-deps demo ha-trials compile pure
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
 		{ echo "pgwarden needs Python 3.11 or newer (set PYTHON=...)"; exit 1; }
 	@echo "Installing pgwarden and its dev tools into $(VENV) (once; about 30 s, quiet unless it fails) ..."
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet --upgrade pip 'setuptools>=77' wheel
 	$(BIN)/pip install --quiet -e '.[dev]'
 	@echo "Installed: $(BIN)/pgwarden (to type \`pgwarden\`: export PATH=\"$(abspath $(BIN)):\$$PATH\")"
 	@touch $@
@@ -38,12 +38,28 @@ typecheck: $(STAMP)
 # worker with a PostgreSQL of its own. Coverage is measured where the gate is: wire and auth.
 CORE_COVERAGE := --cov=proxy.wire --cov=proxy.auth --cov-branch --cov-report=
 
-test: test-deps lint typecheck
+# The hot modules run compiled where `make compile` could build them (proxy/native.py): the pure
+# tier runs on the pure-Python modules (and measures coverage), then again on the compiled ones
+# (fewer Hypothesis examples: the properties ran in full just before); the servers' tiers run
+# compiled, as `make bench` and the container image do.
+test: test-deps lint typecheck compile
 	rm -f .coverage
-	PGWARDEN_HYPOTHESIS_PROFILE=default $(BIN)/pytest -n 2 $(CORE_COVERAGE) tests/unit tests/test_architecture.py
+	PGWARDEN_PURE=1 PGWARDEN_HYPOTHESIS_PROFILE=default $(BIN)/pytest -n 2 $(CORE_COVERAGE) \
+		tests/unit tests/test_architecture.py
+	if $(BIN)/python -c 'import sys; from proxy import native; sys.exit(native.mode != "compiled")'; \
+	then PGWARDEN_HYPOTHESIS_PROFILE=fast $(BIN)/pytest -n 2 -q tests/unit; \
+	else echo "pgwarden: not compiled here: the pure tier ran on pure Python only"; fi
 	PGWARDEN_HYPOTHESIS_PROFILE=default $(BIN)/pytest -n 2 --dist loadfile $(CORE_COVERAGE) --cov-append \
 		tests/integration tests/browser
 	$(BIN)/coverage report --include='proxy/wire/*,proxy/auth/*' --fail-under=$(CORE_COVERAGE_MIN)
+
+# mypyc-compiled hot modules beside their sources (scripts/compile.sh; skipped when up to date, or
+# without a C compiler); `make pure` removes them.
+compile: $(STAMP)
+	bash scripts/compile.sh $(BIN)/python
+
+pure:
+	bash scripts/compile.sh --remove
 
 # The quick loop while editing, not a replacement for `make test`. It runs on every core
 # (pytest-xdist: each test has its own tmp_path and binds port 0), and each Hypothesis property
@@ -59,7 +75,7 @@ demo: deps $(STAMP)
 	$(BIN)/python -m proxy demo
 
 # pgwarden against direct Postgres and pgbouncer (bench/README.md); `make bench QUICK=1`: short runs.
-bench: $(STAMP)
+bench: $(STAMP) compile
 	bash scripts/ensure-deps.sh --pgbouncer
 	PATH="$$PATH:/usr/sbin" $(BIN)/python -m bench.run $(if $(filter 1,$(QUICK)),--quick) $(if $(CASES),--cases "$(CASES)")
 
@@ -74,5 +90,5 @@ ha-trials: deps $(STAMP)
 	$(BIN)/python -m bench.ha_trials $(if $(TRIALS),--trials $(TRIALS)) $(if $(OUTAGE),--outage $(OUTAGE)) \
 		$(if $(FAILOVERS),--failovers $(FAILOVERS))
 
-clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage
+clean: pure
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage build

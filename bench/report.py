@@ -20,6 +20,7 @@ from typing import Any
 
 from bench.measure import Case, Measurement
 from bench.tls import TLS_SUFFIX
+from proxy import native
 from tests.fixtures.postgres import PostgresServer
 
 DIRECT, PGBOUNCER = "direct", "pgbouncer"  # the baselines; a TLS case's have TLS_SUFFIX
@@ -135,6 +136,7 @@ def machine_info(pg: PostgresServer) -> dict[str, Any]:
         "pgbench": _first_line(["pgbench", "--version"]),
         "pgbouncer": _first_line(["pgbouncer", "--version"]),
         "uvloop": _uvloop(),
+        "hot_path": native.describe(),  # pgwarden's, but for the "-pure" paths (stack.py)
         "commit": _first_line(["git", "rev-parse", "--short", "HEAD"]),
     }
 

@@ -233,7 +233,8 @@ def report_text(
     lines = [
         "",
         f"machine: {machine['nproc']} x {machine['cpu_model']}; Python {machine['python']}; "
-        f"PostgreSQL {machine['postgres']}; {machine['pgbouncer']}; uvloop {machine['uvloop']}",
+        f"PostgreSQL {machine['postgres']}; {machine['pgbouncer']}; uvloop {machine['uvloop']}; "
+        f"pgwarden's hot path {machine.get('hot_path', 'pure Python')}",
         "medians; ratios compare rates (TPS or MB/s); proxy CPU = the proxy process's user+system",
         "",
         table(rows),

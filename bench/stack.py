@@ -54,6 +54,7 @@ from proxy.clock import SYSTEM_CLOCK
 from proxy.grants.lifecycle import GrantService
 from proxy.grants.requests import IssuedCredential
 from proxy.grants.store import SqliteStore
+from proxy.native import PURE_VARIABLE
 from proxy.policy.models import AccessLevelName, TargetName, UserName
 from proxy.policy.reload import PolicyHolder
 from tests.fixtures.pgwarden import RW_ROLE, TARGET_DB, PgwardenDeployment
@@ -101,6 +102,7 @@ class Variant:
     cases: tuple[str, ...] = ()
     workers: int = 1
     tls: bool = False  # TLS from clients (proxy.tls) and to Postgres (the target's upstream.tls)
+    pure: bool = False  # the hot modules from their Python sources even when compiled (native.py)
 
 
 # "pgwarden" runs with the default settings (every query recorded, no upstream pool);
@@ -111,6 +113,7 @@ class Variant:
 AUDIT_OFF_PATH = "pgwarden-noaudit"
 POOL_PATH = "pgwarden-pool"
 SCALING_CASES = ("-S -c8", "-S -c32", "-S -M prepared -c8")
+PURE_CASES = ("-S -c8", "-S -M extended -c8", "-S -M prepared -c8", "-S -C -c8")
 VARIANTS = {
     "pgwarden": Variant(),
     AUDIT_OFF_PATH: Variant(audit_extra="  record_queries: false"),
@@ -120,6 +123,12 @@ VARIANTS = {
     "pgwarden-w2": Variant(workers=2, cases=SCALING_CASES),
     "pgwarden-noaudit-w2": Variant(
         audit_extra="  record_queries: false", workers=2, cases=SCALING_CASES
+    ),
+    # The "-pure" paths run the hot modules from source where `make compile` compiled them: what
+    # the compilation is worth, in the same run.
+    "pgwarden-pure": Variant(pure=True, cases=PURE_CASES),
+    "pgwarden-noaudit-pure": Variant(
+        audit_extra="  record_queries: false", pure=True, cases=("-S -c8",)
     ),
 }
 # The TLS cases' pgwarden: TLS on both sides, with the default audit and without query records
@@ -277,7 +286,8 @@ def running_pgwarden(
     )
     log = directory / "pgwarden.log"
     argv = [sys.executable, "-m", "proxy", "serve", "--config", str(config)]
-    with child_process(argv, log) as proc:
+    env = {**os.environ, PURE_VARIABLE: "1"} if variant.pure else None
+    with child_process(argv, log, env=env) as proc:
         wait_until_listening(port, proc, log)
         credential = issue_credential(directory / "state.db", directory / "policy.yaml")
         yield Endpoint(
@@ -366,14 +376,16 @@ def os_user_ids(user: str) -> tuple[int, int] | None:
 
 @contextlib.contextmanager
 def child_process(
-    argv: list[str], log: Path, ids: tuple[int, int] | None = None
-) -> Iterator[subprocess.Popen[bytes]]:
-    """A child in its own process group, output to `log`; the group is stopped on exit."""
+    argv: list[str], log: Path, ids: tuple[int, int] | None = None,
+    env: dict[str, str] | None = None,
+) -> Iterator[subprocess.Popen[bytes]]:  # fmt: skip
+    """A child in its own process group, output to `log` (environment: ours, or `env`); the
+    group is stopped on exit."""
     user, group = ids if ids is not None else (None, None)
     with log.open("ab") as out:
         proc = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True, user=user, group=group,
+            start_new_session=True, user=user, group=group, env=env,
             extra_groups=None if ids is None else [],
         )  # fmt: skip
     try:

@@ -6,3 +6,7 @@ to the real database as the mapped service role, and ends the session when the g
 """
 
 __version__ = "0.1.0"
+
+from proxy import native
+
+native.choose()

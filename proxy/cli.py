@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from importlib import import_module
 from typing import Any, TypeAlias, cast
 
-from proxy import __version__
+from proxy import __version__, native
 
 Run = Callable[[argparse.Namespace], int]
 AddArguments = Callable[[argparse.ArgumentParser], None]
@@ -173,7 +173,9 @@ def build_parser(commands: Sequence[Command] = COMMANDS) -> argparse.ArgumentPar
     parser = argparse.ArgumentParser(
         prog="pgwarden", description="Just-in-time access gateway for PostgreSQL."
     )
-    parser.add_argument("--version", action="version", version=f"pgwarden {__version__}")
+    parser.add_argument(
+        "--version", action="version", version=f"pgwarden {__version__}, {native.describe()}"
+    )
     groups: dict[tuple[str, ...], Subcommands] = {(): _subcommands(parser)}
     for command in commands:
         for depth in range(1, len(command.words)):

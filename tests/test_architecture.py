@@ -31,8 +31,13 @@ TIME_READERS = {("time", "time"), ("time", "monotonic"), ("time", "perf_counter"
                 ("time", "time_ns"), ("time", "monotonic_ns")}  # fmt: skip
 
 # The modules that stand loose in `proxy/`: entry points and the base types everyone shares.
-LOOSE = frozenset({"__init__", "__main__", "cli", "config", "addresses", "errors", "clock"})
-BASE = frozenset({"proxy", "errors", "clock"})  # `proxy` is the package's own __init__ (version)
+# `native` picks compiled or pure-Python hot modules when the package is imported.
+LOOSE = frozenset(
+    {"__init__", "__main__", "cli", "config", "addresses", "errors", "clock", "native"}
+)
+BASE = frozenset(
+    {"proxy", "errors", "clock", "native"}
+)  # `proxy`: the package's __init__ (version)
 # Which proxy packages (or loose modules) each one may import, besides itself. A package missing
 # here may import nothing but BASE.
 MAY_IMPORT: dict[str, frozenset[str]] = {

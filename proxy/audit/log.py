@@ -90,8 +90,8 @@ class AuditLog:
         if not self._s.healthy:
             self._s.close_fd()
             raise AuditUnavailable(self._s.error or "the audit log did not open")
-        self._thread = threading.Thread(target=self._run, name="pgwarden-audit", daemon=True)
-        self._thread.start()
+        self._background = threading.Thread(target=self._run, name="pgwarden-audit", daemon=True)
+        self._background.start()
 
     # -- what the rest of pgwarden calls -------------------------------------------------------
 
@@ -200,7 +200,7 @@ class AuditLog:
                 return
             self._closing = True
             self._wake.notify_all()
-        self._thread.join()
+        self._background.join()
         with self._io:
             failed: list[Future[None]] = []
             with self._lock:

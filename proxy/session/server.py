@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from proxy import native
 from proxy.net.peer import Peer
 from proxy.session import refusals
 from proxy.session.admission import Stage
@@ -61,7 +62,10 @@ class ProxyServer:
             lambda: ClientPeer(self), self._host, self._port, backlog=LISTEN_BACKLOG,
             reuse_port=self._reuse_port or None,
         )  # fmt: skip
-        log.info("pgwarden listening for Postgres clients on %s:%d", self._host, self.port)
+        log.info(
+            "pgwarden listening for Postgres clients on %s:%d; hot path %s",
+            self._host, self.port, native.describe(),
+        )  # fmt: skip
 
     @property
     def port(self) -> int:

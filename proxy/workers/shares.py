@@ -21,6 +21,7 @@ share by reading a file is handled here:
 
 from __future__ import annotations
 
+import typing
 from dataclasses import replace
 from datetime import datetime
 
@@ -73,7 +74,9 @@ def info_from_json(fields: object) -> SessionInfo:
     return SessionInfo(**values)
 
 
+# From the annotations themselves: a compiled SessionInfo (proxy/native.py) has classes there,
+# not the strings of `from __future__ import annotations`.
 _FIELD_TYPES: dict[str, type] = {
-    name: {"bool": bool, "int": int, "datetime": datetime}.get(str(f.type), str)
-    for name, f in SessionInfo.__dataclass_fields__.items()
+    name: kind if kind in (bool, int, datetime) else str
+    for name, kind in typing.get_type_hints(SessionInfo).items()
 }
