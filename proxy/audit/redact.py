@@ -12,7 +12,10 @@ What is replaced by `***`:
 - SCRAM (`SCRAM-SHA-256$...`) and MD5 (`md5` + 32 hex digits) verifiers anywhere;
 - `password=...` in conninfo strings (quoted or not, inside SQL literals too) and the password of
   `scheme://user:password@host` URIs;
-- pgwarden's own temporary passwords (`known_secrets`, asked for at each redaction).
+- pgwarden's own temporary passwords (`known_secrets`, asked for at each redaction): every
+  occurrence in the text left by the passes above, overlapping ones included, each stretch of
+  them one `***`. A snapshot of them is indexed once (`known_secrets.py`), so that their number
+  does not weigh on each redaction.
 
 `password_parameters(sql)` tells whether a statement takes a password as a parameter
 (`ALTER ROLE x PASSWORD $1`): the recorder then shows all of its Bind values as `***`.
@@ -24,10 +27,15 @@ import re
 from collections.abc import Callable, Iterable
 from typing import Final
 
+from proxy.audit.known_secrets import (
+    MIN_KNOWN_SECRET,  # noqa: F401  (read here by callers)
+    KnownSecrets,
+    Span,
+    merge,
+)
 from proxy.audit.records import Fields, JSONValue
 
 MASK: Final = "***"
-MIN_KNOWN_SECRET = 8  # shorter "secrets" would redact ordinary words
 MIN_SECRET_TEXT = 6  # no pattern below matches anything shorter (`a://:x@` is 7)
 MEMO_MAX_TEXT = 64  # redactions of strings up to this long are remembered ...
 MEMO_ENTRIES = 4096  # ... this many at a time
@@ -127,10 +135,10 @@ def _scan(sql: str, backslash_quotes: bool) -> tuple[list[tuple[int, int]], bool
     return spans, takes_param
 
 
-def _password_literals(sql: str) -> list[tuple[int, int]]:
+def _password_literals(sql: str) -> list[Span]:
     if "password" not in sql.lower():
         return []
-    return _merge(_scan(sql, False)[0] + _scan(sql, True)[0])
+    return merge(_scan(sql, False)[0] + _scan(sql, True)[0])
 
 
 def password_parameters(sql: str) -> bool:
@@ -140,21 +148,11 @@ def password_parameters(sql: str) -> bool:
     return _scan(sql, False)[1] or _scan(sql, True)[1]
 
 
-def _merge(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    merged: list[tuple[int, int]] = []
-    for start, end in sorted(spans):
-        if merged and start <= merged[-1][1]:
-            merged[-1] = (merged[-1][0], max(end, merged[-1][1]))
-        else:
-            merged.append((start, end))
-    return merged
-
-
-def _mask_spans(text: str, spans: list[tuple[int, int]]) -> str:
+def _mask_spans(text: str, spans: list[Span], mask: str) -> str:
     parts, last = [], 0
     for start, end in spans:
         parts.append(text[last:start])
-        parts.append(f"'{MASK}'")
+        parts.append(mask)
         last = end
     parts.append(text[last:])
     return "".join(parts)
@@ -165,8 +163,8 @@ class Redactor:
 
     `known_secrets` returns pgwarden's own live temporary passwords; it is called once per
     redaction, so it should be cheap: return a kept tuple or frozenset, and a new one when the
-    secrets change (results for short strings are remembered per such snapshot; a mutable
-    collection is read afresh every time).
+    secrets change (each such snapshot is indexed once, and results for short strings are
+    remembered per snapshot; a mutable collection is read afresh every time).
     """
 
     def __init__(self, known_secrets: Callable[[], Iterable[str]] = tuple) -> None:
@@ -175,6 +173,8 @@ class Redactor:
         # kept, per value of `known_secrets()` (a new set of secrets starts a new memo; a thread
         # still redacting under the old set writes only to the old memo).
         self._memo: tuple[object, dict[str, str]] = ((), {})
+        # The snapshot last indexed, and its index (replaced whole: safe across threads).
+        self._indexed: tuple[object, KnownSecrets] = ((), KnownSecrets(()))
 
     def snapshot(self) -> object | None:
         """The known secrets now, when they are a snapshot (a tuple or frozenset, replaced when
@@ -191,29 +191,42 @@ class Redactor:
         short = len(text) <= MEMO_MAX_TEXT
         if memo_secrets is not secrets:
             if not isinstance(secrets, _SNAPSHOTS):
-                return self._redact(text, secrets)
+                return self._redact(text, KnownSecrets(secrets, kept=False))
             memo = {}
             self._memo = (secrets, memo)
         elif short and (known := memo.get(text)) is not None:
             return known
-        redacted = self._redact(text, secrets)
+        redacted = self._redact(text, self._index(secrets))
         if short:
             if len(memo) >= MEMO_ENTRIES:
                 memo.clear()
             memo[text] = redacted
         return redacted
 
-    def _redact(self, text: str, secrets: Iterable[str]) -> str:
+    def _index(self, snapshot: Iterable[str]) -> KnownSecrets:
+        """The index of a snapshot of the known secrets, built once per snapshot."""
+        indexed, index = self._indexed
+        if indexed is not snapshot:
+            index = KnownSecrets(snapshot)
+            self._indexed = (snapshot, index)
+        return index
+
+    def _known_now(self) -> KnownSecrets:
+        secrets = self._known_secrets()
+        if isinstance(secrets, _SNAPSHOTS):
+            return self._index(secrets)
+        return KnownSecrets(secrets, kept=False)
+
+    def _redact(self, text: str, known: KnownSecrets) -> str:
         if _MAYBE_SECRET.search(text) is not None:
             text = self._redact_patterns(text)
-        for secret in secrets:
-            if len(secret) >= MIN_KNOWN_SECRET and secret in text:
-                text = text.replace(secret, MASK)
+        if spans := known.spans(text):
+            text = _mask_spans(text, spans, MASK)
         return text
 
     def _redact_patterns(self, text: str) -> str:
         if spans := _password_literals(text):
-            text = _mask_spans(text, spans)
+            text = _mask_spans(text, spans, f"'{MASK}'")
         text = _SCRAM.sub(MASK, text)
         text = _MD5.sub(MASK, text)
         if "password" in text.lower():
@@ -225,10 +238,7 @@ class Redactor:
 
     def contains_known_secret(self, data: bytes) -> bool:
         """Whether raw bytes (a binary parameter) hold one of the known secrets."""
-        return any(
-            len(secret) >= MIN_KNOWN_SECRET and secret.encode("utf-8", "surrogatepass") in data
-            for secret in self._known_secrets()
-        )
+        return self._known_now().contains(data)
 
     def redact_record(self, record: Fields) -> Fields:
         return {key: self._value(value) for key, value in record.items()}
