@@ -312,29 +312,34 @@ def _why(interrupt: KeyboardInterrupt) -> str:
     return str(interrupt.args[0]) if interrupt.args else "Ctrl-C"
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 def _stop_on(signum: int, _frame: object) -> None:
-    """SIGTERM and SIGHUP (a closed terminal) clean up as Ctrl-C does."""
-    raise KeyboardInterrupt(signal.Signals(signum).name)
+    """Ctrl-C, SIGTERM and SIGHUP (a closed terminal) stop the demo, which then cleans up deaf
+    to the next ones: one stop often comes twice (make forwards SIGTERM to the demo after the
+    process group got it), and a second interrupt in a `finally` would skip a cleanup step."""
+    for stop in STOP_SIGNALS:
+        signal.signal(stop, signal.SIG_IGN)
+    raise KeyboardInterrupt(*([] if signum == signal.SIGINT else [signal.Signals(signum).name]))
 
 
 def _quietly(cleanup: Callable[[], None]) -> None:
     """Run a cleanup step deaf to Ctrl-C and the stop signals, so a second one leaves nothing."""
-    stops = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-    previous = [signal.signal(stop, signal.SIG_IGN) for stop in stops]
+    previous = [signal.signal(stop, signal.SIG_IGN) for stop in STOP_SIGNALS]
     try:
         cleanup()
     finally:
-        for stop, handler in zip(stops, previous, strict=True):
+        for stop, handler in zip(STOP_SIGNALS, previous, strict=True):
             signal.signal(stop, handler)
 
 
 def run(args: argparse.Namespace) -> int:
     interactive = os.environ.get("PGWARDEN_DEMO_NONINTERACTIVE") != "1" and sys.stdin.isatty()
-    for stop in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(stop, _stop_on)
     # Ctrl-C even when started with SIGINT ignored (a background job of a script inherits that,
     # and Python then installs no KeyboardInterrupt): the demo must always clean up on it.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    for stop in STOP_SIGNALS:
+        signal.signal(stop, _stop_on)
     finished = False
     try:
         with demo_world() as (demo, _):
