@@ -76,5 +76,8 @@ def allowed_startup_parameters(params: Iterable[tuple[str, str]]) -> StartupPara
 
 
 def fold(name: str) -> str:
-    # Postgres compares setting names folding ASCII letters only (guc_name_compare).
+    # Postgres compares setting names folding ASCII letters only (guc_name_compare); every
+    # login folds each of its settings' names, and nearly all are ASCII: one C call then.
+    if name.isascii():
+        return name.lower()
     return "".join(char.lower() if char.isascii() else char for char in name)
