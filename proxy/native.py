@@ -1,19 +1,18 @@
-"""The relay's hot modules, compiled with mypyc where a build made them, pure Python otherwise.
+"""The hot modules, compiled with mypyc where a build made them, pure Python otherwise.
 
 pgwarden runs as plain Python. `make compile` (or a package build with PGWARDEN_COMPILE=1, see
-`setup.py`) compiles the modules of `COMPILED_MODULES` — the path every relayed message and every
-audited query takes — into C extensions beside their sources (`make bench` measures both: the
-README's Performance section). The same sources run either way: mypyc compiles the typed code
-that `mypy --strict` already checks.
+`setup.py`) compiles the modules of `COMPILED_MODULES` — the path every relayed message, every
+audited query and every login takes — into C extensions beside their sources (`make bench`
+measures both: the README's Performance section). The same sources run either way: mypyc
+compiles the typed code that `mypy --strict` already checks.
 
 A compiled module sits next to its `.py` and Python would prefer it even after the source
 changed. So the build writes a manifest of the digest of every `.py` under `proxy/`, and at
 import `choose()` takes the compiled modules only if the tree is still the one that was compiled:
 otherwise (an edit since, a half-copied tree, a module left by an older build) every module is
 loaded from source, all or none (compiled modules call each other directly, so a mix would run
-old code). The environment
-variable PGWARDEN_PURE=1 asks for the pure-Python modules (`make test` runs the unit tests both
-ways).
+old code). The environment variable PGWARDEN_PURE=1 asks for the pure-Python modules (`make
+test` runs the unit tests both ways).
 """
 
 from __future__ import annotations
@@ -29,16 +28,31 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
 
+# Each chosen because `make bench` showed it paid: the relay and the audited query's path, then
+# logins (the handshake, the upstream login) and redaction. Not here: `wire/backend` (its
+# dataclasses' ClassVar message types fail to build), `auth/` (compiled, its refusals came out
+# with SQLSTATE XX000: not looked into yet), `net/peer` (an asyncio.Protocol subclass),
+# `session/opening` (the adversarial tests count upstream logins by wrapping its
+# `connect_upstream`).
 COMPILED_MODULES = (
     "proxy.clock",
+    "proxy.wire.buffer",
+    "proxy.wire.payload",
     "proxy.wire.framing",
     "proxy.session.relay",
     "proxy.session.session",
+    "proxy.session.handshake",
+    "proxy.upstream.startup_settings",
+    "proxy.upstream.login",
+    "proxy.upstream.connect",
     "proxy.audit.fast_decode",
     "proxy.audit.encode",
+    "proxy.audit.known_secrets",
+    "proxy.audit.redact",
     "proxy.audit.shaping",
     "proxy.audit.records",
     "proxy.audit.recorder",
+    "proxy.audit.fsio",
     "proxy.audit.sink_state",
     "proxy.audit.log",
     "proxy.runtime.metrics_observer",

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from proxy.audit.known_secrets import FEW_SECRETS, _Index
 from proxy.audit.redact import MASK, MIN_KNOWN_SECRET, Redactor
 from tests.fixtures.examples import examples
+from tests.fixtures.native_mode import pure_only
 
 ALPHANUMERIC = string.ascii_letters + string.digits
 
@@ -269,6 +270,7 @@ class LookUps:
         monkeypatch.setattr(_Index, "_look_up", counted)
 
 
+@pure_only("counts the calls of a method by patching it")
 @pytest.mark.parametrize(
     ("count", "text", "looked_up"),
     [

@@ -11,6 +11,7 @@ from proxy import wire as w
 from proxy.errors import PgwardenError
 from proxy.wire import payload as payload_module
 from proxy.wire import sqlstate
+from tests.fixtures.native_mode import pure_only
 
 
 def i16(value: int) -> bytes:
@@ -289,6 +290,7 @@ def test_unrepresentable_message_raises_local_protocol_error(message: object) ->
         w.encode(message)  # type: ignore[arg-type]
 
 
+@pure_only("patches a module constant, which compiled code has bound")
 def test_payload_too_large_for_a_message_is_not_encoded(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(payload_module, "MAX_PAYLOAD_LENGTH", 8)
     assert w.CopyData(b"12345678").encode()
