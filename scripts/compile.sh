@@ -18,7 +18,7 @@ if ! command -v "${CC:-cc}" >/dev/null 2>&1; then
 	exit 0
 fi
 bash "$(dirname "$0")/compile.sh" --remove  # what an older build left
-echo "Compiling pgwarden's hot modules with mypyc (about 1 min; log: $log) ..."
+echo "Compiling pgwarden's hot modules with mypyc (1-2 min; log: $log) ..."
 if PGWARDEN_COMPILE=1 "$python" setup.py --quiet build_ext --inplace >"$log" 2>&1; then
 	"$python" -c 'from proxy import native; print("pgwarden: hot path", native.describe())'
 else
