@@ -213,8 +213,16 @@ class LocalProvider:
             if self.process.poll() is not None or SYSTEM_CLOCK.monotonic() > deadline:
                 break
             time.sleep(0.01)
+        status = self.process.poll()
         self.stop()
-        raise ProviderFailed(f"the local OpenID provider did not start:\n{self.log_text()}")
+        log = self.log_text()
+        # The first line is all `make demo` shows: say there whether it died or was slow.
+        if status is None:
+            why = f"it did not say it was listening within {START_TIMEOUT:.0f} s"
+        else:
+            last = (log[offset:].strip().splitlines() or ["no output"])[-1]
+            why = f"it exited with status {status} ({last[:200]})"
+        raise ProviderFailed(f"the local OpenID provider did not start: {why}\n{log}")
 
 
 @functools.cache
