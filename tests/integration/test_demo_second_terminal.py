@@ -94,8 +94,14 @@ class RunningDemo:
 
     def close(self) -> None:
         if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=30)
+            # A failed test leaves the demo running: SIGTERM lets it stop its PostgreSQL and
+            # pgwarden (their own sessions, which a SIGKILL of this group would leave behind).
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=30)
         for pipe in (self.process.stdout, self.process.stderr):
             if pipe is not None:
                 pipe.close()
@@ -190,8 +196,14 @@ class PastedShell:
 
     def close(self) -> None:
         if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=30)
+            # A failed test leaves the demo running: SIGTERM lets it stop its PostgreSQL and
+            # pgwarden (their own sessions, which a SIGKILL of this group would leave behind).
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=30)
         if self.process.stdout is not None:
             self.process.stdout.close()
 
