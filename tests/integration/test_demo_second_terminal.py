@@ -52,6 +52,18 @@ CONSOLE_PASSWORD = re.compile(r"at the provider sign in as carol / (\S+)$", re.M
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 
 
+def stop_group(process: subprocess.Popen[str]) -> None:
+    """SIGTERM to a process group a failed test left running, SIGKILL if it lingers: the demo
+    then stops its PostgreSQL and pgwarden (their own sessions, a SIGKILL would leave them)."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=30)
+
+
 class RunningDemo:
     """`make demo` with a pty on stdin; its stdout read line by line on a thread."""
 
@@ -93,15 +105,7 @@ class RunningDemo:
         return "\n".join(self.lines)
 
     def close(self) -> None:
-        if self.process.poll() is None:
-            # A failed test leaves the demo running: SIGTERM lets it stop its PostgreSQL and
-            # pgwarden (their own sessions, which a SIGKILL of this group would leave behind).
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=30)
+        stop_group(self.process)
         for pipe in (self.process.stdout, self.process.stderr):
             if pipe is not None:
                 pipe.close()
@@ -195,15 +199,7 @@ class PastedShell:
                                                              strict=False)]  # fmt: skip
 
     def close(self) -> None:
-        if self.process.poll() is None:
-            # A failed test leaves the demo running: SIGTERM lets it stop its PostgreSQL and
-            # pgwarden (their own sessions, which a SIGKILL of this group would leave behind).
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=30)
+        stop_group(self.process)
         if self.process.stdout is not None:
             self.process.stdout.close()
 
